@@ -1,0 +1,118 @@
+"""The Adam family's math, once, as small pure functions on ``keras.ops`` tensors.
+
+Every optimizer in adamkit is a short composition of these pieces; the fused, compressed and lazy
+paths reuse them too, so there is exactly one place where each equation is written.
+
+Conventions: ``step`` is the 1-based iteration count ``t`` as a float tensor; ``beta_1``, ``beta_2``
+and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive in.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def ema(average, value, decay):
+    """Exponential moving average: ``decay·average + (1 − decay)·value``.
+
+    Written as ``average + (1 − decay)·(value − average)``, the form Keras and ``torch.lerp`` use,
+    which keeps one rounding fewer than the textbook form.
+    """
+    return average + (value - average) * (1.0 - decay)
+
+
+def first_moment(m, g, beta_1):
+    """m ← β1·m + (1 − β1)·g."""
+    return ema(m, g, beta_1)
+
+
+def second_moment(v, g, beta_2):
+    """v ← β2·v + (1 − β2)·g²."""
+    return ema(v, ops.square(g), beta_2)
+
+
+def bias_correction(beta, step):
+    """1 − βᵗ: the factor that un-biases a zero-initialised moving average at step t."""
+    return 1.0 - ops.power(beta, step)
+
+
+def adam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
+    """Kingma & Ba, Algorithm 1: α·m̂/(√v̂ + ε), with m̂ = m/(1 − β1ᵗ) and v̂ = v/(1 − β2ᵗ).
+
+    Computed as (α/(1 − β1ᵗ))·m / (√v/√(1 − β2ᵗ) + ε), the order ``torch.optim.Adam`` uses.
+    """
+    denominator = ops.sqrt(v) / ops.sqrt(bias_correction(beta_2, step)) + epsilon
+    return m * (learning_rate / bias_correction(beta_1, step)) / denominator
+
+
+def epsilon_hat_update(m, v, step, learning_rate, beta_1, beta_2, epsilon_hat):
+    """Kingma & Ba, Section 2's faster form: αₜ·m/(√v + ε̂), αₜ = α·√(1 − β2ᵗ)/(1 − β1ᵗ).
+
+    ε̂ is added to √v *before* bias correction; this is what ``keras.optimizers.Adam`` computes,
+    in the same order. It equals Algorithm 1 only when ε̂ = ε·√(1 − β2ᵗ).
+    """
+    alpha = learning_rate * ops.sqrt(bias_correction(beta_2, step)) / bias_correction(beta_1, step)
+    return m * alpha / (ops.sqrt(v) + epsilon_hat)
+
+
+def running_max(maximum, value):
+    """AMSGrad's non-decreasing second moment: v_max ← max(v_max, v)."""
+    return ops.maximum(maximum, value)
+
+
+def infinity_norm(u, g, beta_2, epsilon):
+    """AdaMax's exponentially weighted infinity norm: u ← max(β2·u, |g| + ε).
+
+    ε inside the max follows ``torch.optim.Adamax``; the paper has ε = 0.
+    """
+    return ops.maximum(beta_2 * u, ops.abs(g) + epsilon)
+
+
+def nadam_momentum(beta_1, step, momentum_decay):
+    """Dozat's momentum schedule: μₜ = β1·(1 − ½·0.96^(t·ψ))."""
+    return beta_1 * (1.0 - 0.5 * ops.power(0.96, step * momentum_decay))
+
+
+def adamax_update(m, u, step, learning_rate, beta_1):
+    """AdaMax (Kingma & Ba, Section 7.1): (α/(1 − β1ᵗ))·m/u."""
+    return m * (learning_rate / bias_correction(beta_1, step)) / u
+
+
+def nadam_update(g, m, v, step, learning_rate, mu, mu_next, mu_product, beta_2, epsilon):
+    """NAdam's Nesterov look-ahead, as in ``torch.optim.NAdam``.
+
+    α·(1 − μₜ)/(1 − Πμ₁..ₜ)·g/d + α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁)·m/d, with d = √(v/(1 − β2ᵗ)) + ε and
+    ``mu_product`` = Πμ₁..ₜ (already including μₜ).
+    """
+    denominator = ops.sqrt(v / bias_correction(beta_2, step)) + epsilon
+    gradient_part = g * (learning_rate * (1.0 - mu) / (1.0 - mu_product))
+    momentum_part = m * (learning_rate * mu_next / (1.0 - mu_product * mu_next))
+    return (gradient_part + momentum_part) / denominator
+
+
+def radam_rectifier(step, beta_2):
+    """RAdam's variance rectification (Liu et al. 2020).
+
+    Returns ``(rectified, r)``: whether ρₜ > 5, and rₜ = √((ρₜ−4)(ρₜ−2)ρ∞ / ((ρ∞−4)(ρ∞−2)ρₜ)) with
+    ρ∞ = 2/(1 − β2) − 1 and ρₜ = ρ∞ − 2t·β2ᵗ/(1 − β2ᵗ). r is clamped to stay real when not used.
+    """
+    rho_inf = 2.0 / (1.0 - beta_2) - 1.0
+    beta_2_power = ops.power(beta_2, step)
+    rho = rho_inf - 2.0 * step * beta_2_power / (1.0 - beta_2_power)
+    rectified = ops.greater(rho, 5.0)
+    ratio = (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
+    return rectified, ops.sqrt(ops.maximum(ratio, 0.0))
+
+
+def radam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
+    """RAdam, as in ``torch.optim.RAdam``: α·m̂·rₜ·√(1 − β2ᵗ)/(√v + ε) once ρₜ > 5, else α·m̂
+    (SGD with momentum while the variance estimate is too young to trust)."""
+    m_hat = m * (learning_rate / bias_correction(beta_1, step))
+    rectified, r = radam_rectifier(step, beta_2)
+    adaptive = r * ops.sqrt(bias_correction(beta_2, step)) / (ops.sqrt(v) + epsilon)
+    return ops.where(rectified, m_hat * adaptive, m_hat)
+
+
+def decoupled_decay(theta, learning_rate, weight_decay):
+    """Loshchilov & Hutter's decoupled weight decay: θ ← θ·(1 − lr·λ), applied before the step."""
+    return theta * (1.0 - learning_rate * weight_decay)

@@ -1,0 +1,215 @@
+"""The Keras plumbing every member of the Adam family shares.
+
+A family member only says which per-parameter state it keeps (``state_names``) and how one step
+turns a gradient and that state into an update (``compute_update``), by composing ``adamkit.ops``.
+This class does the rest: validation, building the state, the decoupled weight decay, assigning the
+results through ``self.assign*`` (which is what makes distribution strategies work), and
+serialisation.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from adamkit import ops as adam_ops
+
+Schedule = keras.optimizers.schedules.LearningRateSchedule
+FloatOrSchedule = float | Schedule | Callable[[], Any]
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_real(name: str, value: object, *, low: float, high: float = math.inf,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """Returns ``value`` as a float, or raises a message that names ``name`` and its range."""
+    bracket = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
+    if not _is_real(value):
+        raise TypeError(f"`{name}` must be a real number in {bracket}; got {_describe(value)}.")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if math.isnan(value) or too_low or too_high or (math.isinf(value) and math.isinf(high)):
+        raise ValueError(f"`{name}` must be a finite number in {bracket}; got {value!r}.")
+    return value
+
+
+def check_beta(name: str, value: object) -> float:
+    return check_real(name, value, low=0.0, high=1.0, high_open=True)
+
+
+def check_schedulable(name: str, value: object, *, positive: bool) -> FloatOrSchedule:
+    """A hyperparameter that is a number, a ``LearningRateSchedule`` or a zero-argument callable."""
+    if isinstance(value, Schedule) or (callable(value) and not _is_real(value)):
+        return value
+    if not _is_real(value):
+        kind = "> 0" if positive else ">= 0"
+        raise TypeError(
+            f"`{name}` must be a finite number {kind}, a "
+            f"keras.optimizers.schedules.LearningRateSchedule or a callable; got {_describe(value)}."
+        )
+    return check_real(name, value, low=0.0, low_open=positive)
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False; got {_describe(value)}.")
+    return value
+
+
+def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"`{name}` must be one of {options}; got {_describe(value)}.")
+    return value  # type: ignore[return-value]
+
+
+class AdamFamily(keras.optimizers.Optimizer):
+    """Base class of adamkit's optimizers: the shared Keras wiring, no math of its own.
+
+    Weight decay, when set, is decoupled (Loshchilov & Hutter), as in every Keras optimizer:
+    θ ← θ·(1 − αₜ·λ) before the step, with αₜ the (scheduled) learning rate. ``weight_decay`` may be
+    a number, a ``LearningRateSchedule`` (called with the iteration count) or a callable.
+    """
+
+    def __init__(
+        self,
+        learning_rate: FloatOrSchedule,
+        beta_1: float,
+        beta_2: float,
+        epsilon: float,
+        weight_decay: FloatOrSchedule | None = None,
+        exclude_from_weight_decay: Sequence[str] | None = None,
+        exclude_1d: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        learning_rate = check_schedulable("learning_rate", learning_rate, positive=True)
+        if weight_decay is not None:
+            weight_decay = check_schedulable("weight_decay", weight_decay, positive=False)
+        if exclude_from_weight_decay is not None:
+            if isinstance(exclude_from_weight_decay, str) or not all(
+                isinstance(p, str) for p in exclude_from_weight_decay
+            ):
+                raise TypeError(
+                    "`exclude_from_weight_decay` must be a list of name patterns (strings); "
+                    f"got {_describe(exclude_from_weight_decay)}."
+                )
+            exclude_from_weight_decay = list(exclude_from_weight_decay)
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        self.beta_1 = check_beta("beta_1", beta_1)
+        self.beta_2 = check_beta("beta_2", beta_2)
+        self.epsilon = check_real("epsilon", epsilon, low=0.0)
+        self.exclude_1d = check_bool("exclude_1d", exclude_1d)
+        self._excluded_names = exclude_from_weight_decay
+        if exclude_from_weight_decay:
+            self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
+
+    # -- what a family member provides -------------------------------------------------------
+
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the per-parameter state tensors, each shaped like its parameter."""
+        return ("momentum", "velocity")
+
+    def scalar_state(self) -> dict[str, float]:
+        """Per-parameter scalar state and its initial value (NAdam keeps its product of μ here)."""
+        return {}
+
+    def compute_update(self, gradient, state: dict, step, learning_rate):
+        """Returns ``(update, new_state)``: θ ← θ − update, and each state tensor's next value."""
+        raise NotImplementedError
+
+    # -- Keras wiring --------------------------------------------------------------------------
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        names = list(self.state_names())
+        slots = self.add_optimizer_variables(var_list, names)
+        self._state = dict(zip(names, slots if len(names) > 1 else (slots,)))
+        for name, initial in self.scalar_state().items():
+            self._state[name] = [
+                self.add_variable(
+                    (),
+                    initializer=keras.initializers.Constant(initial),
+                    dtype="float32",
+                    name=f"{variable.path.replace('/', '_')}_{name}",
+                )
+                for variable in var_list
+            ]
+
+    def state_of(self, variable) -> dict:
+        """This parameter's optimizer state, by name."""
+        index = self._get_variable_index(variable)
+        return {name: slots[index] for name, slots in self._state.items()}
+
+    def update_step(self, gradient, variable, learning_rate):
+        # 16-bit parameters are updated in float32 so that ε and the moments never underflow.
+        dtype = "float32" if str(variable.dtype) in _LOW_PRECISION else variable.dtype
+        learning_rate = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        state = self.state_of(variable)
+        update, new_state = self.compute_update(gradient, state, step, learning_rate)
+        for name, value in new_state.items():
+            self.assign(state[name], value)
+        if self._decays(variable):
+            decay = ops.cast(self._current_weight_decay(), dtype)
+            theta = adam_ops.decoupled_decay(ops.cast(variable, dtype), learning_rate, decay)
+            self.assign(variable, theta - update)
+        else:
+            self.assign_sub(variable, update)
+
+    def _apply_weight_decay(self, variables):
+        """Keras's own pass is replaced: the decay happens inside ``update_step``."""
+
+    def _decays(self, variable) -> bool:
+        if self.weight_decay is None:
+            return False
+        if self.exclude_1d and len(variable.shape) <= 1:
+            return False
+        return self._use_weight_decay(variable)
+
+    def _current_weight_decay(self):
+        decay = self.weight_decay
+        if isinstance(decay, Schedule):
+            return decay(self.iterations)
+        if callable(decay):
+            return decay()
+        return decay
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if isinstance(self.weight_decay, Schedule) or callable(self.weight_decay):
+            config["weight_decay"] = keras.saving.serialize_keras_object(self.weight_decay)
+        config.update(
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            epsilon=self.epsilon,
+            exclude_from_weight_decay=self._excluded_names,
+            exclude_1d=self.exclude_1d,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("weight_decay"), dict):
+            config["weight_decay"] = keras.saving.deserialize_keras_object(
+                config["weight_decay"], custom_objects=custom_objects
+            )
+        return super().from_config(config, custom_objects=custom_objects)
+
