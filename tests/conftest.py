@@ -1,0 +1,50 @@
+"""Shared helpers: run an optimizer for a list of gradients and read back parameters and state."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+BACKEND = keras.backend.backend()
+
+
+def pytest_report_header(config):
+    return f"keras backend: {BACKEND} (set KERAS_BACKEND to change)"
+
+
+def make_variables(initial):
+    return [keras.Variable(np.asarray(x, np.float32), name=f"w{i}") for i, x in enumerate(initial)]
+
+
+def run_optimizer(optimizer, initial, gradient_steps):
+    """Applies ``gradient_steps`` (a list, per step, of one gradient per variable) eagerly.
+
+    Returns the final parameters and ``{state name: [per-variable arrays]}``.
+    """
+    variables = make_variables(initial)
+    for grads in gradient_steps:
+        optimizer.apply([keras.ops.convert_to_tensor(np.asarray(g, np.float32)) for g in grads],
+                        variables)
+    params = [keras.ops.convert_to_numpy(v) for v in variables]
+    state = {
+        name: [keras.ops.convert_to_numpy(s) for s in slots]
+        for name, slots in optimizer._state.items()
+    }
+    return params, state
+
+
+def assert_close(actual, expected, rtol, what):
+    """Relative comparison whose absolute floor scales with the values, so that tiny moments
+    (ε-dominated cases) are compared as strictly as large ones."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    floor = rtol * max(float(np.max(np.abs(expected))), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=floor, err_msg=what)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(int(os.environ.get("ADAMKIT_TEST_SEED", "1234")))
