@@ -42,6 +42,9 @@ class Adam(AdamFamily):
         epsilon: ε ≥ 0, added to √v̂ (or to √v in ``"keras"`` mode). Defaults to 1e-8.
         amsgrad: use AMSGrad's running maximum of vₜ. Defaults to False.
         epsilon_mode: ``"paper"`` (Algorithm 1, the default) or ``"keras"`` (ε̂, as Keras).
+        fused: on the TensorFlow backend, run each float32/float64 variable's whole step as one
+            fused kernel (``adamkit.kernels.tensorflow``). ``None`` (default): wherever it
+            applies; ``False``: always the plain ``adamkit.ops`` path; ``True``: require it.
         weight_decay: decoupled decay λ, θ ← θ·(1 − αₜ·λ) before the step (as every Keras
             optimizer; note that ``torch.optim.Adam``'s ``weight_decay`` is an L2 term instead).
         **kwargs: every keyword of ``keras.optimizers.Optimizer``: ``clipnorm``, ``clipvalue``,
@@ -57,11 +60,25 @@ class Adam(AdamFamily):
         epsilon: float = 1e-8,
         amsgrad: bool = False,
         epsilon_mode: str = "paper",
+        fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
         self.amsgrad = check_bool("amsgrad", amsgrad)
         self.epsilon_mode = check_choice("epsilon_mode", epsilon_mode, EPSILON_MODES)
+        if fused is not None:
+            check_bool("fused", fused)
+        if fused and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"`fused=True` needs the TensorFlow backend; this is {keras.backend.backend()}. "
+                "Use fused=None (the fast path wherever it exists) or fused=False."
+            )
+        self.fused = fused
+        self._kernel = None
+        if fused is not False and keras.backend.backend() == "tensorflow":
+            from adamkit.kernels import tensorflow as kernel
+
+            self._kernel = kernel
 
     def state_names(self) -> tuple[str, ...]:
         return ("momentum", "velocity", "velocity_hat") if self.amsgrad else ("momentum", "velocity")
@@ -78,7 +95,17 @@ class Adam(AdamFamily):
         update = direction(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, new_state
 
+    def fused_update(self, gradient, variable, state, step, learning_rate) -> bool:
+        if self._kernel is None or not self._kernel.supports(variable, gradient, state):
+            return False
+        self._kernel.apply_adam(
+            variable, gradient, state, step=step, learning_rate=learning_rate,
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+            epsilon_mode=self.epsilon_mode,
+        )
+        return True
+
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(amsgrad=self.amsgrad, epsilon_mode=self.epsilon_mode)
+        config.update(amsgrad=self.amsgrad, epsilon_mode=self.epsilon_mode, fused=self.fused)
         return config

@@ -156,22 +156,27 @@ class AdamFamily(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         return {name: slots[index] for name, slots in self._state.items()}
 
+    def fused_update(self, gradient, variable, state: dict, step, learning_rate) -> bool:
+        """A backend fast path for this step, if there is one: applies it and returns True."""
+        return False
+
     def update_step(self, gradient, variable, learning_rate):
         # 16-bit parameters are updated in float32 so that ε and the moments never underflow.
         dtype = "float32" if str(variable.dtype) in _LOW_PRECISION else variable.dtype
         learning_rate = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(gradient, dtype)
         step = ops.cast(self.iterations + 1, dtype)
         state = self.state_of(variable)
+        if self._decays(variable):
+            decay = ops.cast(self._current_weight_decay(), dtype)
+            theta = ops.cast(variable, dtype)
+            self.assign(variable, adam_ops.decoupled_decay(theta, learning_rate, decay))
+        if self.fused_update(gradient, variable, state, step, learning_rate):
+            return
+        gradient = ops.cast(gradient, dtype)
         update, new_state = self.compute_update(gradient, state, step, learning_rate)
         for name, value in new_state.items():
             self.assign(state[name], value)
-        if self._decays(variable):
-            decay = ops.cast(self._current_weight_decay(), dtype)
-            theta = adam_ops.decoupled_decay(ops.cast(variable, dtype), learning_rate, decay)
-            self.assign(variable, theta - update)
-        else:
-            self.assign_sub(variable, update)
+        self.assign_sub(variable, update)
 
     def _apply_weight_decay(self, variables):
         """Keras's own pass is replaced: the decay happens inside ``update_step``."""

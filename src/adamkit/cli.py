@@ -1,0 +1,167 @@
+"""``adamkit``'s subcommands. Every bad flag value ends in a usage message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import textwrap
+from collections.abc import Callable
+
+import keras
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _number(kind: Callable[[str], float], check: Callable[[float], bool], allowed: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; {allowed}") from None
+        if isinstance(value, float) and not math.isfinite(value) or not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; {allowed}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, lambda x: x > 0, "expected an integer > 0")
+nonnegative_int = _number(int, lambda x: x >= 0, "expected an integer >= 0")
+positive_float = _number(float, lambda x: x > 0, "expected a finite number > 0")
+nonnegative_float = _number(float, lambda x: x >= 0, "expected a finite number >= 0")
+beta = _number(float, lambda x: 0 <= x < 1, "expected a number in [0, 1)")
+
+
+class Parser(argparse.ArgumentParser):
+    """Keeps examples and the defaults' help readable."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+TRAIN_EXAMPLES = """
+examples:
+  adamkit train                                   # the seed's example: 3 epochs, adamkit.Adam
+  adamkit train --optimizer keras-adam            # the same with keras.optimizers.Adam
+  adamkit train --optimizer adamw --weight-decay 0.01 --epochs 5
+  adamkit train --backend jax --data ~/mnist.npz --out runs/jax
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from adamkit.train import OPTIMIZERS
+
+    parser = Parser(
+        prog="adamkit",
+        description="The Adam family of optimizers for Keras 3, and the jobs around them.",
+        epilog=textwrap.dedent(
+            """
+            examples:
+              adamkit train                      # train the seed's MNIST model with adamkit.Adam
+              adamkit train --help               # every training flag
+              adamkit reproduce reddi            # Reddi et al.'s counterexample, Adam vs AMSGrad
+            """
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    train = commands.add_parser(
+        "train",
+        help="train the seed's MLP on MNIST",
+        description="Train the seed's MLP (Flatten, Dense 128 relu, Dropout 0.2, Dense 10) on "
+        "MNIST, validate on the test set, and write history (JSON, CSV), a plot, the model and "
+        "a run summary into --out.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--epochs", type=positive_int, default=3, help="default: 3")
+    train.add_argument("--batch-size", type=positive_int, default=32, help="default: 32")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                       help="default: adam; keras-adam is keras.optimizers.Adam, for comparison")
+    train.add_argument("--learning-rate", type=positive_float,
+                       help="default: the optimizer's own (0.001 for adam)")
+    train.add_argument("--beta-1", type=beta, help="default: 0.9")
+    train.add_argument("--beta-2", type=beta, help="default: 0.999")
+    train.add_argument("--epsilon", type=nonnegative_float,
+                       help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
+    train.add_argument("--weight-decay", type=nonnegative_float,
+                       help="decoupled weight decay; default: none (0.01 for adamw)")
+    train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
+                       help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    train.add_argument("--seed", type=nonnegative_int, default=0, help="default: 0")
+    train.add_argument("--data", metavar="PATH",
+                       help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
+    train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
+    train.set_defaults(handler=run_train)
+
+    reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
+    reproduce.add_argument("paper", choices=["reddi", "kingma-ba"])
+    reproduce.add_argument("--out", metavar="DIR", default="runs/reproduce",
+                           help="where plots and results go (default: runs/reproduce)")
+    reproduce.add_argument("--steps", type=positive_int,
+                           help="reddi: steps per setting (default: the paper-sized run)")
+    reproduce.add_argument("--quick", action="store_true",
+                           help="kingma-ba: a smaller run (fewer epochs and samples) for tests")
+    reproduce.add_argument("--data", metavar="PATH", help="kingma-ba: as for train")
+    reproduce.set_defaults(handler=run_reproduce)
+    return parser
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from adamkit.data import DataError
+    from adamkit.train import TrainSettings, make_optimizer, train
+
+    names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
+             "epsilon": args.epsilon, "weight_decay": args.weight_decay}
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        hyperparameters={k: v for k, v in names.items() if v is not None},
+        seed=args.seed,
+        data=args.data,
+        out=args.out,
+    )
+    try:  # hyperparameters the optimizer rejects are the user's to fix: a usage message
+        make_optimizer(settings.optimizer, settings.hyperparameters)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--optimizer {args.optimizer}: {error}")
+    try:
+        train(settings)
+    except DataError as error:
+        if args.data is not None:
+            parser.error(f"--data {args.data}: {error}")
+        print(f"adamkit: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from adamkit import reproduce
+
+    if args.paper == "reddi":
+        reproduce.reddi(args.out, steps=args.steps)
+    else:
+        from adamkit.data import DataError
+
+        try:
+            reproduce.kingma_ba(args.out, quick=args.quick, data=args.data)
+        except DataError as error:
+            print(f"adamkit: error: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]
+    if getattr(args, "backend", keras.backend.backend()) != keras.backend.backend():
+        subparser.error(
+            f"--backend {args.backend}: Keras was already imported with the "
+            f"{keras.backend.backend()} backend; run the `adamkit` command, or set KERAS_BACKEND."
+        )
+    return args.handler(args, subparser)

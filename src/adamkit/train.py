@@ -1,0 +1,161 @@
+"""The seed's example as a job: a Keras MLP trained on MNIST, with history, plot, model and settings
+written next to each other."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+import adamkit
+from adamkit.data import load_mnist
+
+OPTIMIZERS = (*adamkit.FAMILY, "keras-adam")
+
+
+@dataclass
+class TrainSettings:
+    """What ``adamkit train`` runs; the defaults are the seed's example."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    optimizer: str = "adam"
+    # Hyperparameters left as None take the chosen optimizer's own defaults.
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    data: str | None = None
+    out: str | None = None
+
+
+def seed_model() -> keras.Model:
+    """Flatten → Dense(128, relu) → Dropout(0.2) → Dense(10), as in the seed."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def make_optimizer(name: str, hyperparameters: dict[str, Any]) -> keras.optimizers.Optimizer:
+    if name == "keras-adam":
+        return keras.optimizers.Adam(**hyperparameters)
+    return adamkit.get(name, **hyperparameters)
+
+
+def default_out_dir(optimizer: str) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{optimizer}"
+
+
+def versions() -> dict[str, str]:
+    found = {
+        "adamkit": adamkit.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": keras.backend.backend(),
+    }
+    backend_module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[found["backend"]]
+    found[backend_module] = sys.modules[backend_module].__version__
+    return found
+
+
+def write_history(history: dict[str, list[float]], out: Path) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    keys = list(history)
+    with open(out / "history.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *keys])
+        for epoch, row in enumerate(zip(*(history[k] for k in keys)), start=1):
+            writer.writerow([epoch, *row])
+
+
+def plot_history(history: dict[str, list[float]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[metric], "o-", label="train")
+        ax.plot(epochs, history[f"val_{metric}"], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / "plot.png", dpi=100)
+    plt.close(fig)
+
+
+def train(settings: TrainSettings, log=print) -> dict[str, Any]:
+    """Trains the seed's model and writes history, plot, model and run summary to ``out``."""
+    out = Path(settings.out) if settings.out else default_out_dir(settings.optimizer)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(settings.seed)
+
+    (x_train, y_train), (x_test, y_test) = load_mnist(settings.data, log=log)
+    x_train = (x_train / 255.0).astype("float32")
+    x_test = (x_test / 255.0).astype("float32")
+
+    model = seed_model()
+    optimizer = make_optimizer(settings.optimizer, settings.hyperparameters)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        validation_data=(x_test, y_test),
+        verbose=1 if sys.stdout.isatty() else 2,
+    ).history
+    wall_time = time.perf_counter() - start
+    history = {k: [float(x) for x in v] for k, v in history.items()}
+
+    model.save(out / "model.keras")
+    write_history(history, out)
+    plot_history(history, out, f"{settings.optimizer} on MNIST ({keras.backend.backend()})")
+    summary = {
+        "settings": asdict(settings) | {"out": str(out)},
+        "optimizer_config": {k: _jsonable(v) for k, v in optimizer.get_config().items()},
+        "versions": versions(),
+        "wall_time_s": wall_time,
+        "final": {k: v[-1] for k, v in history.items()},
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+    }
+    (out / "run.json").write_text(json.dumps(summary, indent=2))
+    log(f"Final validation accuracy: {history['val_accuracy'][-1]:.4f}")
+    log(f"adamkit: wrote history, plot, model and run summary to {out}/")
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
