@@ -9,6 +9,8 @@ and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive
 
 from __future__ import annotations
 
+import math
+
 from keras import ops
 
 
@@ -31,9 +33,23 @@ def second_moment(v, g, beta_2):
     return ema(v, ops.square(g), beta_2)
 
 
+def power(beta, step):
+    """βᵗ as exp(t·ln β), with ln β taken in double precision before it meets a float32 tensor."""
+    if beta == 0.0:
+        return ops.zeros_like(step)
+    return ops.exp(step * math.log(beta))
+
+
 def bias_correction(beta, step):
-    """1 − βᵗ: the factor that un-biases a zero-initialised moving average at step t."""
-    return 1.0 - ops.power(beta, step)
+    """1 − βᵗ: the factor that un-biases a zero-initialised moving average at step t.
+
+    Computed as −expm1(t·ln β). In float32, 1 − pow(β, t) inherits β's rounding (β2 = 0.999 is
+    stored as 0.99900001…, so 1 − β2 is off by 1.3e-5 relative) while the moments use 1 − β formed
+    in double; this form keeps the two consistent, as PyTorch's double-precision scalars are.
+    """
+    if beta == 0.0:
+        return ops.ones_like(step)
+    return -ops.expm1(step * math.log(beta))
 
 
 def adam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
@@ -49,9 +65,12 @@ def epsilon_hat_update(m, v, step, learning_rate, beta_1, beta_2, epsilon_hat):
     """Kingma & Ba, Section 2's faster form: αₜ·m/(√v + ε̂), αₜ = α·√(1 − β2ᵗ)/(1 − β1ᵗ).
 
     ε̂ is added to √v *before* bias correction; this is what ``keras.optimizers.Adam`` computes,
-    in the same order. It equals Algorithm 1 only when ε̂ = ε·√(1 − β2ᵗ).
+    in the same order and with the same 1 − pow(β, t), so that the two agree bit for bit.
+    It equals Algorithm 1 only when ε̂ = ε·√(1 − β2ᵗ).
     """
-    alpha = learning_rate * ops.sqrt(bias_correction(beta_2, step)) / bias_correction(beta_1, step)
+    keras_correction_1 = 1.0 - ops.power(beta_1, step)
+    keras_correction_2 = 1.0 - ops.power(beta_2, step)
+    alpha = learning_rate * ops.sqrt(keras_correction_2) / keras_correction_1
     return m * alpha / (ops.sqrt(v) + epsilon_hat)
 
 
@@ -70,7 +89,7 @@ def infinity_norm(u, g, beta_2, epsilon):
 
 def nadam_momentum(beta_1, step, momentum_decay):
     """Dozat's momentum schedule: μₜ = β1·(1 − ½·0.96^(t·ψ))."""
-    return beta_1 * (1.0 - 0.5 * ops.power(0.96, step * momentum_decay))
+    return beta_1 * (1.0 - 0.5 * power(0.96, step * momentum_decay))
 
 
 def adamax_update(m, u, step, learning_rate, beta_1):
@@ -97,8 +116,7 @@ def radam_rectifier(step, beta_2):
     ρ∞ = 2/(1 − β2) − 1 and ρₜ = ρ∞ − 2t·β2ᵗ/(1 − β2ᵗ). r is clamped to stay real when not used.
     """
     rho_inf = 2.0 / (1.0 - beta_2) - 1.0
-    beta_2_power = ops.power(beta_2, step)
-    rho = rho_inf - 2.0 * step * beta_2_power / (1.0 - beta_2_power)
+    rho = rho_inf - 2.0 * step * power(beta_2, step) / bias_correction(beta_2, step)
     rectified = ops.greater(rho, 5.0)
     ratio = (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
     return rectified, ops.sqrt(ops.maximum(ratio, 0.0))

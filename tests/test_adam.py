@@ -1,0 +1,251 @@
+"""The optimizers as Keras optimizers: convergence, every base keyword, schedules, weight decay,
+validation, and saving."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, assert_close, compiled_step, make_variables, run_optimizer
+from keras import ops
+
+import adamkit
+import reference
+
+FAMILY = list(adamkit.FAMILY)
+
+
+def make(name, **kwargs):
+    if name == "adamw":
+        kwargs.setdefault("weight_decay", 0.0)  # convergence to the unregularised optimum
+    return adamkit.get(name, **kwargs)
+
+
+# -- convergence ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_converges_on_a_parabola(name):
+    target = np.array([3.0, -2.0, 0.5, 10.0], np.float32)
+    (w,) = make_variables([np.zeros(4)])
+    step = compiled_step(make(name, learning_rate=0.05), [w], lambda: [2.0 * (w - target)])
+    for _ in range(1500):
+        step()
+    np.testing.assert_allclose(ops.convert_to_numpy(w), target, atol=3e-2)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_converges_on_rosenbrock(name):
+    (w,) = make_variables([np.zeros(2)])
+
+    def gradient():
+        x, y = w[0], w[1]
+        return [ops.stack([-2.0 * (1.0 - x) - 400.0 * x * (y - x * x), 200.0 * (y - x * x)])]
+
+    step = compiled_step(make(name, learning_rate=0.01), [w], gradient)
+    for _ in range(3000):
+        step()
+    np.testing.assert_allclose(ops.convert_to_numpy(w), [1.0, 1.0], atol=3e-2)
+
+
+# -- Keras's base keywords -----------------------------------------------------------------------
+
+def test_learning_rate_schedule_is_followed(rng):
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=1, decay_rate=0.9)
+    x0 = rng.normal(size=(6,)).astype(np.float32)
+    grads = [rng.normal(size=(6,)).astype(np.float32) for _ in range(10)]
+    (ours,), _ = run_optimizer(adamkit.Adam(learning_rate=schedule), [x0], [[g] for g in grads])
+    # the oracle, step by step with that step's learning rate
+    theta = x0.astype(np.float64)
+    m = v = np.zeros(6)
+    for t, g in enumerate(grads, start=1):
+        lr = 0.05 * 0.9 ** (t - 1)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta = theta - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    assert_close(ours, theta, 2e-5, "scheduled learning rate")
+
+
+def test_callable_learning_rate():
+    (ours,), _ = run_optimizer(adamkit.Adam(learning_rate=lambda: 0.5), [np.zeros(3)],
+                               [[np.ones(3)]])
+    np.testing.assert_allclose(ours, -0.5, rtol=1e-6)
+
+
+def test_gradient_accumulation_equals_the_mean_gradient(rng):
+    x0 = rng.normal(size=(5,)).astype(np.float32)
+    g = [rng.normal(size=(5,)).astype(np.float32) for _ in range(8)]
+    accumulated, _ = run_optimizer(adamkit.Adam(gradient_accumulation_steps=2), [x0],
+                                   [[x] for x in g])
+    mean_steps = [[(g[i] + g[i + 1]) / 2] for i in range(0, 8, 2)]
+    plain, _ = run_optimizer(adamkit.Adam(), [x0], mean_steps)
+    np.testing.assert_allclose(accumulated[0], plain[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("clip", [{"clipnorm": 0.1}, {"clipvalue": 0.05}, {"global_clipnorm": 0.1}])
+def test_clipping_equals_clipping_by_hand(clip, rng):
+    x0 = rng.normal(size=(5,)).astype(np.float32)
+    g = rng.normal(size=(5,)).astype(np.float32) * 3
+    (clipped,), _ = run_optimizer(adamkit.Adam(learning_rate=0.1, **clip), [x0], [[g], [g * 0.5]])
+    by_hand = []
+    for x in (g, g * 0.5):
+        if "clipvalue" in clip:
+            by_hand.append([np.clip(x, -0.05, 0.05)])
+        else:
+            by_hand.append([x * min(1.0, 0.1 / np.linalg.norm(x))])
+    (expected,), _ = run_optimizer(adamkit.Adam(learning_rate=0.1), [x0], by_hand)
+    np.testing.assert_allclose(clipped, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_scale_factor_divides_the_gradient(rng):
+    x0 = rng.normal(size=(5,)).astype(np.float32)
+    g = [rng.normal(size=(5,)).astype(np.float32) for _ in range(3)]
+    (scaled,), _ = run_optimizer(adamkit.Adam(loss_scale_factor=128.0), [x0],
+                                 [[x * 128.0] for x in g])
+    (plain,), _ = run_optimizer(adamkit.Adam(), [x0], [[x] for x in g])
+    np.testing.assert_allclose(scaled, plain, rtol=1e-6)
+
+
+def test_ema_keeps_an_average_and_finalizes_it():
+    x = keras.Variable(np.zeros(3, np.float32))
+    optimizer = adamkit.Adam(learning_rate=0.1, use_ema=True, ema_momentum=0.5)
+    for _ in range(5):
+        optimizer.apply([ops.ones(3)], [x])
+    raw = ops.convert_to_numpy(x).copy()
+    optimizer.finalize_variable_values([x])
+    averaged = ops.convert_to_numpy(x)
+    assert np.all(averaged > raw), "the moving average lags behind the descending weights"
+
+
+# -- weight decay ---------------------------------------------------------------------------------
+
+def decay_only(optimizer, shapes, steps=5):
+    """With zero gradients Adam's step is zero, so only the decoupled decay moves the weights."""
+    variables = [keras.Variable(np.ones(s, np.float32), name=n) for n, s in shapes]
+    for _ in range(steps):
+        optimizer.apply([ops.zeros(s) for _, s in shapes], variables)
+    return [ops.convert_to_numpy(v) for v in variables]
+
+
+def test_adamw_decays_like_torch_and_excludes_by_name():
+    kernel, bias = decay_only(
+        adamkit.AdamW(learning_rate=0.1, weight_decay=0.5, exclude_from_weight_decay=["bias"]),
+        [("kernel", (2, 2)), ("bias", (2,))],
+    )
+    np.testing.assert_allclose(kernel, (1 - 0.1 * 0.5) ** 5, rtol=1e-6)
+    np.testing.assert_array_equal(bias, 1.0)
+
+
+def test_adamw_exclude_1d_leaves_vectors_alone():
+    matrix, vector, scalar = decay_only(
+        adamkit.AdamW(learning_rate=0.1, weight_decay=0.5, exclude_1d=True),
+        [("kernel", (2, 3)), ("scale", (3,)), ("offset", ())],
+    )
+    np.testing.assert_allclose(matrix, 0.95**5, rtol=1e-6)
+    np.testing.assert_array_equal(vector, 1.0)
+    np.testing.assert_array_equal(scalar, 1.0)
+
+
+def test_weight_decay_follows_a_schedule():
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.5, 0.0])
+    (kernel,) = decay_only(adamkit.AdamW(learning_rate=0.1, weight_decay=schedule),
+                           [("kernel", (3,))])
+    # iterations 0, 1, 2 use λ = 0.5 (boundary inclusive), then λ = 0
+    np.testing.assert_allclose(kernel, 0.95**3, rtol=1e-6)
+    revived = adamkit.AdamW.from_config(
+        adamkit.AdamW(weight_decay=schedule).get_config())
+    assert isinstance(revived.weight_decay, keras.optimizers.schedules.PiecewiseConstantDecay)
+
+
+def test_adam_weight_decay_matches_the_oracle(rng):
+    x0 = rng.normal(size=(4,)).astype(np.float32)
+    grads = [[rng.normal(size=(4,)).astype(np.float32)] for _ in range(10)]
+    (ours,), _ = run_optimizer(adamkit.Adam(learning_rate=0.01, weight_decay=0.2), [x0], grads)
+    expected, _ = reference.adam(x0, [g[0] for g in grads], lr=0.01, wd=0.2)
+    assert_close(ours, expected, 2e-5, "Adam(weight_decay=…)")
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+BAD_ARGUMENTS = [
+    ({"learning_rate": 0.0}, ValueError, "learning_rate"),
+    ({"learning_rate": -1e-3}, ValueError, "learning_rate"),
+    ({"learning_rate": float("nan")}, ValueError, "learning_rate"),
+    ({"learning_rate": float("inf")}, ValueError, "learning_rate"),
+    ({"learning_rate": "0.001"}, TypeError, "learning_rate"),
+    ({"beta_1": 1.0}, ValueError, r"beta_1.*\[0, 1\)"),
+    ({"beta_1": -0.1}, ValueError, "beta_1"),
+    ({"beta_2": 1.5}, ValueError, "beta_2"),
+    ({"beta_2": None}, TypeError, "beta_2"),
+    ({"beta_1": True}, TypeError, "beta_1"),
+    ({"epsilon": -1e-8}, ValueError, "epsilon"),
+    ({"epsilon": float("inf")}, ValueError, "epsilon"),
+    ({"epsilon": "tiny"}, TypeError, "epsilon"),
+    ({"amsgrad": "yes"}, TypeError, "amsgrad"),
+    ({"epsilon_mode": "torch"}, ValueError, "epsilon_mode.*'paper', 'keras'"),
+    ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+    ({"weight_decay": "lots"}, TypeError, "weight_decay"),
+    ({"fused": "auto"}, TypeError, "fused"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_ARGUMENTS)
+def test_bad_hyperparameters_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        adamkit.Adam(**kwargs)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_every_member_validates_the_shared_arguments(name):
+    with pytest.raises(ValueError, match="beta_2"):
+        adamkit.get(name, beta_2=1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        adamkit.get(name, learning_rate=0.0)
+
+
+def test_member_specific_arguments_are_validated():
+    with pytest.raises(ValueError, match="momentum_decay"):
+        adamkit.Nadam(momentum_decay=-1.0)
+    with pytest.raises(TypeError, match="exclude_from_weight_decay"):
+        adamkit.AdamW(exclude_from_weight_decay="bias")
+    with pytest.raises(ValueError, match="weight_decay"):
+        adamkit.AdamW(weight_decay=None)
+    with pytest.raises(ValueError, match="Argument.*not recognized"):
+        adamkit.Adam(momentum=0.9)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the fused kernel exists on TensorFlow")
+def test_fused_true_elsewhere_is_refused():
+    with pytest.raises(ValueError, match="fused=True.*TensorFlow"):
+        adamkit.Adam(fused=True)
+
+
+# -- saving --------------------------------------------------------------------------------------
+
+def small_model():
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
+                             keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_keras_file_round_trip_resumes_exactly(name, tmp_path, rng):
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.normal(size=(64, 3)).astype(np.float32)
+    keras.utils.set_random_seed(1)
+    model = small_model()
+    model.compile(optimizer=make(name, learning_rate=0.01), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.optimizer) is type(model.optimizer)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    saved_state = [ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    for a, b in zip(saved_state, loaded.optimizer.variables):
+        np.testing.assert_array_equal(a, ops.convert_to_numpy(b))
+
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 12
