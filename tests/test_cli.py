@@ -1,0 +1,103 @@
+"""``adamkit`` as a user runs it: real processes, real MNIST."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ADAMKIT = shutil.which("adamkit", path=os.path.dirname(sys.executable)) or shutil.which("adamkit")
+
+
+def adamkit(*args, timeout=900, env=None):
+    return subprocess.run([ADAMKIT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_shows_examples():
+    top = adamkit("--help")
+    assert top.returncode == 0 and "examples:" in top.stdout and "train" in top.stdout
+    train = adamkit("train", "--help")
+    assert train.returncode == 0
+    for flag in ("--epochs", "--batch-size", "--learning-rate", "--beta-1", "--beta-2",
+                 "--epsilon", "--optimizer", "--backend", "--seed", "--data", "--out"):
+        assert flag in train.stdout
+    assert "adamkit train --optimizer keras-adam" in train.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "three"], "--epochs"),
+        (["--batch-size", "-5"], "--batch-size"),
+        (["--learning-rate", "-1"], "--learning-rate"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--beta-1", "1.0"], "--beta-1"),
+        (["--beta-2", "x"], "--beta-2"),
+        (["--epsilon", "-1e-8"], "--epsilon"),
+        (["--optimizer", "sgd"], "--optimizer"),
+        (["--backend", "numpy"], "--backend"),
+        (["--seed", "-1"], "--seed"),
+        (["--weight-decay", "inf"], "--weight-decay"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_give_usage_and_exit_2(args, complaint):
+    result = adamkit("train", *args)
+    assert result.returncode == 2, result.stderr
+    assert "usage: adamkit train" in result.stderr
+    assert complaint in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_data_pointing_at_garbage_is_a_usage_error(tmp_path):
+    garbage = tmp_path / "mnist.npz"
+    garbage.write_bytes(os.urandom(2048))
+    result = adamkit("train", "--data", str(garbage), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert f"--data {garbage}" in result.stderr and "not a readable .npz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_default_train_is_the_seed_example_and_reaches_097(tmp_path):
+    """The main job exactly as the README runs it: 3 epochs, batch 32, adamkit.Adam defaults."""
+    out = tmp_path / "run"
+    result = adamkit("train", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("Epoch 3/3") for line in lines)
+    final = [line for line in lines if line.startswith("Final validation accuracy: ")]
+    accuracy = float(final[0].split(": ")[1])
+    assert accuracy >= 0.970
+
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["val_accuracy"]) == 3
+    assert round(history["val_accuracy"][-1], 4) == accuracy
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["epochs"] == 3 and run["settings"]["batch_size"] == 32
+    assert run["optimizer_config"]["epsilon"] == 1e-8
+    assert run["versions"]["backend"] == "tensorflow" and run["wall_time_s"] > 0
+    assert run["final"]["val_accuracy"] == history["val_accuracy"][-1]
+    assert (out / "model.keras").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_train_on_other_backends(backend, tmp_path):
+    out = tmp_path / backend
+    result = adamkit("train", "--backend", backend, "--epochs", "1", "--batch-size", "128",
+                     "--optimizer", "adamw", "--weight-decay", "0.01", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["versions"]["backend"] == backend
+    assert run["final"]["val_accuracy"] >= 0.93
