@@ -6,11 +6,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, assert_close, compiled_step, make_variables, run_optimizer
 from keras import ops
 
 import adamkit
 import reference
+from conftest import BACKEND, assert_close, compiled_step, make_variables, run_optimizer
 
 FAMILY = list(adamkit.FAMILY)
 

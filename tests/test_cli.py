@@ -80,7 +80,7 @@ def test_default_train_is_the_seed_example_and_reaches_097(tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert len(history["val_accuracy"]) == 3
     assert round(history["val_accuracy"][-1], 4) == accuracy
-    rows = list(csv.DictReader(open(out / "history.csv")))
+    rows = list(csv.DictReader((out / "history.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((out / "run.json").read_text())

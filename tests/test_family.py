@@ -13,10 +13,10 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, assert_close, run_optimizer
 
 import adamkit
 import reference
+from conftest import BACKEND, assert_close, run_optimizer
 
 LR = 0.01
 STEPS = 60

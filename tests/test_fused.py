@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, assert_close, make_variables
 
 import adamkit
+from conftest import BACKEND, assert_close, make_variables
 
 pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused kernel is TensorFlow's")
 
