@@ -1,0 +1,20 @@
+"""Learning-rate schedules the papers use and Keras lacks."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="adamkit")
+class InverseSqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """αₜ = α/√t with t = step + 1 (Kingma & Ba §6.1; Reddi et al.'s counterexamples)."""
+
+    def __init__(self, initial_learning_rate: float) -> None:
+        self.initial_learning_rate = float(initial_learning_rate)
+
+    def __call__(self, step):
+        return self.initial_learning_rate / ops.sqrt(ops.cast(step, "float32") + 1.0)
+
+    def get_config(self) -> dict:
+        return {"initial_learning_rate": self.initial_learning_rate}

@@ -1,0 +1,35 @@
+"""The papers' experiments, reduced in size, asserting their qualitative results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_cli import adamkit
+
+
+@pytest.mark.slow
+def test_reddi_adam_goes_to_the_worst_point_amsgrad_to_the_optimum(tmp_path):
+    result = adamkit("reproduce", "reddi", "--steps", "1500", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    found = json.loads((tmp_path / "reddi.json").read_text())
+    theorem = found["theorem-1"]
+    assert theorem["Adam"]["final_x"] > 0.9, "Adam should end near +1, the worst point"
+    assert theorem["AMSGrad"]["final_x"] < -0.9, "AMSGrad should end near -1, the optimum"
+    assert theorem["AMSGrad"]["average_regret"] < theorem["Adam"]["average_regret"] / 5
+    for setting in ("online", "stochastic"):  # these take ~10⁵ steps to settle; only the sign here
+        assert found[setting]["Adam"]["final_x"] > 0.5
+    assert "final x" in result.stdout and "average regret" in result.stdout
+    assert (tmp_path / "reddi.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_kingma_ba_quick_adam_trains_the_mlp_fastest(tmp_path):
+    result = adamkit("reproduce", "kingma-ba", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "quick mode" in result.stdout
+    best = json.loads((tmp_path / "kingma_ba.json").read_text())["mlp"]["best"]
+    adam = best.pop("Adam (adamkit)")
+    assert adam <= min(best.values()), f"Adam {adam} vs {best}"
+    assert (tmp_path / "kingma_ba.png").read_bytes()[:4] == b"\x89PNG"
