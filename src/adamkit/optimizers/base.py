@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from adamkit import ops as adam_ops
+from adamkit import sparse
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 FloatOrSchedule = float | Schedule | Callable[[], Any]
@@ -83,6 +84,11 @@ class AdamFamily(keras.optimizers.Optimizer):
     Weight decay, when set, is decoupled (Loshchilov & Hutter), as in every Keras optimizer:
     θ ← θ·(1 − αₜ·λ) before the step, with αₜ the (scheduled) learning rate. ``weight_decay`` may be
     a number, a ``LearningRateSchedule`` (called with the iteration count) or a callable.
+
+    ``lazy=True`` (see ``adamkit.sparse``): for a sparse gradient (an embedding's ``IndexedSlices``
+    on TensorFlow) only the touched rows of θ, m and v change, decay included; untouched rows keep
+    their values and their moments, bit for bit. On JAX and PyTorch, whose gradients are dense, rows
+    whose gradient is entirely zero are left untouched in the same way.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         weight_decay: FloatOrSchedule | None = None,
         exclude_from_weight_decay: Sequence[str] | None = None,
         exclude_1d: bool = False,
+        lazy: bool = False,
         **kwargs: Any,
     ) -> None:
         learning_rate = check_schedulable("learning_rate", learning_rate, positive=True)
@@ -113,6 +120,14 @@ class AdamFamily(keras.optimizers.Optimizer):
         self.beta_2 = check_beta("beta_2", beta_2)
         self.epsilon = check_real("epsilon", epsilon, low=0.0)
         self.exclude_1d = check_bool("exclude_1d", exclude_1d)
+        self.lazy = check_bool("lazy", lazy)
+        if self.lazy and self.scalar_state():
+            raise ValueError(
+                f"`lazy=True` is not available for {type(self).__name__}: its state includes "
+                f"{', '.join(self.scalar_state())}, a per-variable scalar that advances at every "
+                "step, so untouched rows cannot simply be skipped. Lazy updates are available for "
+                "Adam, AMSGrad, AdamW, Adamax and RAdam."
+            )
         self._excluded_names = exclude_from_weight_decay
         if exclude_from_weight_decay:
             self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
@@ -166,17 +181,36 @@ class AdamFamily(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, dtype)
         step = ops.cast(self.iterations + 1, dtype)
         state = self.state_of(variable)
-        if self._decays(variable):
-            decay = ops.cast(self._current_weight_decay(), dtype)
-            theta = ops.cast(variable, dtype)
-            self.assign(variable, adam_ops.decoupled_decay(theta, learning_rate, decay))
-        if self.fused_update(gradient, variable, state, step, learning_rate):
+        if self.lazy and sparse.is_sparse(gradient):
+            sparse.lazy_sparse_step(self, gradient, variable, state, step, learning_rate, dtype)
+            return
+        # Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they are.
+        masked = self.lazy and keras.backend.backend() != "tensorflow"
+        if self._decays(variable) and not masked:
+            self.assign(variable, self._decayed(variable, learning_rate, dtype))
+        if not masked and self.fused_update(gradient, variable, state, step, learning_rate):
             return
         gradient = ops.cast(gradient, dtype)
         update, new_state = self.compute_update(gradient, state, step, learning_rate)
+        if masked:
+            touched = sparse.touched_rows(gradient)
+            theta = self._decayed(variable, learning_rate, dtype)
+            new_state = {
+                k: ops.where(touched, v, ops.convert_to_tensor(state[k])) for k, v in new_state.items()
+            }
+            self.assign(variable, ops.where(touched, theta - update, ops.cast(variable, dtype)))
+        else:
+            self.assign_sub(variable, update)
         for name, value in new_state.items():
             self.assign(state[name], value)
-        self.assign_sub(variable, update)
+
+    def _decayed(self, variable, learning_rate, dtype):
+        """θ·(1 − αₜλ) where this variable decays, else θ, in ``dtype``."""
+        theta = ops.cast(variable, dtype)
+        if not self._decays(variable):
+            return theta
+        decay = ops.cast(self._current_weight_decay(), dtype)
+        return adam_ops.decoupled_decay(theta, learning_rate, decay)
 
     def _apply_weight_decay(self, variables):
         """Keras's own pass is replaced: the decay happens inside ``update_step``."""
@@ -206,6 +240,7 @@ class AdamFamily(keras.optimizers.Optimizer):
             epsilon=self.epsilon,
             exclude_from_weight_decay=self._excluded_names,
             exclude_1d=self.exclude_1d,
+            lazy=self.lazy,
         )
         return config
 

@@ -1,0 +1,56 @@
+"""Lazy updates: with ``lazy=True`` only the rows a gradient touches change.
+
+An embedding lookup's gradient (TensorFlow's ``IndexedSlices``) names the rows it touches. Adam
+normally decays every row's moments on every step — work proportional to the table. The lazy step
+gathers the touched rows of θ, m and v, runs the optimizer's own ``compute_update`` on them (the math
+is elementwise, so rows are as good as whole tensors), and scatters the results back: work
+proportional to the rows touched. Duplicate indices are summed first; bias correction uses the
+global step, as TF Addons' LazyAdam and ``torch.optim.SparseAdam`` do.
+
+JAX and PyTorch hand Keras dense gradients, so there a row counts as touched when any of its gradient
+entries is non-zero: the same rows as a sparse gradient names (barring a looked-up row whose gradient
+is exactly zero), at dense cost.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def is_sparse(gradient) -> bool:
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(gradient, tf.IndexedSlices)
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def lazy_sparse_step(optimizer, gradient, variable, state, step, learning_rate, dtype) -> None:
+    """Updates only ``gradient.indices``' rows of ``variable`` and of its state (TensorFlow)."""
+    import tensorflow as tf
+
+    unique, position = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(unique)[0])
+    rows = {name: tf.gather(_tf_variable(slot), unique) for name, slot in state.items()}
+    theta = tf.cast(tf.gather(_tf_variable(variable), unique), dtype)
+    if optimizer._decays(variable):  # decoupled decay, on the touched rows only
+        decay = tf.cast(optimizer._current_weight_decay(), dtype)
+        theta = theta * (1.0 - learning_rate * decay)
+    update, new_rows = optimizer.compute_update(tf.cast(values, dtype), rows, step, learning_rate)
+    shape = tf.shape(_tf_variable(variable), out_type=unique.dtype)
+    for name, value in new_rows.items():
+        optimizer.assign(state[name], tf.IndexedSlices(value, unique, shape))
+    optimizer.assign(variable, tf.IndexedSlices(theta - update, unique, shape))
+
+
+def touched_rows(gradient):
+    """A boolean mask broadcastable against ``gradient``: rows with any non-zero entry."""
+    nonzero = ops.not_equal(gradient, 0)
+    if len(gradient.shape) <= 1:
+        return nonzero
+    return ops.any(nonzero, axis=tuple(range(1, len(gradient.shape))), keepdims=True)

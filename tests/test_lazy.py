@@ -1,0 +1,178 @@
+"""Lazy sparse updates: untouched rows stay bit-identical, touched rows follow
+``torch.optim.SparseAdam``, under eager, ``model.fit`` and a mirrored strategy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import torch
+from keras import ops
+
+import adamkit
+from conftest import BACKEND, assert_close
+
+ROWS, DIM, STEPS = 40, 6, 25
+tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="sparse gradients are TensorFlow's")
+
+
+def sparse_steps(rng):
+    """Per step: indices (with duplicates; rows 30..39 never touched) and their gradient rows."""
+    steps = []
+    for _ in range(STEPS):
+        indices = rng.integers(0, 30, size=12)
+        indices[:3] = indices[3]  # duplicates, to be summed
+        steps.append((indices.astype(np.int32), rng.normal(size=(12, DIM)).astype(np.float32)))
+    return steps
+
+
+def as_numpy(x):
+    return ops.convert_to_numpy(x)
+
+
+@tensorflow_only
+def test_touched_rows_match_sparse_adam_and_untouched_rows_never_move(rng):
+    import tensorflow as tf
+
+    initial = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    table = keras.Variable(initial)
+    optimizer = adamkit.Adam(learning_rate=0.01, lazy=True, epsilon_mode="keras", epsilon=1e-8)
+    optimizer.build([table])
+    param = torch.tensor(initial, requires_grad=True)
+    reference = torch.optim.SparseAdam([param], lr=0.01, eps=1e-8)
+
+    for indices, values in sparse_steps(rng):
+        before = [as_numpy(table)] + [as_numpy(s) for s in optimizer.state_of(table).values()]
+        optimizer.apply([tf.IndexedSlices(values, indices, (ROWS, DIM))], [table])
+        param.grad = torch.sparse_coo_tensor(indices[None].astype(np.int64), values, (ROWS, DIM))
+        reference.step()
+
+        untouched = np.setdiff1d(np.arange(ROWS), indices)
+        after = [as_numpy(table)] + [as_numpy(s) for s in optimizer.state_of(table).values()]
+        for old, new in zip(before, after):
+            np.testing.assert_array_equal(new[untouched], old[untouched])
+        assert_close(as_numpy(table), param.detach().numpy(), 2e-6, "θ vs SparseAdam")
+        state = optimizer.state_of(table)
+        assert_close(as_numpy(state["momentum"]), reference.state[param]["exp_avg"].numpy(), 2e-6, "m")
+        assert_close(as_numpy(state["velocity"]), reference.state[param]["exp_avg_sq"].numpy(), 2e-6, "v")
+    np.testing.assert_array_equal(as_numpy(table)[30:], initial[30:])
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamax", "radam"])
+def test_lazy_rows_equal_the_dense_update_of_those_rows(name, rng):
+    """One sparse step equals the dense optimizer applied to a table holding only those rows."""
+    import tensorflow as tf
+
+    initial = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    indices = np.array([3, 7, 7, 20], np.int32)
+    values = rng.normal(size=(4, DIM)).astype(np.float32)
+    lazy_table, rows = keras.Variable(initial), keras.Variable(initial[[3, 7, 20]])
+    lazy = adamkit.get(name, learning_rate=0.01, lazy=True)
+    dense = adamkit.get(name, learning_rate=0.01)
+    lazy.apply([tf.IndexedSlices(values, indices, (ROWS, DIM))], [lazy_table])
+    summed = np.stack([values[0], values[1] + values[2], values[3]])
+    dense.apply([ops.convert_to_tensor(summed)], [rows])
+    assert_close(as_numpy(lazy_table)[[3, 7, 20]], as_numpy(rows), 2e-5, name)
+    untouched = np.setdiff1d(np.arange(ROWS), indices)
+    np.testing.assert_array_equal(as_numpy(lazy_table)[untouched], initial[untouched])
+
+
+def test_adamw_decays_only_the_touched_rows(rng):
+    initial = np.ones((ROWS, DIM), np.float32)
+    table = keras.Variable(initial)
+    optimizer = adamkit.AdamW(learning_rate=0.1, weight_decay=0.5, lazy=True)
+    gradient = np.zeros((ROWS, DIM), np.float32)
+    gradient[[1, 5]] = 1.0
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        grad = tf.IndexedSlices(gradient[[1, 5]], np.array([1, 5], np.int32), (ROWS, DIM))
+    else:
+        grad = ops.convert_to_tensor(gradient)
+    optimizer.apply([grad], [table])
+    result = as_numpy(table)
+    np.testing.assert_allclose(result[[1, 5]], 0.95 - 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(result, [1, 5], axis=0), 1.0)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="JAX and PyTorch hand over dense gradients")
+def test_dense_gradients_leave_all_zero_rows_untouched(rng):
+    initial = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    lazy_table, plain_table = keras.Variable(initial), keras.Variable(initial)
+    lazy, plain = adamkit.Adam(lazy=True), adamkit.Adam()
+    for t in range(5):
+        gradient = np.zeros((ROWS, DIM), np.float32)
+        touched = [t, 10 + t, 33]
+        gradient[touched] = rng.normal(size=(3, DIM))
+        lazy.apply([ops.convert_to_tensor(gradient)], [lazy_table])
+        plain.apply([ops.convert_to_tensor(gradient)], [plain_table])
+    never = np.setdiff1d(np.arange(ROWS), [0, 1, 2, 3, 4, 10, 11, 12, 13, 14, 33])
+    np.testing.assert_array_equal(as_numpy(lazy_table)[never], initial[never])
+    # row 33 is touched at every step, so lazy and dense agree on it
+    assert_close(as_numpy(lazy_table)[33], as_numpy(plain_table)[33], 2e-6, "row touched every step")
+    assert np.all(as_numpy(lazy.state_of(lazy_table)["momentum"])[never] == 0)
+
+
+def test_lazy_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ValueError, match="lazy=True.*Nadam.*mu_product"):
+        adamkit.Nadam(lazy=True)
+    with pytest.raises(TypeError, match="lazy"):
+        adamkit.Adam(lazy="yes")
+    assert adamkit.Adam.from_config(adamkit.Adam(lazy=True).get_config()).lazy is True
+
+
+def embedding_model(rows):
+    return keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(rows, 8),
+                             keras.layers.Flatten(), keras.layers.Dense(1)])
+
+
+@tensorflow_only
+def test_model_fit_leaves_unseen_embedding_rows_alone(rng):
+    keras.utils.set_random_seed(0)
+    model = embedding_model(500)
+    model.compile(optimizer=adamkit.Adam(lazy=True), loss="mse")
+    before = as_numpy(model.layers[0].embeddings).copy()
+    ids = rng.integers(0, 100, size=(256, 4)).astype(np.int32)  # rows 100.. never appear
+    model.fit(ids, rng.normal(size=(256, 1)), batch_size=32, epochs=2, verbose=0)
+    after = as_numpy(model.layers[0].embeddings)
+    np.testing.assert_array_equal(after[100:], before[100:])
+    assert np.all(np.any(after[np.unique(ids)] != before[np.unique(ids)], axis=1))
+
+
+MIRRORED = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras, adamkit
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(500, 8),
+                                  keras.layers.Flatten(), keras.layers.Dense(1)])
+        model.compile(optimizer=adamkit.Adam(lazy=True), loss="mse")
+    before = model.layers[0].embeddings.numpy().copy()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 100, size=(256, 4)).astype(np.int32)
+    model.fit(ids, rng.normal(size=(256, 1)), batch_size=32, epochs=1, verbose=0)
+    after = model.layers[0].embeddings.numpy()
+    assert np.array_equal(after[100:], before[100:]), "an untouched row moved"
+    assert np.all(np.any(after[np.unique(ids)] != before[np.unique(ids)], axis=1))
+    print("mirrored lazy ok")
+""")
+
+
+@tensorflow_only
+@pytest.mark.slow
+def test_lazy_under_a_mirrored_strategy_on_two_devices():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mirrored lazy ok" in result.stdout
