@@ -42,7 +42,9 @@ def lazy_sparse_step(optimizer, gradient, variable, state, step, learning_rate, 
         decay = tf.cast(optimizer._current_weight_decay(), dtype)
         theta = theta * (1.0 - learning_rate * decay)
     update, new_rows = optimizer.compute_update(tf.cast(values, dtype), rows, step, learning_rate)
-    shape = tf.shape(_tf_variable(variable), out_type=unique.dtype)
+    # The static shape: tf.shape() would read the whole table, and a pending read makes the
+    # scatter below copy the entire buffer first (copy-on-write), undoing the point of being lazy.
+    shape = tf.constant(tuple(variable.shape), dtype=unique.dtype)
     for name, value in new_rows.items():
         optimizer.assign(state[name], tf.IndexedSlices(value, unique, shape))
     optimizer.assign(variable, tf.IndexedSlices(theta - update, unique, shape))

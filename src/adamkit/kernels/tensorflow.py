@@ -28,13 +28,10 @@ def _handle(variable):
 
 
 def supports(variable, gradient, state) -> bool:
-    """Dense gradient, and every state tensor of the variable's own dtype."""
-    dtype = getattr(variable, "dtype", None)
-    return (
-        not isinstance(gradient, tf.IndexedSlices)
-        and tf.as_dtype(dtype) in SUPPORTED_DTYPES
-        and all(tf.as_dtype(s.dtype) == tf.as_dtype(dtype) for s in state.values())
-    )
+    """A float32/float64 variable whose state tensors share its dtype. A sparse gradient is
+    densified first: without ``lazy=True`` every row's moments decay anyway."""
+    dtype = tf.as_dtype(variable.dtype)
+    return dtype in SUPPORTED_DTYPES and all(tf.as_dtype(s.dtype) == dtype for s in state.values())
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
@@ -56,7 +53,7 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
         beta1=tf.constant(beta_1, dtype),
         beta2=tf.constant(beta_2, dtype),
         epsilon=epsilon_hat,
-        grad=tf.cast(gradient, dtype),
+        grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
         use_locking=False,
     )
     if "velocity_hat" in state:
