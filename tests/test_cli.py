@@ -101,3 +101,12 @@ def test_train_on_other_backends(backend, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["versions"]["backend"] == backend
     assert run["final"]["val_accuracy"] >= 0.93
+
+
+@pytest.mark.slow
+def test_bench_lazy_prints_a_table():
+    result = adamkit("bench", "lazy", "--rows", "20000", "--touched", "10", "1000", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["10", "1,000"]
+    assert all(r[-1].endswith("x") for r in rows)

@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="kingma-ba: a smaller run (fewer epochs and samples) for tests")
     reproduce.add_argument("--data", metavar="PATH", help="kingma-ba: as for train")
     reproduce.set_defaults(handler=run_reproduce)
+
+    bench = commands.add_parser(
+        "bench", help="time optimizer steps against peers (prints ratios)",
+        description="Time optimizer steps against peers in one run. `lazy`: an embedding table's "
+        "update against the number of rows a sparse gradient touches (TensorFlow backend).",
+    )
+    bench.add_argument("suite", choices=["lazy"])
+    bench.add_argument("--rows", type=positive_int, default=1_000_000,
+                       help="lazy: table rows (default: 1,000,000)")
+    bench.add_argument("--touched", type=positive_int, nargs="+",
+                       default=[100, 1_000, 10_000, 100_000], help="lazy: rows touched per step")
+    bench.add_argument("--repeats", type=positive_int, default=10, help="timed steps (median)")
+    bench.set_defaults(handler=run_bench)
     return parser
 
 
@@ -152,6 +165,17 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         except DataError as error:
             print(f"adamkit: error: {error}", file=sys.stderr)
             return 1
+    return 0
+
+
+def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from adamkit import bench
+
+    if keras.backend.backend() != "tensorflow":
+        parser.error("`bench lazy` times TensorFlow's sparse gradients: use --backend tensorflow")
+    if any(k > args.rows for k in args.touched):
+        parser.error(f"--touched: cannot touch more rows than --rows {args.rows}")
+    bench.lazy(rows=args.rows, touched=args.touched, repeats=args.repeats)
     return 0
 
 
