@@ -49,7 +49,8 @@ def test_touched_rows_match_sparse_adam_and_untouched_rows_never_move(rng):
     for indices, values in sparse_steps(rng):
         before = [as_numpy(table)] + [as_numpy(s) for s in optimizer.state_of(table).values()]
         optimizer.apply([tf.IndexedSlices(values, indices, (ROWS, DIM))], [table])
-        param.grad = torch.sparse_coo_tensor(indices[None].astype(np.int64), values, (ROWS, DIM))
+        param.grad = torch.sparse_coo_tensor(indices[None].astype(np.int64), values, (ROWS, DIM),
+                                             check_invariants=True)
         reference.step()
 
         untouched = np.setdiff1d(np.arange(ROWS), indices)

@@ -45,7 +45,7 @@ def torch_step(rows: int, indices, values):
     param = torch.zeros((rows, DIM), requires_grad=True)
     optimizer = torch.optim.SparseAdam([param])
     grad = torch.sparse_coo_tensor(torch.as_tensor(indices[None], dtype=torch.int64),
-                                   torch.as_tensor(values), (rows, DIM))
+                                   torch.as_tensor(values), (rows, DIM), check_invariants=True)
 
     def step():
         param.grad = grad
