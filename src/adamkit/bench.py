@@ -1,5 +1,13 @@
 """``adamkit bench``: optimizer steps timed against peers in one run, printed as ratios.
 
+``step``: one dense Adam step over float32 parameters (1000 × 1000 matrices plus biases: 1M, 10M,
+50M parameters) for adamkit on its paths and for every peer in this process — keras.optimizers.Adam
+(TensorFlow tf.function, and XLA), TensorFlow's raw ``ResourceApplyAdam``, ``torch.optim.Adam``
+(single-tensor, foreach, fused), ``optax.adam`` under ``jax.jit`` — in million parameters per second,
+with ratios to torch's fused Adam and to the memory-bandwidth limit. The limit is measured, not
+assumed: the best of a few streaming kernels gives bytes per second, and an Adam step must move 28
+bytes per parameter (read θ, g, m, v; write θ, m, v).
+
 ``lazy``: an embedding table's update against the rows a batch touches. A 1,000,000 × 64 float32
 table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's step runs under
 ``tf.function`` (the ``model.fit`` path), warmed up, median of repeats: ``keras.optimizers.Adam``
@@ -52,6 +60,127 @@ def torch_step(rows: int, indices, values):
         optimizer.step()
 
     return step
+
+
+def parameter_shapes(millions: int) -> list[tuple[int, ...]]:
+    """``millions`` 1000 × 1000 matrices, each with a bias of 1000."""
+    return [shape for _ in range(millions) for shape in ((1000, 1000), (1000,))]
+
+
+def tensorflow_steps(shapes, rng) -> dict:
+    """name -> step function, for adamkit and Keras on TensorFlow."""
+    import tensorflow as tf
+
+    grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
+    steps = {}
+
+    def compiled(make, jit):
+        variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
+        optimizer = make()
+        optimizer.build(variables)
+        return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
+
+    steps["adamkit Adam, tf.function (fused kernel)"] = compiled(adamkit.Adam, False)
+    steps["adamkit Adam, tf.function, ops path"] = compiled(lambda: adamkit.Adam(fused=False), False)
+    steps["adamkit Adam, XLA (fused kernel)"] = compiled(adamkit.Adam, True)
+    steps["adamkit Adam, XLA, ops path"] = compiled(lambda: adamkit.Adam(fused=False), True)
+    steps["adamkit AMSGrad, tf.function"] = compiled(lambda: adamkit.Adam(amsgrad=True), False)
+    steps["adamkit AdamW, tf.function"] = compiled(lambda: adamkit.AdamW(), False)
+    steps["keras Adam, tf.function (model.fit on CPU)"] = compiled(keras.optimizers.Adam, False)
+    steps["keras Adam, XLA"] = compiled(keras.optimizers.Adam, True)
+
+    variables = [tf.Variable(tf.zeros(s)) for s in shapes]
+    m = [tf.Variable(tf.zeros(s)) for s in shapes]
+    v = [tf.Variable(tf.zeros(s)) for s in shapes]
+
+    @tf.function
+    def raw():
+        for x, mx, vx, g in zip(variables, m, v, grads):
+            tf.raw_ops.ResourceApplyAdam(
+                var=x.handle, m=mx.handle, v=vx.handle, beta1_power=0.9, beta2_power=0.999,
+                lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, grad=g)
+
+    steps["tf raw ResourceApplyAdam, tf.function"] = raw
+    return steps
+
+
+def torch_steps(shapes, rng) -> dict:
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
+    steps = {}
+    for label, options in (("single-tensor", {"foreach": False}), ("foreach", {"foreach": True}),
+                           ("fused", {"fused": True})):
+        params = [torch.zeros(s, requires_grad=True) for s in shapes]
+        for p in params:
+            p.grad = torch.as_tensor(rng.normal(size=p.shape).astype(np.float32))
+        optimizer = torch.optim.Adam(params, **options)
+        steps[f"torch.optim.Adam {label}"] = optimizer.step
+    return steps
+
+
+def optax_steps(shapes, rng) -> dict:
+    try:
+        import jax
+        import optax
+    except ImportError:
+        return {}
+    params = [jax.numpy.zeros(s) for s in shapes]
+    grads = [jax.numpy.asarray(rng.normal(size=s).astype(np.float32)) for s in shapes]
+    transform = optax.adam(1e-3)
+    state = transform.init(params)
+
+    @jax.jit
+    def update(params, state):
+        updates, state = transform.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    holder = [params, state]
+
+    def step():
+        holder[0], holder[1] = update(*holder)
+        jax.block_until_ready(holder[0])
+
+    return {"optax adam, jax.jit": step}
+
+
+def bandwidth_limit(millions: int) -> float:
+    """Adam steps per second the memory could sustain: the best streaming rate over 28 bytes.
+
+    The rate is the best of three multi-threaded streaming kernels (bytes moved per element):
+    a copy (8), an in-place scale (8) and an in-place multiply-add of two more arrays (16).
+    """
+    import torch
+
+    n = millions * 1_001_000
+    a, b, c = torch.ones(n), torch.ones(n), torch.empty(n)
+    kernels = ((lambda: c.copy_(a), 8), (lambda: a.mul_(1.0), 8), (lambda: c.addcmul_(a, b), 16))
+    bytes_per_second = max(moved * n / min(median_seconds(kernel, 5) for _ in range(2))
+                           for kernel, moved in kernels)
+    return bytes_per_second / 28
+
+
+def step(sizes=(1, 10, 50), repeats: int = 10, log=print) -> list[dict]:
+    """Prints and returns, per size, every path's throughput in parameters per second."""
+    rng = np.random.default_rng(0)
+    results = []
+    for millions in sizes:
+        shapes = parameter_shapes(millions)
+        count = sum(int(np.prod(s)) for s in shapes)
+        limit = bandwidth_limit(millions)
+        paths = {**tensorflow_steps(shapes, rng), **torch_steps(shapes, rng), **optax_steps(shapes, rng)}
+        speeds = {name: count / median_seconds(fn, repeats) for name, fn in paths.items()}
+        torch_fused = speeds["torch.optim.Adam fused"]
+        log(f"\n{count / 1e6:.1f}M float32 parameters ({millions} × 1000×1000 + biases); "
+            f"median of {repeats} steps after 3 warm-up")
+        log(f"{'path':45s} {'Mparam/s':>9s} {'/ torch fused':>14s} {'/ limit':>8s}")
+        log(f"{'bandwidth limit (best streaming rate / 28 B)':45s} {limit / 1e6:>9.0f} "
+            f"{limit / torch_fused:>14.2f} {1.0:>8.2f}")
+        for name, speed in sorted(speeds.items(), key=lambda kv: -kv[1]):
+            log(f"{name:45s} {speed / 1e6:>9.0f} {speed / torch_fused:>14.2f} {speed / limit:>8.2f}")
+        results.append({"parameters": count, "limit": limit, "speeds": speeds})
+        del paths
+    return results
 
 
 def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: int = 10,
