@@ -110,3 +110,29 @@ def test_bench_lazy_prints_a_table():
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["10", "1,000"]
     assert all(r[-1].endswith("x") for r in rows)
+
+
+@pytest.mark.slow
+def test_preset_fast_reaches_the_seed_accuracy_and_flags_override_it(tmp_path):
+    result = adamkit("train", "--preset", "fast", "--out", str(tmp_path / "fast"))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "fast" / "run.json").read_text())
+    assert run["settings"]["batch_size"] == 256 and run["settings"]["epochs"] == 4
+    assert run["optimizer_config"]["learning_rate"] == pytest.approx(0.004)
+    assert run["final"]["val_accuracy"] >= 0.9725  # the seed's own figure
+    overridden = adamkit("train", "--preset", "fast", "--epochs", "1", "--learning-rate", "0.002",
+                         "--out", str(tmp_path / "mixed"))
+    assert overridden.returncode == 0, overridden.stderr
+    run = json.loads((tmp_path / "mixed" / "run.json").read_text())
+    assert run["settings"]["epochs"] == 1 and run["settings"]["batch_size"] == 256
+    assert run["optimizer_config"]["learning_rate"] == pytest.approx(0.002)
+
+
+@pytest.mark.slow
+def test_bench_step_prints_every_path_against_the_limit():
+    result = adamkit("bench", "step", "--sizes", "1", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    for path in ("bandwidth limit", "torch.optim.Adam fused", "adamkit Adam, tf.function (fused kernel)",
+                 "keras Adam, tf.function", "keras Adam, XLA", "tf raw ResourceApplyAdam",
+                 "optax adam, jax.jit", "torch.optim.Adam foreach"):
+        assert path in result.stdout
