@@ -249,3 +249,48 @@ def test_keras_file_round_trip_resumes_exactly(name, tmp_path, rng):
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 12
+
+
+# -- guarded steps ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_skip_nonfinite_leaves_everything_untouched(bad, rng):
+    x0 = [rng.normal(size=(4,)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)]
+    good = [[rng.normal(size=x.shape).astype(np.float32) for x in x0] for _ in range(3)]
+    poisoned = [np.array(g) for g in good[1]]
+    poisoned[1][0, 2] = bad  # one bad entry in one variable's gradient poisons the whole step
+
+    guarded = adamkit.Adam(learning_rate=0.1, weight_decay=0.1, skip_nonfinite=True)
+    variables = make_variables(x0)
+    guarded.apply([ops.convert_to_tensor(g) for g in good[0]], variables)
+    before = [ops.convert_to_numpy(v).copy() for v in [*variables, *guarded.variables]]
+    guarded.apply([ops.convert_to_tensor(g) for g in poisoned], variables)
+    after = [ops.convert_to_numpy(v) for v in [*variables, *guarded.variables]]
+    changed = [i for i, (a, b) in enumerate(zip(before, after)) if not np.array_equal(a, b)]
+    assert [guarded.variables[i - 2].name for i in changed if i >= 2] == ["skipped_steps"]
+    assert int(ops.convert_to_numpy(guarded.skipped_steps)) == 1
+    for g in good[1:]:
+        guarded.apply([ops.convert_to_tensor(x) for x in g], variables)
+
+    plain, _ = run_optimizer(adamkit.Adam(learning_rate=0.1, weight_decay=0.1), x0, good)
+    for a, b in zip(variables, plain):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), b)
+
+
+def test_without_the_guard_a_nan_gradient_poisons_the_parameters():
+    (x,) = make_variables([np.zeros(3)])
+    adamkit.Adam().apply([ops.convert_to_tensor(np.array([np.nan, 1.0, 1.0], np.float32))], [x])
+    assert np.isnan(ops.convert_to_numpy(x)[0])
+
+
+def test_skip_nonfinite_under_model_fit(rng):
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.normal(size=(64, 3)).astype(np.float32)
+    y[20] = np.nan  # poisons the second batch of 16 in every epoch
+    keras.utils.set_random_seed(0)
+    model = small_model()
+    model.compile(optimizer=adamkit.Adam(learning_rate=0.01, skip_nonfinite=True), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert int(ops.convert_to_numpy(model.optimizer.skipped_steps)) == 2
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 6

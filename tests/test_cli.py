@@ -46,6 +46,7 @@ def test_help_shows_examples():
         (["--seed", "-1"], "--seed"),
         (["--weight-decay", "inf"], "--weight-decay"),
         (["--no-such-flag"], "unrecognized arguments"),
+        (["--optimizer", "keras-adam", "--skip-nonfinite"], "skip_nonfinite"),
     ],
 )
 def test_bad_flags_give_usage_and_exit_2(args, complaint):
@@ -121,11 +122,12 @@ def test_preset_fast_reaches_the_seed_accuracy_and_flags_override_it(tmp_path):
     assert run["optimizer_config"]["learning_rate"] == pytest.approx(0.004)
     assert run["final"]["val_accuracy"] >= 0.9725  # the seed's own figure
     overridden = adamkit("train", "--preset", "fast", "--epochs", "1", "--learning-rate", "0.002",
-                         "--out", str(tmp_path / "mixed"))
+                         "--skip-nonfinite", "--out", str(tmp_path / "mixed"))
     assert overridden.returncode == 0, overridden.stderr
     run = json.loads((tmp_path / "mixed" / "run.json").read_text())
     assert run["settings"]["epochs"] == 1 and run["settings"]["batch_size"] == 256
     assert run["optimizer_config"]["learning_rate"] == pytest.approx(0.002)
+    assert run["skipped_steps"] == 0 and "skipped 0 step(s)" in overridden.stdout
 
 
 @pytest.mark.slow

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
     train.add_argument("--weight-decay", type=nonnegative_float,
                        help="decoupled weight decay; default: none (0.01 for adamw)")
+    train.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
                        help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
     train.add_argument("--seed", type=nonnegative_int, default=0, help="default: 0")
@@ -139,6 +141,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
              "epsilon": args.epsilon, "weight_decay": args.weight_decay}
     given = {k: v for k, v in names.items() if v is not None}
+    if args.skip_nonfinite:
+        given["skip_nonfinite"] = True
     preset["hyperparameters"] = {**preset.get("hyperparameters", {}), **given}
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) is not None:

@@ -156,6 +156,9 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         "finished": datetime.now().isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
     }
+    if getattr(optimizer, "skip_nonfinite", False):
+        summary["skipped_steps"] = int(keras.ops.convert_to_numpy(optimizer.skipped_steps))
+        log(f"adamkit: skipped {summary['skipped_steps']} step(s) with non-finite gradients")
     (out / "run.json").write_text(json.dumps(summary, indent=2))
     log(f"Final validation accuracy: {history['val_accuracy'][-1]:.4f}")
     log(f"adamkit: wrote history, plot, model and run summary to {out}/")

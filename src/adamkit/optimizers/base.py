@@ -85,6 +85,11 @@ class AdamFamily(keras.optimizers.Optimizer):
     θ ← θ·(1 − αₜ·λ) before the step, with αₜ the (scheduled) learning rate. ``weight_decay`` may be
     a number, a ``LearningRateSchedule`` (called with the iteration count) or a callable.
 
+    ``skip_nonfinite=True``: a step whose gradients hold any NaN or ±Inf leaves the parameters and
+    all optimizer state, the iteration count included, as they were, and adds one to
+    ``skipped_steps``. Off by default, as in Keras and PyTorch: silently dropping steps can hide a
+    diverging run (mixed_float16 training already gets this from Keras's LossScaleOptimizer).
+
     ``lazy=True`` (see ``adamkit.sparse``): for a sparse gradient (an embedding's ``IndexedSlices``
     on TensorFlow) only the touched rows of θ, m and v change, decay included; untouched rows keep
     their values and their moments, bit for bit. On JAX and PyTorch, whose gradients are dense, rows
@@ -101,6 +106,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         exclude_from_weight_decay: Sequence[str] | None = None,
         exclude_1d: bool = False,
         lazy: bool = False,
+        skip_nonfinite: bool = False,
         **kwargs: Any,
     ) -> None:
         learning_rate = check_schedulable("learning_rate", learning_rate, positive=True)
@@ -121,6 +127,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         self.epsilon = check_real("epsilon", epsilon, low=0.0)
         self.exclude_1d = check_bool("exclude_1d", exclude_1d)
         self.lazy = check_bool("lazy", lazy)
+        self.skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
         if self.lazy and self.scalar_state():
             raise ValueError(
                 f"`lazy=True` is not available for {type(self).__name__}: its state includes "
@@ -165,6 +172,32 @@ class AdamFamily(keras.optimizers.Optimizer):
                 )
                 for variable in var_list
             ]
+
+        if self.skip_nonfinite:
+            self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int32",
+                                                   name="skipped_steps")
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self.skip_nonfinite:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g))) for g in grads]))
+
+        def run_update():
+            super(AdamFamily, self)._backend_update_step(grads, trainable_variables, learning_rate)
+
+        if keras.backend.backend() == "jax":
+            # JAX traces cond's branches and forbids side effects in them: update, then select.
+            state = [*trainable_variables, *self.variables]
+            before = [ops.convert_to_tensor(v) for v in state]  # immutable arrays: no copy made
+            run_update()
+            for variable, old in zip(state, before):
+                variable.assign(ops.where(finite, ops.convert_to_tensor(variable), old))
+        else:
+            ops.cond(finite, run_update, lambda: None)
+        skipped = ops.cast(ops.logical_not(finite), "int32")
+        self.skipped_steps.assign_add(skipped)
+        # apply() adds one to the iteration count afterwards; a skipped step must not advance it.
+        self._iterations.assign_sub(ops.cast(skipped, self._iterations.dtype))
 
     def state_of(self, variable) -> dict:
         """This parameter's optimizer state, by name."""
@@ -241,6 +274,7 @@ class AdamFamily(keras.optimizers.Optimizer):
             exclude_from_weight_decay=self._excluded_names,
             exclude_1d=self.exclude_1d,
             lazy=self.lazy,
+            skip_nonfinite=self.skip_nonfinite,
         )
         return config
 
