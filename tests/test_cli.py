@@ -105,9 +105,13 @@ def test_train_on_other_backends(backend, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_lazy_prints_a_table():
-    result = adamkit("bench", "lazy", "--rows", "20000", "--touched", "10", "1000", "--repeats", "2")
+def test_bench_lazy_prints_a_table(tmp_path):
+    result = adamkit("bench", "lazy", "--rows", "20000", "--touched", "10", "1000", "--repeats", "2",
+                     "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "bench_lazy.json").read_text())
+    assert [r["rows_touched"] for r in saved] == [10, 1000] and saved[0]["lazy"] > 0
+    assert (tmp_path / "bench_lazy.png").read_bytes()[:4] == b"\x89PNG"
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["10", "1,000"]
     assert all(r[-1].endswith("x") for r in rows)
@@ -131,9 +135,13 @@ def test_preset_fast_reaches_the_seed_accuracy_and_flags_override_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_step_prints_every_path_against_the_limit():
-    result = adamkit("bench", "step", "--sizes", "1", "--repeats", "2")
+def test_bench_step_prints_every_path_against_the_limit(tmp_path):
+    result = adamkit("bench", "step", "--sizes", "1", "--repeats", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
+    (saved,) = json.loads((tmp_path / "bench_step.json").read_text())
+    assert saved["parameters"] == 1_001_000 and saved["limit"] > 0
+    assert saved["speeds"]["torch.optim.Adam fused"] > 0
+    assert (tmp_path / "bench_step.png").read_bytes()[:4] == b"\x89PNG"
     for path in ("bandwidth limit", "torch.optim.Adam fused", "adamkit Adam, tf.function (fused kernel)",
                  "keras Adam, tf.function", "keras Adam, XLA", "tf raw ResourceApplyAdam",
                  "optax adam, jax.jit", "torch.optim.Adam foreach"):

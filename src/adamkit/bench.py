@@ -213,3 +213,44 @@ def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: 
             f"{timings['keras'] / timings['lazy']:>10.0f}x")
         results.append({"rows_touched": k, **timings})
     return results
+
+
+def save(results: list[dict], suite: str, out) -> None:
+    """Writes ``bench_<suite>.json`` and a plot ``bench_<suite>.png`` into ``out``."""
+    import json
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_{suite}.json").write_text(json.dumps(results, indent=2))
+    if suite == "step":
+        fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), squeeze=False)
+        for ax, result in zip(axes[0], results):
+            speeds = sorted(result["speeds"].items(), key=lambda kv: kv[1])
+            ax.barh([name for name, _ in speeds], [s / 1e6 for _, s in speeds])
+            ax.axvline(result["limit"] / 1e6, color="black", linestyle="--", label="bandwidth limit")
+            ax.set_title(f"{result['parameters'] / 1e6:.0f}M float32 parameters", fontsize=10)
+            ax.set_xlabel("million parameters per second")
+            ax.tick_params(axis="y", labelsize=7)
+            ax.legend(fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        touched = [r["rows_touched"] for r in results]
+        for key, label in (("keras", "keras Adam"), ("adamkit", "adamkit Adam"),
+                           ("lazy", "adamkit Adam(lazy=True)"), ("torch", "torch SparseAdam")):
+            if all(r[key] is not None for r in results):
+                ax.plot(touched, [1e3 * r[key] for r in results], "o-", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rows touched per step")
+        ax.set_ylabel("step time (ms)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / f"bench_{suite}.png", dpi=100)
+    plt.close(fig)

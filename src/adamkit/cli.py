@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--touched", type=positive_int, nargs="+",
                        default=[100, 1_000, 10_000, 100_000], help="lazy: rows touched per step")
     bench.add_argument("--repeats", type=positive_int, default=10, help="timed steps (median)")
+    bench.add_argument("--out", metavar="DIR", default="runs/bench",
+                       help="where bench_<suite>.json and .png go (default: runs/bench)")
     bench.set_defaults(handler=run_bench)
     return parser
 
@@ -184,12 +186,14 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if keras.backend.backend() != "tensorflow":
         parser.error("`adamkit bench` runs on the TensorFlow backend: use --backend tensorflow")
-    if args.suite == "step":
-        bench.step(sizes=args.sizes, repeats=args.repeats)
-        return 0
-    if any(k > args.rows for k in args.touched):
+    if args.suite == "lazy" and any(k > args.rows for k in args.touched):
         parser.error(f"--touched: cannot touch more rows than --rows {args.rows}")
-    bench.lazy(rows=args.rows, touched=args.touched, repeats=args.repeats)
+    if args.suite == "step":
+        results = bench.step(sizes=args.sizes, repeats=args.repeats)
+    else:
+        results = bench.lazy(rows=args.rows, touched=args.touched, repeats=args.repeats)
+    bench.save(results, args.suite, args.out)
+    print(f"adamkit: wrote {args.out}/bench_{args.suite}.json and .png")
     return 0
 
 
