@@ -39,12 +39,13 @@ def median_seconds(step, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def keras_step(optimizer, rows: int, gradient):
+def compiled_apply(optimizer, shapes, grads, jit: bool = False):
+    """A ``tf.function`` applying ``grads`` to fresh zero variables of ``shapes``."""
     import tensorflow as tf
 
-    table = keras.Variable(np.zeros((rows, DIM), np.float32))
-    optimizer.build([table])
-    return tf.function(lambda: optimizer.apply([gradient], [table]))
+    variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
+    optimizer.build(variables)
+    return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
 
 
 def torch_step(rows: int, indices, values):
@@ -75,10 +76,7 @@ def tensorflow_steps(shapes, rng) -> dict:
     steps = {}
 
     def compiled(make, jit):
-        variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
-        optimizer = make()
-        optimizer.build(variables)
-        return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
+        return compiled_apply(make(), shapes, grads, jit)
 
     steps["adamkit Adam, tf.function (fused kernel)"] = compiled(adamkit.Adam, False)
     steps["adamkit Adam, tf.function, ops path"] = compiled(lambda: adamkit.Adam(fused=False), False)
@@ -107,7 +105,6 @@ def tensorflow_steps(shapes, rng) -> dict:
 def torch_steps(shapes, rng) -> dict:
     import torch
 
-    torch.set_num_threads(torch.get_num_threads())
     steps = {}
     for label, options in (("single-tensor", {"foreach": False}), ("foreach", {"foreach": True}),
                            ("fused", {"fused": True})):
@@ -202,12 +199,11 @@ def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: 
         indices = rng.integers(0, rows, size=k).astype(np.int32)
         values = rng.normal(size=(k, DIM)).astype(np.float32)
         gradient = tf.IndexedSlices(tf.constant(values), tf.constant(indices), (rows, DIM))
-        timings = {
-            "keras": median_seconds(keras_step(keras.optimizers.Adam(), rows, gradient), repeats),
-            "adamkit": median_seconds(keras_step(adamkit.Adam(), rows, gradient), repeats),
-            "lazy": median_seconds(keras_step(adamkit.Adam(lazy=True), rows, gradient), repeats),
-            "torch": median_seconds(torch_step(rows, indices, values), repeats) if torch else None,
-        }
+        peers = (("keras", keras.optimizers.Adam()), ("adamkit", adamkit.Adam()),
+                 ("lazy", adamkit.Adam(lazy=True)))
+        timings = {name: median_seconds(compiled_apply(optimizer, [(rows, DIM)], [gradient]), repeats)
+                   for name, optimizer in peers}
+        timings["torch"] = median_seconds(torch_step(rows, indices, values), repeats) if torch else None
         ms = {name: "n/a" if t is None else f"{1e3 * t:.3f}" for name, t in timings.items()}
         log(f"{k:>12,} {ms['keras']:>11} {ms['adamkit']:>9} {ms['lazy']:>13} {ms['torch']:>17} "
             f"{timings['keras'] / timings['lazy']:>10.0f}x")

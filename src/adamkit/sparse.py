@@ -26,21 +26,17 @@ def is_sparse(gradient) -> bool:
     return isinstance(gradient, tf.IndexedSlices)
 
 
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
 def lazy_sparse_step(optimizer, gradient, variable, state, step, learning_rate, dtype) -> None:
     """Updates only ``gradient.indices``' rows of ``variable`` and of its state (TensorFlow)."""
     import tensorflow as tf
 
+    from adamkit.kernels.tensorflow import tf_variable
+
     unique, position = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(unique)[0])
-    rows = {name: tf.gather(_tf_variable(slot), unique) for name, slot in state.items()}
-    theta = tf.cast(tf.gather(_tf_variable(variable), unique), dtype)
-    if optimizer._decays(variable):  # decoupled decay, on the touched rows only
-        decay = tf.cast(optimizer._current_weight_decay(), dtype)
-        theta = theta * (1.0 - learning_rate * decay)
+    rows = {name: tf.gather(tf_variable(slot), unique) for name, slot in state.items()}
+    theta = tf.gather(tf_variable(variable), unique)
+    theta = optimizer.decayed(variable, theta, learning_rate, dtype)  # the touched rows only
     update, new_rows = optimizer.compute_update(tf.cast(values, dtype), rows, step, learning_rate)
     # The static shape: tf.shape() would read the whole table, and a pending read makes the
     # scatter below copy the entire buffer first (copy-on-write), undoing the point of being lazy.

@@ -21,10 +21,13 @@ import tensorflow as tf
 SUPPORTED_DTYPES = (tf.float32, tf.float64)
 
 
+def tf_variable(variable):
+    """The ``tf.Variable`` under a ``keras.Variable`` (or the variable itself)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 def _handle(variable):
-    if isinstance(variable, keras.Variable):
-        variable = variable.value  # the tf.Variable underneath
-    return variable.handle
+    return tf_variable(variable).handle
 
 
 def supports(variable, gradient, state) -> bool:

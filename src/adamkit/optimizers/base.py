@@ -220,14 +220,14 @@ class AdamFamily(keras.optimizers.Optimizer):
         # Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they are.
         masked = self.lazy and keras.backend.backend() != "tensorflow"
         if self._decays(variable) and not masked:
-            self.assign(variable, self._decayed(variable, learning_rate, dtype))
+            self.assign(variable, self.decayed(variable, variable, learning_rate, dtype))
         if not masked and self.fused_update(gradient, variable, state, step, learning_rate):
             return
         gradient = ops.cast(gradient, dtype)
         update, new_state = self.compute_update(gradient, state, step, learning_rate)
         if masked:
             touched = sparse.touched_rows(gradient)
-            theta = self._decayed(variable, learning_rate, dtype)
+            theta = self.decayed(variable, variable, learning_rate, dtype)
             new_state = {
                 k: ops.where(touched, v, ops.convert_to_tensor(state[k])) for k, v in new_state.items()
             }
@@ -237,9 +237,10 @@ class AdamFamily(keras.optimizers.Optimizer):
         for name, value in new_state.items():
             self.assign(state[name], value)
 
-    def _decayed(self, variable, learning_rate, dtype):
-        """θ·(1 − αₜλ) where this variable decays, else θ, in ``dtype``."""
-        theta = ops.cast(variable, dtype)
+    def decayed(self, variable, theta, learning_rate, dtype):
+        """``theta`` (all of ``variable`` or some of its rows) as θ·(1 − αₜλ) where ``variable``
+        decays, else unchanged; in ``dtype``."""
+        theta = ops.cast(theta, dtype)
         if not self._decays(variable):
             return theta
         decay = ops.cast(self._current_weight_decay(), dtype)
