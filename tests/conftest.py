@@ -30,8 +30,8 @@ def run_optimizer(optimizer, initial, gradient_steps):
                         variables)
     params = [keras.ops.convert_to_numpy(v) for v in variables]
     state = {
-        name: [keras.ops.convert_to_numpy(s) for s in slots]
-        for name, slots in optimizer._state.items()
+        name: [keras.ops.convert_to_numpy(s) for s in values]
+        for name, values in optimizer.state_values().items()
     }
     return params, state
 

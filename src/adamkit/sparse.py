@@ -26,15 +26,18 @@ def is_sparse(gradient) -> bool:
     return isinstance(gradient, tf.IndexedSlices)
 
 
-def lazy_sparse_step(optimizer, gradient, variable, state, step, learning_rate, dtype) -> None:
-    """Updates only ``gradient.indices``' rows of ``variable`` and of its state (TensorFlow)."""
+def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, dtype) -> None:
+    """Updates only ``gradient.indices``' rows of ``variable`` and of its state (TensorFlow).
+
+    ``slots`` are ``adamkit.state.PlainSlot``s (float32/float64/bfloat16, one row per row)."""
     import tensorflow as tf
 
     from adamkit.kernels.tensorflow import tf_variable
 
     unique, position = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(unique)[0])
-    rows = {name: tf.gather(tf_variable(slot), unique) for name, slot in state.items()}
+    state = {name: tf_variable(slot.variable) for name, slot in slots.items()}
+    rows = {name: tf.cast(tf.gather(stored, unique), dtype) for name, stored in state.items()}
     theta = tf.gather(tf_variable(variable), unique)
     theta = optimizer.decayed(variable, theta, learning_rate, dtype)  # the touched rows only
     update, new_rows = optimizer.compute_update(tf.cast(values, dtype), rows, step, learning_rate)
@@ -42,7 +45,8 @@ def lazy_sparse_step(optimizer, gradient, variable, state, step, learning_rate, 
     # scatter below copy the entire buffer first (copy-on-write), undoing the point of being lazy.
     shape = tf.constant(tuple(variable.shape), dtype=unique.dtype)
     for name, value in new_rows.items():
-        optimizer.assign(state[name], tf.IndexedSlices(value, unique, shape))
+        value = tf.cast(value, state[name].dtype)
+        optimizer.assign(slots[name].variable, tf.IndexedSlices(value, unique, shape))
     optimizer.assign(variable, tf.IndexedSlices(theta - update, unique, shape))
 
 

@@ -8,6 +8,7 @@ import keras
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
+from adamkit.state import is_plain
 
 EPSILON_MODES = ("paper", "keras")
 
@@ -95,8 +96,11 @@ class Adam(AdamFamily):
         update = direction(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, new_state
 
-    def fused_update(self, gradient, variable, state, step, learning_rate) -> bool:
-        if self._kernel is None or not self._kernel.supports(variable, gradient, state):
+    def fused_update(self, gradient, variable, slots, step, learning_rate) -> bool:
+        if self._kernel is None or not all(is_plain(s, variable.dtype) for s in slots.values()):
+            return False
+        state = {name: slot.variable for name, slot in slots.items()}
+        if not self._kernel.supports(variable, gradient, state):
             return False
         self._kernel.apply_adam(
             variable, gradient, state, step=step, learning_rate=learning_rate,

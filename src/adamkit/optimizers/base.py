@@ -19,11 +19,10 @@ from keras import ops
 
 from adamkit import ops as adam_ops
 from adamkit import sparse
+from adamkit import state as state_storage
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 FloatOrSchedule = float | Schedule | Callable[[], Any]
-
-_LOW_PRECISION = ("float16", "bfloat16")
 
 
 def _is_real(value: object) -> bool:
@@ -94,6 +93,11 @@ class AdamFamily(keras.optimizers.Optimizer):
     on TensorFlow) only the touched rows of θ, m and v change, decay included; untouched rows keep
     their values and their moments, bit for bit. On JAX and PyTorch, whose gradients are dense, rows
     whose gradient is entirely zero are left untouched in the same way.
+
+    ``state_dtype`` (see ``adamkit.state``) is how the per-parameter state is stored: ``"float32"``
+    (the default; float64 parameters keep float64 state), ``"bfloat16"`` (half the memory) or
+    ``"int8"`` (block-wise 8-bit codes, about a quarter). The update is always computed in float32
+    (float64 for float64 parameters) from the decoded state, and re-encoded afterwards.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         exclude_1d: bool = False,
         lazy: bool = False,
         skip_nonfinite: bool = False,
+        state_dtype: str = "float32",
         **kwargs: Any,
     ) -> None:
         learning_rate = check_schedulable("learning_rate", learning_rate, positive=True)
@@ -128,6 +133,13 @@ class AdamFamily(keras.optimizers.Optimizer):
         self.exclude_1d = check_bool("exclude_1d", exclude_1d)
         self.lazy = check_bool("lazy", lazy)
         self.skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
+        self.state_dtype = check_choice("state_dtype", state_dtype, state_storage.STATE_DTYPES)
+        if self.lazy and self.state_dtype == "int8":
+            raise ValueError(
+                "`lazy=True` cannot be combined with `state_dtype='int8'`: 8-bit state is stored in "
+                "blocks of 256 values that span rows, so a row cannot be updated alone. Use "
+                "state_dtype='bfloat16' (rows are stored independently) or lazy=False."
+            )
         if self.lazy and self.scalar_state():
             raise ValueError(
                 f"`lazy=True` is not available for {type(self).__name__}: its state includes "
@@ -145,6 +157,10 @@ class AdamFamily(keras.optimizers.Optimizer):
         """Names of the per-parameter state tensors, each shaped like its parameter."""
         return ("momentum", "velocity")
 
+    def signed_state(self) -> tuple[str, ...]:
+        """The state tensors that can be negative (the others get the unsigned 8-bit map)."""
+        return ("momentum",)
+
     def scalar_state(self) -> dict[str, float]:
         """Per-parameter scalar state and its initial value (NAdam keeps its product of μ here)."""
         return {}
@@ -159,17 +175,23 @@ class AdamFamily(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        names = list(self.state_names())
-        slots = self.add_optimizer_variables(var_list, names)
-        self._state = dict(zip(names, slots if len(names) > 1 else (slots,)))
+        self._state = {
+            name: [
+                None if self._overwrite_variable_with_gradient(variable) else
+                state_storage.create_slot(self, variable, name, self.state_dtype,
+                                          signed=name in self.signed_state())
+                for variable in var_list
+            ]
+            for name in self.state_names()
+        }
         for name, initial in self.scalar_state().items():
             self._state[name] = [
-                self.add_variable(
+                state_storage.PlainSlot(self.add_variable(
                     (),
                     initializer=keras.initializers.Constant(initial),
                     dtype="float32",
                     name=f"{variable.path.replace('/', '_')}_{name}",
-                )
+                ), "float32")
                 for variable in var_list
             ]
 
@@ -199,43 +221,50 @@ class AdamFamily(keras.optimizers.Optimizer):
         # apply() adds one to the iteration count afterwards; a skipped step must not advance it.
         self._iterations.assign_sub(ops.cast(skipped, self._iterations.dtype))
 
-    def state_of(self, variable) -> dict:
-        """This parameter's optimizer state, by name."""
+    def slots_of(self, variable) -> dict:
+        """This parameter's state as stored (``adamkit.state`` slots), by name."""
         index = self._get_variable_index(variable)
         return {name: slots[index] for name, slots in self._state.items()}
 
-    def fused_update(self, gradient, variable, state: dict, step, learning_rate) -> bool:
+    def state_of(self, variable) -> dict:
+        """This parameter's optimizer state, by name, decoded to float tensors."""
+        return {name: slot.read() for name, slot in self.slots_of(variable).items()}
+
+    def state_values(self) -> dict:
+        """Every parameter's decoded state: ``{name: [tensor per parameter]}``."""
+        return {name: [slot.read() for slot in slots] for name, slots in self._state.items()}
+
+    def fused_update(self, gradient, variable, slots: dict, step, learning_rate) -> bool:
         """A backend fast path for this step, if there is one: applies it and returns True."""
         return False
 
     def update_step(self, gradient, variable, learning_rate):
         # 16-bit parameters are updated in float32 so that ε and the moments never underflow.
-        dtype = "float32" if str(variable.dtype) in _LOW_PRECISION else variable.dtype
+        dtype = state_storage.compute_dtype(variable)
         learning_rate = ops.cast(learning_rate, dtype)
         step = ops.cast(self.iterations + 1, dtype)
-        state = self.state_of(variable)
+        slots = self.slots_of(variable)
         if self.lazy and sparse.is_sparse(gradient):
-            sparse.lazy_sparse_step(self, gradient, variable, state, step, learning_rate, dtype)
+            sparse.lazy_sparse_step(self, gradient, variable, slots, step, learning_rate, dtype)
             return
         # Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they are.
         masked = self.lazy and keras.backend.backend() != "tensorflow"
         if self._decays(variable) and not masked:
             self.assign(variable, self.decayed(variable, variable, learning_rate, dtype))
-        if not masked and self.fused_update(gradient, variable, state, step, learning_rate):
+        if not masked and self.fused_update(gradient, variable, slots, step, learning_rate):
             return
         gradient = ops.cast(gradient, dtype)
+        state = {name: slot.read() for name, slot in slots.items()}
         update, new_state = self.compute_update(gradient, state, step, learning_rate)
         if masked:
             touched = sparse.touched_rows(gradient)
             theta = self.decayed(variable, variable, learning_rate, dtype)
-            new_state = {
-                k: ops.where(touched, v, ops.convert_to_tensor(state[k])) for k, v in new_state.items()
-            }
+            new_state = {k: ops.where(touched, v, state[k]) for k, v in new_state.items()}
             self.assign(variable, ops.where(touched, theta - update, ops.cast(variable, dtype)))
         else:
-            self.assign_sub(variable, update)
+            self.assign_sub(variable, ops.cast(update, variable.dtype))
         for name, value in new_state.items():
-            self.assign(state[name], value)
+            slots[name].write(self, value)
 
     def decayed(self, variable, theta, learning_rate, dtype):
         """``theta`` (all of ``variable`` or some of its rows) as θ·(1 − αₜλ) where ``variable``
@@ -276,6 +305,7 @@ class AdamFamily(keras.optimizers.Optimizer):
             exclude_1d=self.exclude_1d,
             lazy=self.lazy,
             skip_nonfinite=self.skip_nonfinite,
+            state_dtype=self.state_dtype,
         )
         return config
 

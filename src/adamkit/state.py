@@ -1,0 +1,187 @@
+"""How optimizer state is stored: float32, bfloat16, or 8-bit block-wise codes.
+
+The update math always sees float32 (float64 for float64 parameters) tensors: a slot *reads* its
+stored form into that dtype before the step and *writes* the new value back after it.
+
+``int8`` follows Dettmers et al., "8-bit Optimizers via Block-wise Quantization" (ICLR 2022). A
+tensor is cut into blocks of ``BLOCK_SIZE`` values; each block keeps one float32 absmax and one
+int8 code per value, the code indexing a dynamic (tree) quantisation map of [0, 1]:
+
+    value(e, k) = 10^-(e+1) + (k + 1)·0.9·10^-e / 2^(F-e),   e = 0 … F,  k = 0 … 2^(F-e) − 1
+
+plus 0: decade e (values in (10^-(e+1), 10^-e]) gets 2^(F-e) evenly spaced points, so relative
+precision is kept over F+1 decades, densest near 1 where Adam's large entries sit. The map is
+monotone in the code, and a block's largest entry (normalised to 1) is stored exactly. The first
+moment is signed (F = 6, the code's sign is the value's sign, 255 values); the second moment and the
+other non-negative states use the sign bit as one more bit of precision (F = 7, 256 values, stored
+as code − 128). Encoding is arithmetic (decade from log10, then rounding within the decade's
+uniform grid), not a table search, so it stays elementwise and fuses under XLA.
+
+``BLOCK_SIZE`` = 256, as bitsandbytes: an outlier only coarsens its own 256 neighbours, and the
+absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two moments. Tensors under
+``MIN_QUANTIZED_SIZE`` values (biases, norms) stay float32: they are a rounding error of the memory
+and the most sensitive to quantisation.
+
+``bfloat16``: moments stored in bfloat16 (round to nearest), arithmetic in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+BLOCK_SIZE = 256
+MIN_QUANTIZED_SIZE = 4096
+SIGNED_FRACTION_BITS = 6
+UNSIGNED_FRACTION_BITS = 7
+
+
+def fraction_bits(signed: bool) -> int:
+    return SIGNED_FRACTION_BITS if signed else UNSIGNED_FRACTION_BITS
+
+
+# -- the dynamic quantisation map ------------------------------------------------------------------
+
+
+def magnitude_index(a, bits: int):
+    """The index p ∈ [0, 2^(bits+1) − 1] of the map value nearest to ``a`` ∈ [0, 1] (a tensor).
+
+    In decade e the value of index p = 2^(F-e) + k is 10^-(e+1) + (k + 1)·δₑ; since the decades'
+    uniform grids meet at 10^-(e+1), rounding within the decade found from log10 is the nearest
+    value overall (k = −1 rounds down to the next decade's top, or to 0 in the last one).
+    """
+    tiny = 10.0 ** -(bits + 2)
+    decade = ops.clip(ops.floor(-ops.log10(ops.maximum(a, tiny))), 0.0, float(bits))
+    count = ops.power(2.0, bits - decade)  # 2^(F-e) points in this decade
+    scale = ops.power(10.0, -decade)  # 10^-e
+    k = ops.round((a - 0.1 * scale) * count / (0.9 * scale)) - 1.0
+    return ops.clip(count + k, 0.0, 2.0 ** (bits + 1) - 1.0)
+
+
+def magnitude_value(p, bits: int):
+    """The map value of index ``p`` (a float tensor of whole numbers): the inverse of the above."""
+    # floor(log2(p + ½)) is exact: p + ½ is never within rounding of a power of two.
+    octave = ops.floor(ops.log2(ops.maximum(p, 1.0) + 0.5))
+    count = ops.power(2.0, octave)
+    scale = ops.power(10.0, octave - bits)  # 10^-e, e = F − octave
+    value = 0.1 * scale + (p - count + 1.0) * 0.9 * scale / count
+    return ops.where(p > 0, value, 0.0)
+
+
+def quantization_map(signed: bool) -> np.ndarray:
+    """Every value the codes can take, ascending (float64): for tests and documentation."""
+    bits = fraction_bits(signed)
+    p = np.arange(2 ** (bits + 1), dtype=np.float64)
+    positive = np.asarray(ops.convert_to_numpy(magnitude_value(ops.convert_to_tensor(p), bits)))
+    return np.concatenate([-positive[:0:-1], positive]) if signed else positive
+
+
+def quantize(x, signed: bool):
+    """``x`` (float32, any shape) → (int8 codes shaped (blocks, BLOCK_SIZE), float32 absmax (blocks,))."""
+    flat = ops.reshape(ops.cast(x, "float32"), (-1,))
+    size = flat.shape[0]
+    padded = math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE
+    if padded != size:
+        flat = ops.pad(flat, [(0, padded - size)])
+    blocks = ops.reshape(flat, (-1, BLOCK_SIZE))
+    absmax = ops.max(ops.abs(blocks), axis=1)
+    normalised = blocks / ops.expand_dims(ops.where(absmax > 0, absmax, 1.0), 1)
+    bits = fraction_bits(signed)
+    index = magnitude_index(ops.abs(normalised), bits)
+    code = ops.sign(normalised) * index if signed else index - 128.0
+    return ops.cast(code, "int8"), absmax
+
+
+def dequantize(codes, absmax, shape, signed: bool, dtype="float32"):
+    """The inverse of ``quantize``: a float tensor of ``shape``."""
+    code = ops.cast(codes, "float32")
+    bits = fraction_bits(signed)
+    if signed:
+        values = ops.sign(code) * magnitude_value(ops.abs(code), bits)
+    else:
+        values = magnitude_value(code + 128.0, bits)
+    flat = ops.reshape(values * ops.expand_dims(absmax, 1), (-1,))
+    size = math.prod(shape)
+    if flat.shape[0] != size:
+        flat = flat[:size]
+    return ops.cast(ops.reshape(flat, shape), dtype)
+
+
+# -- slots: one state tensor of one parameter, as stored ----------------------------------------
+
+
+class PlainSlot:
+    """A state tensor kept as one variable (float32, float64 or bfloat16)."""
+
+    def __init__(self, variable, compute_dtype: str) -> None:
+        self.variable = variable
+        self.compute_dtype = compute_dtype
+
+    @property
+    def variables(self) -> list:
+        return [self.variable]
+
+    def read(self):
+        return ops.cast(self.variable, self.compute_dtype)
+
+    def write(self, optimizer, value) -> None:
+        optimizer.assign(self.variable, ops.cast(value, self.variable.dtype))
+
+
+class QuantizedSlot:
+    """A state tensor kept as int8 codes plus one float32 absmax per block."""
+
+    def __init__(self, codes, absmax, shape: tuple, signed: bool) -> None:
+        self.codes = codes
+        self.absmax = absmax
+        self.shape = shape
+        self.signed = signed
+
+    @property
+    def variables(self) -> list:
+        return [self.codes, self.absmax]
+
+    def read(self):
+        return dequantize(self.codes, self.absmax, self.shape, self.signed)
+
+    def write(self, optimizer, value) -> None:
+        codes, absmax = quantize(value, self.signed)
+        optimizer.assign(self.codes, codes)
+        optimizer.assign(self.absmax, absmax)
+
+
+def compute_dtype(variable) -> str:
+    """Float64 parameters keep float64 math; everything else (16-bit included) uses float32."""
+    return "float64" if keras.backend.standardize_dtype(variable.dtype) == "float64" else "float32"
+
+
+def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool):
+    """Adds the variables that store state ``name`` of ``variable`` and returns its slot."""
+    dtype = compute_dtype(variable)
+    size = math.prod(variable.shape)
+    prefix = f"{variable.path.replace('/', '_')}_{name}"
+    if state_dtype == "int8" and size >= MIN_QUANTIZED_SIZE:
+        blocks = math.ceil(size / BLOCK_SIZE)
+        codes = optimizer.add_variable((blocks, BLOCK_SIZE), initializer="zeros", dtype="int8",
+                                       name=f"{prefix}_codes")
+        # absmax 0 decodes every code to 0, so zero codes are a valid all-zero state.
+        absmax = optimizer.add_variable((blocks,), initializer="zeros", dtype="float32",
+                                        name=f"{prefix}_absmax")
+        return QuantizedSlot(codes, absmax, tuple(variable.shape), signed)
+    stored = "bfloat16" if state_dtype == "bfloat16" else dtype
+    if stored == keras.backend.standardize_dtype(variable.dtype):
+        slot = optimizer.add_variable_from_reference(variable, name=name)
+    else:
+        slot = optimizer.add_variable(tuple(variable.shape), initializer="zeros", dtype=stored,
+                                      name=prefix, layout=getattr(variable, "_layout", None))
+    return PlainSlot(slot, dtype)
+
+
+def is_plain(slot, dtype) -> bool:
+    """Whether ``slot`` is one variable of exactly ``dtype`` (what fused kernels need)."""
+    return isinstance(slot, PlainSlot) and keras.backend.standardize_dtype(
+        slot.variable.dtype) == keras.backend.standardize_dtype(dtype)
