@@ -13,7 +13,7 @@ import pytest
 from conftest import BACKEND
 
 HERE = Path(__file__).resolve().parent
-PORTABLE = ["test_family.py", "test_adam.py", "test_lazy.py"]
+PORTABLE = ["test_family.py", "test_adam.py", "test_lazy.py", "test_state.py"]
 
 
 @pytest.mark.slow

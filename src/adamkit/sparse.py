@@ -14,6 +14,8 @@ is exactly zero), at dense cost.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -33,6 +35,7 @@ def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, 
     import tensorflow as tf
 
     from adamkit.kernels.tensorflow import tf_variable
+    from adamkit.state import flat_positions
 
     unique, position = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(unique)[0])
@@ -44,8 +47,12 @@ def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, 
     # The static shape: tf.shape() would read the whole table, and a pending read makes the
     # scatter below copy the entire buffer first (copy-on-write), undoing the point of being lazy.
     shape = tf.constant(tuple(variable.shape), dtype=unique.dtype)
+    row_size = math.prod(variable.shape[1:])
+    positions = (tf.reshape(tf.cast(unique, tf.int32), (-1,) + (1,) * (len(variable.shape) - 1))
+                 * row_size + flat_positions(tuple(variable.shape[1:])))
+    iteration = tf.cast(optimizer.iterations + 1, tf.int32)
     for name, value in new_rows.items():
-        value = tf.cast(value, state[name].dtype)
+        value = slots[name].encode(value, positions, iteration)
         optimizer.assign(slots[name].variable, tf.IndexedSlices(value, unique, shape))
     optimizer.assign(variable, tf.IndexedSlices(theta - update, unique, shape))
 

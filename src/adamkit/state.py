@@ -22,7 +22,10 @@ absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two momen
 ``MIN_QUANTIZED_SIZE`` values (biases, norms) stay float32: they are a rounding error of the memory
 and the most sensitive to quantisation.
 
-``bfloat16``: moments stored in bfloat16 (round to nearest), arithmetic in float32.
+``bfloat16``: moments stored in bfloat16, arithmetic in float32.
+
+Both round stochastically when they store (see ``dither_bits``): to the nearest value, a stored v
+that should shrink by 0.1% a step would never move.
 """
 
 from __future__ import annotations
@@ -47,18 +50,25 @@ def fraction_bits(signed: bool) -> int:
 # -- the dynamic quantisation map ------------------------------------------------------------------
 
 
-def magnitude_index(a, bits: int):
-    """The index p ∈ [0, 2^(bits+1) − 1] of the map value nearest to ``a`` ∈ [0, 1] (a tensor).
+def magnitude_index(a, bits: int, dither=None):
+    """The index p ∈ [0, 2^(bits+1) − 1] of a map value next to ``a`` ∈ [0, 1] (a tensor).
 
     In decade e the value of index p = 2^(F-e) + k is 10^-(e+1) + (k + 1)·δₑ; since the decades'
-    uniform grids meet at 10^-(e+1), rounding within the decade found from log10 is the nearest
-    value overall (k = −1 rounds down to the next decade's top, or to 0 in the last one).
+    uniform grids meet at 10^-(e+1), rounding within the decade found from log10 rounds on the
+    whole map (k = −1 rounds down to the next decade's top; in the last decade, to 0). Without
+    ``dither`` that is the nearest value; with ``dither`` u ∈ [0, 1), floor(x + u) rounds up with
+    probability equal to the fraction (stochastic rounding, unbiased when u is uniform).
     """
     tiny = 10.0 ** -(bits + 2)
     decade = ops.clip(ops.floor(-ops.log10(ops.maximum(a, tiny))), 0.0, float(bits))
     count = ops.power(2.0, bits - decade)  # 2^(F-e) points in this decade
     scale = ops.power(10.0, -decade)  # 10^-e
-    k = ops.round((a - 0.1 * scale) * count / (0.9 * scale)) - 1.0
+    # The last decade holds one point, 10^-F, and is stitched to 0 instead of to 10^-(F+1).
+    last = decade >= bits
+    floor = ops.where(last, 0.0, 0.1 * scale)
+    spacing = ops.where(last, scale, 0.9 * scale / count)
+    position = (a - floor) / spacing
+    k = (ops.round(position) if dither is None else ops.floor(position + dither)) - 1.0
     return ops.clip(count + k, 0.0, 2.0 ** (bits + 1) - 1.0)
 
 
@@ -73,15 +83,18 @@ def magnitude_value(p, bits: int):
 
 
 def quantization_map(signed: bool) -> np.ndarray:
-    """Every value the codes can take, ascending (float64): for tests and documentation."""
+    """Every value the codes can take, ascending (as decoded in float32): for tests and docs."""
     bits = fraction_bits(signed)
-    p = np.arange(2 ** (bits + 1), dtype=np.float64)
-    positive = np.asarray(ops.convert_to_numpy(magnitude_value(ops.convert_to_tensor(p), bits)))
+    p = ops.convert_to_tensor(np.arange(2 ** (bits + 1), dtype=np.float32))
+    positive = np.asarray(ops.convert_to_numpy(magnitude_value(p, bits)), np.float64)
     return np.concatenate([-positive[:0:-1], positive]) if signed else positive
 
 
-def quantize(x, signed: bool):
-    """``x`` (float32, any shape) → (int8 codes shaped (blocks, BLOCK_SIZE), float32 absmax (blocks,))."""
+def quantize(x, signed: bool, step=None):
+    """``x`` (float32, any shape) → (int8 codes shaped (blocks, BLOCK_SIZE), float32 absmax (blocks,)).
+
+    Rounds to the nearest code, or stochastically when ``step`` (the int32 iteration) is given.
+    """
     flat = ops.reshape(ops.cast(x, "float32"), (-1,))
     size = flat.shape[0]
     padded = math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE
@@ -91,7 +104,11 @@ def quantize(x, signed: bool):
     absmax = ops.max(ops.abs(blocks), axis=1)
     normalised = blocks / ops.expand_dims(ops.where(absmax > 0, absmax, 1.0), 1)
     bits = fraction_bits(signed)
-    index = magnitude_index(ops.abs(normalised), bits)
+    dither = None
+    if step is not None:
+        positions = ops.reshape(ops.arange(padded, dtype="int32"), (-1, BLOCK_SIZE))
+        dither = ops.cast(dither_bits(positions, step, 24), "float32") * 2.0**-24
+    index = magnitude_index(ops.abs(normalised), bits, dither)
     code = ops.sign(normalised) * index if signed else index - 128.0
     return ops.cast(code, "int8"), absmax
 
@@ -111,6 +128,37 @@ def dequantize(codes, absmax, shape, signed: bool, dtype="float32"):
     return ops.cast(ops.reshape(flat, shape), dtype)
 
 
+# -- stochastic rounding ---------------------------------------------------------------------------
+
+# Weyl-sequence multipliers: 2^32 times the fractional parts of the golden ratio and of √2.
+_POSITION_MULTIPLIER = -1640531535  # 0x9E3779B1 as int32
+_STEP_MULTIPLIER = 0x6A09E667
+
+
+def dither_bits(positions, step, bits: int):
+    """``bits`` pseudo-random bits per element, from its flat position and the step (int32 tensors).
+
+    Rounding to nearest loses every change smaller than half a code: β2 = 0.999 moves v by 0.1% a
+    step, under one code of either bfloat16 or the 8-bit map, so a stored v could never decay.
+    Stochastic rounding keeps the stored value right on average. The dither is the top bits of
+    (position·φ + step·(√2 − 1)) mod 1 in 32-bit fixed point: a stateless low-discrepancy sequence,
+    even over each element's steps and over a block's elements, and the same on a resumed run.
+    """
+    mixed = positions * _POSITION_MULTIPLIER + ops.cast(step, "int32") * _STEP_MULTIPLIER
+    return ops.bitwise_and(ops.right_shift(mixed, 32 - bits), (1 << bits) - 1)
+
+
+def round_to_bfloat16(x, positions, step):
+    """float32 → bfloat16 with stochastic rounding (exact: the low 16 bits are cleared first)."""
+    raw = ops.view(ops.cast(x, "float32"), "int32")
+    raw = ops.bitwise_and(raw + dither_bits(positions, step, 16), -65536)  # 0xFFFF0000
+    return ops.cast(ops.view(raw, "float32"), "bfloat16")
+
+
+def flat_positions(shape):
+    return ops.reshape(ops.arange(math.prod(shape), dtype="int32"), shape)
+
+
 # -- slots: one state tensor of one parameter, as stored ----------------------------------------
 
 
@@ -128,8 +176,15 @@ class PlainSlot:
     def read(self):
         return ops.cast(self.variable, self.compute_dtype)
 
-    def write(self, optimizer, value) -> None:
-        optimizer.assign(self.variable, ops.cast(value, self.variable.dtype))
+    def encode(self, value, positions, step):
+        """``value`` in the stored dtype; ``positions``: the elements' flat indices (for dither)."""
+        if keras.backend.standardize_dtype(self.variable.dtype) == "bfloat16":
+            return round_to_bfloat16(value, positions, step)
+        return ops.cast(value, self.variable.dtype)
+
+    def write(self, optimizer, value, step) -> None:
+        positions = flat_positions(tuple(self.variable.shape))
+        optimizer.assign(self.variable, self.encode(value, positions, step))
 
 
 class QuantizedSlot:
@@ -148,8 +203,8 @@ class QuantizedSlot:
     def read(self):
         return dequantize(self.codes, self.absmax, self.shape, self.signed)
 
-    def write(self, optimizer, value) -> None:
-        codes, absmax = quantize(value, self.signed)
+    def write(self, optimizer, value, step) -> None:
+        codes, absmax = quantize(value, self.signed, step)
         optimizer.assign(self.codes, codes)
         optimizer.assign(self.absmax, absmax)
 

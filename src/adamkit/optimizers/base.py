@@ -263,8 +263,9 @@ class AdamFamily(keras.optimizers.Optimizer):
             self.assign(variable, ops.where(touched, theta - update, ops.cast(variable, dtype)))
         else:
             self.assign_sub(variable, ops.cast(update, variable.dtype))
+        iteration = ops.cast(self.iterations + 1, "int32")
         for name, value in new_state.items():
-            slots[name].write(self, value)
+            slots[name].write(self, value, iteration)
 
     def decayed(self, variable, theta, learning_rate, dtype):
         """``theta`` (all of ``variable`` or some of its rows) as θ·(1 − αₜλ) where ``variable``

@@ -1,0 +1,218 @@
+"""Lean optimizer state (``adamkit.state``): the 8-bit codec, bfloat16 storage, and whole optimizers
+running on them, against float32 state. Portable: runs on every backend."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import adamkit
+from adamkit import state as st
+from conftest import compiled_step
+
+FAMILY = ["adam", "amsgrad", "adamw", "nadam", "adamax", "radam"]
+
+
+def numpy(x):
+    return np.asarray(ops.convert_to_numpy(x), np.float64)
+
+
+def roundtrip(x, signed, step=None):
+    codes, absmax = st.quantize(ops.convert_to_tensor(np.asarray(x, np.float32)), signed, step)
+    return numpy(st.dequantize(codes, absmax, tuple(np.shape(x)), signed)), codes, absmax
+
+
+def nearest_on_map(x, signed):
+    """Brute force: each value's nearest map entry, block by block (float64)."""
+    qmap = st.quantization_map(signed)
+    flat = np.asarray(x, np.float64).ravel()
+    padded = np.pad(flat, (0, -len(flat) % st.BLOCK_SIZE)).reshape(-1, st.BLOCK_SIZE)
+    absmax = np.abs(padded).max(axis=1, keepdims=True)
+    scale = np.where(absmax > 0, absmax, 1.0)
+    nearest = qmap[np.abs(padded[..., None] / scale[..., None] - qmap).argmin(-1)] * scale
+    gaps = np.diff(qmap)
+    return nearest.ravel()[: len(flat)], gaps, scale
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_map_is_the_dynamic_tree_map(signed):
+    qmap = st.quantization_map(signed)
+    assert len(qmap) == (255 if signed else 256)  # signed: ±127 codes and one zero
+    assert np.all(np.diff(qmap) > 0)
+    assert qmap[-1] == 1.0 and 0.0 in qmap and (qmap[0] == -1.0 if signed else qmap[0] == 0.0)
+    positive = qmap[qmap > 0]
+    bits = 6 if signed else 7
+    # One more decade of range per exponent bit; the densest decade holds half the codes.
+    assert positive.min() == pytest.approx(10.0 ** -bits)
+    assert np.sum(positive > 0.1) == 2**bits
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_rounding_to_nearest_picks_the_nearest_code_within_its_bound(signed, rng):
+    x = rng.standard_normal(5000) * np.exp(rng.uniform(-25, 2, 5000))
+    x = x if signed else np.abs(x)
+    decoded, codes, absmax = roundtrip(x, signed)
+    nearest, gaps, scale = nearest_on_map(x, signed)
+    np.testing.assert_allclose(decoded, nearest, rtol=1e-6, atol=0)
+    assert keras.backend.standardize_dtype(codes.dtype) == "int8"
+    assert tuple(codes.shape) == (math.ceil(5000 / st.BLOCK_SIZE), st.BLOCK_SIZE)
+    # Per block: the error is at most half the widest gap of the map, times the absmax.
+    error = np.abs(decoded - x).ravel()
+    bound = np.repeat(scale.ravel(), st.BLOCK_SIZE)[:5000] * gaps.max() / 2 * (1 + 1e-6)
+    assert np.all(error <= bound)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_special_blocks(signed, rng):
+    values = rng.uniform(0.5, 2.0, st.BLOCK_SIZE) * (rng.choice([-1, 1], st.BLOCK_SIZE) if signed else 1)
+    blocks = {
+        "zero": np.zeros(st.BLOCK_SIZE),
+        "constant": np.full(st.BLOCK_SIZE, -3.25 if signed else 3.25),
+        "huge": values * 1e30,
+        "tiny": values * 1e-30,
+        "normal": values,
+    }
+    decoded, _, _ = roundtrip(np.concatenate(list(blocks.values())), signed)
+    parts = dict(zip(blocks, np.split(decoded, len(blocks))))
+    assert np.all(parts["zero"] == 0)
+    np.testing.assert_array_equal(parts["constant"], blocks["constant"])  # absmax is exact
+    for name in ("huge", "tiny"):  # scale-free: the same codes as the normal block
+        assert np.all(np.isfinite(parts[name]))
+        np.testing.assert_allclose(parts[name] / parts["normal"], blocks[name] / values, rtol=1e-5)
+
+
+def test_stochastic_rounding_is_unbiased_and_lands_on_neighbouring_codes():
+    x = np.linspace(0.05, 1.0, st.BLOCK_SIZE)  # absmax 1: each value sits between two map entries
+    qmap = st.quantization_map(False)
+    below = qmap[np.searchsorted(qmap, x, side="right") - 1]
+    above = qmap[np.minimum(np.searchsorted(qmap, x, side="left"), len(qmap) - 1)]
+    total = np.zeros_like(x)
+    steps = 512
+    for t in range(1, steps + 1):
+        decoded, _, _ = roundtrip(x, False, step=ops.convert_to_tensor(t, "int32"))
+        assert np.all((np.abs(decoded - below) < 1e-6) | (np.abs(decoded - above) < 1e-6))
+        total += decoded
+    gap = above - below
+    assert np.all(np.abs(total / steps - x) <= 0.05 * gap + 1e-6)
+    # Nearest rounding would be off by up to half a gap on average; this is 10× closer.
+
+
+def test_bfloat16_stochastic_rounding_is_exact_and_unbiased():
+    x = np.float32(1.0) + np.arange(1, 257, dtype=np.float32) * np.float32(2.0**-12)
+    positions = st.flat_positions((256,))
+    total = np.zeros(256)
+    for t in range(1, 257):
+        rounded = st.round_to_bfloat16(ops.convert_to_tensor(x), positions, t)
+        as_float = numpy(ops.cast(rounded, "float32"))
+        assert np.all((as_float == np.floor(x * 128) / 128) | (as_float == np.ceil(x * 128) / 128))
+        total += as_float
+    np.testing.assert_allclose(total / 256, x, atol=2.0**-7 * 0.05)
+
+
+def model_parameters(count_millions: float):
+    width = int(math.sqrt(count_millions * 1e6))
+    return [keras.Variable(np.zeros((width, width), np.float32), name="kernel"),
+            keras.Variable(np.zeros((width,), np.float32), name="bias")]
+
+
+@pytest.mark.parametrize("state_dtype, budget", [("int8", 2.1), ("bfloat16", 4.1), ("float32", 8.01)])
+def test_bytes_per_parameter_on_a_ten_million_parameter_model(state_dtype, budget):
+    """Every optimizer variable (iteration count and learning rate included) over the parameters."""
+    variables = model_parameters(10.2)
+    optimizer = adamkit.Adam(state_dtype=state_dtype)
+    optimizer.build(variables)
+    parameters = sum(math.prod(v.shape) for v in variables)
+    state_bytes = sum(
+        math.prod(v.shape) * np.dtype(keras.backend.standardize_dtype(v.dtype).replace(
+            "bfloat16", "float16")).itemsize
+        for v in optimizer.variables
+    )
+    assert budget - 0.1 < state_bytes / parameters <= budget  # and the state really is there
+
+
+def test_small_tensors_stay_float32():
+    optimizer = adamkit.Adam(state_dtype="int8")
+    small = keras.Variable(np.zeros((64, 63), np.float32), name="small")  # 4032 < 4096 values
+    large = keras.Variable(np.zeros((64, 64), np.float32), name="large")
+    optimizer.build([small, large])
+    dtypes = {v.name: keras.backend.standardize_dtype(v.dtype) for v in optimizer.variables}
+    assert [d for n, d in dtypes.items() if "small" in n] == ["float32", "float32"]
+    assert sorted(d for n, d in dtypes.items() if "large" in n) == ["float32", "float32", "int8", "int8"]
+
+
+def least_squares(state_dtype, name, steps, seed=0):
+    """Full-batch least squares, the gradient written out (portable across backends)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((512, 256)).astype(np.float32)
+    y = x @ rng.standard_normal((256, 64)).astype(np.float32)
+    y += 0.1 * rng.standard_normal(y.shape).astype(np.float32)
+    x_t, y_t = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+    weights = keras.Variable(np.zeros((256, 64), np.float32), name="weights")
+    schedule = keras.optimizers.schedules.CosineDecay(0.01, steps)
+    optimizer = adamkit.get(name, learning_rate=schedule, state_dtype=state_dtype)
+
+    def gradient():
+        residual = ops.matmul(x_t, weights) - y_t
+        return [ops.matmul(ops.transpose(x_t), residual) * (2.0 / y.size)]
+
+    step = compiled_step(optimizer, [weights], gradient)
+    for _ in range(steps):
+        step()
+    loss = float(np.mean((x @ numpy(weights) - y) ** 2))
+    state = {k: numpy(v[0]) for k, v in optimizer.state_values().items()}
+    return loss, numpy(weights), state
+
+
+@pytest.fixture(scope="module")
+def float32_runs():
+    return {name: least_squares("float32", name, 600) for name in FAMILY}
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("name", FAMILY)
+def test_least_squares_converges_as_with_float32_state(name, state_dtype, float32_runs):
+    loss, weights, _ = least_squares(state_dtype, name, 600)
+    reference_loss, reference_weights, _ = float32_runs[name]
+    assert loss <= 1.05 * reference_loss, f"{name} {state_dtype}: {loss} vs {reference_loss}"
+    # The stated bound on the trajectory: the end point is within 2% of the distance travelled.
+    distance = np.linalg.norm(weights - reference_weights) / np.linalg.norm(reference_weights)
+    assert distance < 0.02, f"{name} {state_dtype}: parameters {distance:.3%} away"
+
+
+def test_fit_and_keras_file_keep_the_compressed_state(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 64)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    sizes = {}
+    for state_dtype in ("float32", "int8"):
+        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(adamkit.Adam(state_dtype=state_dtype), "binary_crossentropy")
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+        path = tmp_path / f"{state_dtype}.keras"
+        model.save(path)
+        sizes[state_dtype] = path.stat().st_size
+        loaded = keras.saving.load_model(path)
+        assert loaded.optimizer.state_dtype == state_dtype
+        for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+            assert keras.backend.standardize_dtype(a.dtype) == keras.backend.standardize_dtype(b.dtype)
+            np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+        # Two more epochs from the file equal two more epochs in memory.
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+        loaded.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+        for a, b in zip(model.weights, loaded.weights):
+            np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    # The 64×128 kernel's two moments drop from 8 to ~2 bytes per value in the file.
+    assert sizes["float32"] - sizes["int8"] > 0.7 * 64 * 128 * 6
+
+
+def test_state_dtype_is_validated_and_lazy_int8_is_refused():
+    with pytest.raises(ValueError, match="state_dtype.*'float32', 'bfloat16', 'int8'"):
+        adamkit.Adam(state_dtype="float16")
+    with pytest.raises(ValueError, match="lazy=True.*state_dtype='int8'.*bfloat16"):
+        adamkit.Adam(lazy=True, state_dtype="int8")
+    assert adamkit.AdamW(state_dtype="bfloat16").get_config()["state_dtype"] == "bfloat16"
