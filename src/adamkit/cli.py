@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
     train.add_argument("--weight-decay", type=nonnegative_float,
                        help="decoupled weight decay; default: none (0.01 for adamw)")
+    train.add_argument("--state-dtype", choices=["float32", "bfloat16", "int8"],
+                       help="how optimizer state is stored (adamkit optimizers); default: float32")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
@@ -145,6 +147,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     given = {k: v for k, v in names.items() if v is not None}
     if args.skip_nonfinite:
         given["skip_nonfinite"] = True
+    if args.state_dtype is not None:
+        given["state_dtype"] = args.state_dtype
     preset["hyperparameters"] = {**preset.get("hyperparameters", {}), **given}
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) is not None:

@@ -65,6 +65,17 @@ def make_optimizer(name: str, hyperparameters: dict[str, Any]) -> keras.optimize
     return adamkit.get(name, **hyperparameters)
 
 
+def state_bytes_per_parameter(model: keras.Model) -> float:
+    """Bytes of every optimizer variable over the number of trainable parameters."""
+
+    def nbytes(variable) -> int:
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        return int(np.prod(variable.shape)) * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
+
+    parameters = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    return sum(nbytes(v) for v in model.optimizer.variables) / parameters
+
+
 def default_out_dir(optimizer: str) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{optimizer}"
 
@@ -156,6 +167,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         "finished": datetime.now().isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
     }
+    summary["optimizer_state_bytes_per_parameter"] = state_bytes_per_parameter(model)
     if getattr(optimizer, "skip_nonfinite", False):
         summary["skipped_steps"] = int(keras.ops.convert_to_numpy(optimizer.skipped_steps))
         log(f"adamkit: skipped {summary['skipped_steps']} step(s) with non-finite gradients")
