@@ -1,7 +1,7 @@
 """``adamkit bench``: optimizer steps timed against peers in one run, printed as ratios.
 
 ``step``: one dense Adam step over float32 parameters (1000 × 1000 matrices plus biases: 1M, 10M,
-50M parameters) for adamkit on its paths and for every peer in this process — keras.optimizers.Adam
+50M parameters) for adamkit on its paths (float32, bfloat16 and int8 state) and for every peer in this process — keras.optimizers.Adam
 (TensorFlow tf.function, and XLA), TensorFlow's raw ``ResourceApplyAdam``, ``torch.optim.Adam``
 (single-tensor, foreach, fused), ``optax.adam`` under ``jax.jit`` — in million parameters per second,
 with ratios to torch's fused Adam and to the memory-bandwidth limit. The limit is measured, not
@@ -84,6 +84,10 @@ def tensorflow_steps(shapes, rng) -> dict:
     steps["adamkit Adam, XLA, ops path"] = compiled(lambda: adamkit.Adam(fused=False), True)
     steps["adamkit AMSGrad, tf.function"] = compiled(lambda: adamkit.Adam(amsgrad=True), False)
     steps["adamkit AdamW, tf.function"] = compiled(lambda: adamkit.AdamW(), False)
+    for state_dtype in ("bfloat16", "int8"):
+        for jit, path in ((False, "tf.function"), (True, "XLA")):
+            steps[f"adamkit Adam {state_dtype} state, {path}"] = compiled(
+                lambda d=state_dtype: adamkit.Adam(state_dtype=d), jit)
     steps["keras Adam, tf.function (model.fit on CPU)"] = compiled(keras.optimizers.Adam, False)
     steps["keras Adam, XLA"] = compiled(keras.optimizers.Adam, True)
 

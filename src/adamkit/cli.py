@@ -48,6 +48,8 @@ examples:
   adamkit train --optimizer adamw --weight-decay 0.01 --epochs 5
   adamkit train --backend jax --data ~/mnist.npz --out runs/jax
   adamkit train --preset fast                     # the quickest recipe to the seed's accuracy
+  adamkit train --state-dtype int8                # 8-bit optimizer state (~2 bytes/parameter)
+  adamkit train --checkpoint-dir ckpt --checkpoint-every 500 --resume   # survives being killed
 """
 
 
@@ -104,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="PATH",
                        help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
     train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
+    train.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
+                       help="also save every STEPS optimizer steps")
+    train.add_argument("--keep", type=positive_int, default=3, metavar="N",
+                       help="keep the newest N checkpoints; default: 3")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest valid checkpoint in --checkpoint-dir")
     train.set_defaults(handler=run_train)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
@@ -141,6 +151,9 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamkit.data import DataError
     from adamkit.train import PRESETS, TrainSettings, make_optimizer, train
 
+    for flag in ("checkpoint_every", "resume"):
+        if getattr(args, flag) and args.checkpoint_dir is None:
+            parser.error(f"--{flag.replace('_', '-')} needs --checkpoint-dir")
     preset = dict(PRESETS[args.preset])
     names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
              "epsilon": args.epsilon, "weight_decay": args.weight_decay}
@@ -154,7 +167,9 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if getattr(args, flag) is not None:
             preset[flag] = getattr(args, flag)
     settings = TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
-                             out=args.out, **preset)
+                             out=args.out, checkpoint_dir=args.checkpoint_dir,
+                             checkpoint_every=args.checkpoint_every, keep=args.keep,
+                             resume=args.resume, **preset)
     try:  # hyperparameters the optimizer rejects are the user's to fix: a usage message
         make_optimizer(settings.optimizer, settings.hyperparameters)
     except (ValueError, TypeError) as error:

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 import adamkit
+from adamkit import checkpoint
 from adamkit.data import load_mnist
 
 OPTIMIZERS = (*adamkit.FAMILY, "keras-adam")
@@ -35,6 +36,11 @@ class TrainSettings:
     seed: int = 0
     data: str | None = None
     out: str | None = None
+    # Checkpoints (adamkit.checkpoint): every `checkpoint_every` steps and at each epoch's end.
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    keep: int = 3
+    resume: bool = False
 
 
 # The quickest recipe found to reach the seed's 0.9725 (benchmarks/README.md, "time to accuracy"):
@@ -126,11 +132,64 @@ def plot_history(history: dict[str, list[float]], out: Path, title: str) -> None
     plt.close(fig)
 
 
+def run_variables(model: keras.Model) -> list:
+    """Everything a bit-exact resume needs: weights, dropout's random-generator state, and every
+    optimizer variable (the iteration count included)."""
+    return [*model.variables, *model.optimizer.variables]
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves a checkpoint every ``every`` steps of this epoch's fit (batches counted from ``first``)."""
+
+    def __init__(self, settings: TrainSettings, epoch: int, first: int, history: dict) -> None:
+        super().__init__()
+        self.settings, self.epoch, self.batch, self.history = settings, epoch, first, history
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch += 1
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if self.settings.checkpoint_every and step % self.settings.checkpoint_every == 0:
+            save_checkpoint(self.model, self.settings, {"epoch": self.epoch, "batch": self.batch,
+                                                        "history": self.history})
+
+
+def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict) -> None:
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    checkpoint.save(settings.checkpoint_dir, step, run_variables(model), position, settings.keep)
+
+
+def fit(model, settings: TrainSettings, train_data, validation_data, position, log) -> dict:
+    """``model.fit`` one epoch at a time over our own shuffled order, so that a run can stop and
+    resume at any batch: epoch e's order is a permutation drawn from (seed, e) alone."""
+    x, y = train_data
+    history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
+    for epoch in range(position["epoch"], settings.epochs):
+        first = position["batch"] if epoch == position["epoch"] else 0
+        order = np.random.default_rng([settings.seed, epoch]).permutation(len(x))
+        rest = order[first * settings.batch_size:]
+        callbacks = [Checkpointer(settings, epoch, first, history)] if settings.checkpoint_dir else []
+        log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
+        epoch_history = model.fit(
+            x[rest], y[rest], batch_size=settings.batch_size, epochs=1, shuffle=False,
+            validation_data=validation_data, callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        ).history
+        for key, values in epoch_history.items():
+            history.setdefault(key, []).append(float(values[-1]))
+        if settings.checkpoint_dir:
+            save_checkpoint(model, settings, {"epoch": epoch + 1, "batch": 0, "history": history})
+    return history
+
+
 def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     """Trains the seed's model and writes history, plot, model and run summary to ``out``."""
     out = Path(settings.out) if settings.out else default_out_dir(settings.optimizer)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(settings.seed)
+    if settings.checkpoint_dir and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # a resumed run must match bit for bit
 
     (x_train, y_train), (x_test, y_test) = load_mnist(settings.data, log=log)
     x_train = (x_train / 255.0).astype("float32")
@@ -143,17 +202,17 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
+    position = {"epoch": 0, "batch": 0, "history": {}}
+    if settings.resume:
+        record = checkpoint.restore_latest(settings.checkpoint_dir, run_variables(model), log)
+        if record is None:
+            log(f"adamkit: no usable checkpoint in {settings.checkpoint_dir}; starting afresh")
+        else:
+            position = record["position"]
     start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        validation_data=(x_test, y_test),
-        verbose=1 if sys.stdout.isatty() else 2,
-    ).history
+    history = fit(model, settings, (x_train, y_train), (x_test, y_test), position, log)
     wall_time = time.perf_counter() - start
-    history = {k: [float(x) for x in v] for k, v in history.items()}
 
     model.save(out / "model.keras")
     write_history(history, out)

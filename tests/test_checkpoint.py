@@ -1,0 +1,137 @@
+"""Checkpoints: atomic files, corrupted ones detected and passed over, and training runs killed with
+SIGKILL that resume to the same bits as a run never interrupted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from adamkit import checkpoint
+from conftest import BACKEND
+
+
+def variables(shapes, fill=0.0):
+    return [keras.Variable(np.full(s, fill, np.float32), name=f"v{i}") for i, s in enumerate(shapes)]
+
+
+def values(vs):
+    return [keras.ops.convert_to_numpy(v).copy() for v in vs]
+
+
+def test_round_trip_keeps_the_newest_n_and_ignores_temporary_files(tmp_path):
+    source = variables([(3, 4), (4,)])
+    for step in (10, 20, 30, 40):
+        for v in source:
+            v.assign(np.full(v.shape, float(step), np.float32))
+        checkpoint.save(tmp_path, step, source, {"epoch": 0, "batch": step}, keep=2)
+    (tmp_path / ".ckpt-50.npz.tmp-123").write_bytes(b"half a checkpoint")  # a write cut short
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["ckpt-40.npz", "ckpt-30.npz"]
+    target = variables([(3, 4), (4,)])
+    record = checkpoint.restore_latest(tmp_path, target, log=lambda _: None)
+    assert record["step"] == 40 and record["position"] == {"epoch": 0, "batch": 40}
+    assert all(np.all(a == 40.0) for a in values(target))
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated", "zero length", "bit flip",
+                                    "another model"])
+def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_loaded(tmp_path, damage):
+    source = variables([(64, 32), (32,)], fill=1.0)
+    checkpoint.save(tmp_path, 1, source, {"batch": 1}, keep=5)
+    for v in source:
+        v.assign(np.full(v.shape, 2.0, np.float32))
+    newest = checkpoint.save(tmp_path, 2, source, {"batch": 2}, keep=5)
+    data = newest.read_bytes()
+    if damage == "random bytes":
+        newest.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    elif damage == "truncated":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "zero length":
+        newest.write_bytes(b"")
+    elif damage == "bit flip":  # inside the stored arrays: only the checksum can tell
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x01
+        newest.write_bytes(bytes(flipped))
+    else:
+        checkpoint.save(tmp_path, 2, variables([(64, 16), (32,)]), {"batch": 2}, keep=5)
+    messages = []
+    target = variables([(64, 32), (32,)])
+    record = checkpoint.restore_latest(tmp_path, target, log=messages.append)
+    assert record["step"] == 1, messages
+    assert all(np.all(a == 1.0) for a in values(target))
+    assert "skipping checkpoint" in messages[0] and "ckpt-2.npz" in messages[0]
+    if damage == "another model":
+        assert "'v0'" in messages[0] and "(64, 32)" in messages[0] and "(64, 16)" in messages[0]
+
+
+def test_nothing_is_loaded_when_no_checkpoint_fits(tmp_path):
+    checkpoint.save(tmp_path, 1, variables([(8,), (9,)], fill=5.0), {}, keep=3)
+    target = variables([(8,), (10,)], fill=-1.0)  # the first variable would fit, the second not
+    messages = []
+    assert checkpoint.restore_latest(tmp_path, target, log=messages.append) is None
+    assert all(np.all(a == -1.0) for a in values(target))
+    assert "'v1'" in messages[0]
+
+
+def adamkit_command(*args):
+    return [shutil.which("adamkit", path=os.path.dirname(sys.executable)) or "adamkit", *args]
+
+
+def final_state(checkpoint_dir: Path) -> list[np.ndarray]:
+    """Every array of the run's last checkpoint: weights, dropout's generator, optimizer state."""
+    with np.load(checkpoint.checkpoints(checkpoint_dir)[0]) as data:
+        return [data[k] for k in sorted(data.files) if k != "record"]  # history differs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs the CLI on its default backend")
+def test_runs_killed_with_sigkill_resume_bit_exactly(tmp_path):
+    flags = ["train", "--preset", "fast", "--epochs", "2", "--checkpoint-every", "9",
+             "--keep", "2", "--optimizer", "adamw"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    straight = subprocess.run(adamkit_command(*flags, "--checkpoint-dir", str(tmp_path / "c0"),
+                                              "--out", str(tmp_path / "o0")),
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    # The same command, with --resume, killed at several moments until it finishes by itself:
+    # mid-epoch, just after a checkpoint appeared, and at random points (some inside a write).
+    command = adamkit_command(*flags, "--checkpoint-dir", str(tmp_path / "c1"),
+                              "--out", str(tmp_path / "o1"), "--resume")
+    kills, delays = 0, iter([0.0, 0.3, 1.1, 0.05, 0.6])
+    for attempt in range(12):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        delay = next(delays, None)
+        if delay is not None:
+            seen = {p.name for p in checkpoint.checkpoints(tmp_path / "c1")}
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:  # a new checkpoint
+                if {p.name for p in checkpoint.checkpoints(tmp_path / "c1")} - seen:
+                    break
+                time.sleep(0.02)
+            time.sleep(delay)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+        output, _ = process.communicate(timeout=600)
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, output[-3000:]
+    assert process.returncode == 0 and kills >= 3, output[-3000:]
+    assert "resumed from" in output
+
+    for a, b in zip(final_state(tmp_path / "c0"), final_state(tmp_path / "c1"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    first, again = (keras.saving.load_model(tmp_path / o / "model.keras") for o in ("o0", "o1"))
+    for a, b in zip(values(first.trainable_variables), values(again.trainable_variables), strict=True):
+        np.testing.assert_array_equal(a, b)
