@@ -108,7 +108,7 @@ def test_runs_killed_with_sigkill_resume_bit_exactly(tmp_path):
     command = adamkit_command(*flags, "--checkpoint-dir", str(tmp_path / "c1"),
                               "--out", str(tmp_path / "o1"), "--resume")
     kills, delays = 0, iter([0.0, 0.3, 1.1, 0.05, 0.6])
-    for attempt in range(12):
+    for _ in range(12):
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         delay = next(delays, None)

@@ -1,7 +1,8 @@
 """``adamkit bench``: optimizer steps timed against peers in one run, printed as ratios.
 
 ``step``: one dense Adam step over float32 parameters (1000 × 1000 matrices plus biases: 1M, 10M,
-50M parameters) for adamkit on its paths (float32, bfloat16 and int8 state) and for every peer in this process — keras.optimizers.Adam
+50M parameters) for adamkit on its paths (float32, bfloat16 and int8 state) and for every peer in
+this process — keras.optimizers.Adam
 (TensorFlow tf.function, and XLA), TensorFlow's raw ``ResourceApplyAdam``, ``torch.optim.Adam``
 (single-tensor, foreach, fused), ``optax.adam`` under ``jax.jit`` — in million parameters per second,
 with ratios to torch's fused Adam and to the memory-bandwidth limit. The limit is measured, not

@@ -50,6 +50,15 @@ def fraction_bits(signed: bool) -> int:
 # -- the dynamic quantisation map ------------------------------------------------------------------
 
 
+# exp() of a whole number times ln b: several times faster than a general pow() on a CPU.
+def power_of_two(n):
+    return ops.round(ops.exp(n * math.log(2.0)))  # exact: a whole number
+
+
+def power_of_ten(n):
+    return ops.exp(n * math.log(10.0))
+
+
 def magnitude_index(a, bits: int, dither=None):
     """The index p ∈ [0, 2^(bits+1) − 1] of a map value next to ``a`` ∈ [0, 1] (a tensor).
 
@@ -61,8 +70,8 @@ def magnitude_index(a, bits: int, dither=None):
     """
     tiny = 10.0 ** -(bits + 2)
     decade = ops.clip(ops.floor(-ops.log10(ops.maximum(a, tiny))), 0.0, float(bits))
-    count = ops.power(2.0, bits - decade)  # 2^(F-e) points in this decade
-    scale = ops.power(10.0, -decade)  # 10^-e
+    count = power_of_two(bits - decade)  # 2^(F-e) points in this decade
+    scale = power_of_ten(-decade)  # 10^-e
     # The last decade holds one point, 10^-F, and is stitched to 0 instead of to 10^-(F+1).
     last = decade >= bits
     floor = ops.where(last, 0.0, 0.1 * scale)
@@ -76,8 +85,8 @@ def magnitude_value(p, bits: int):
     """The map value of index ``p`` (a float tensor of whole numbers): the inverse of the above."""
     # floor(log2(p + ½)) is exact: p + ½ is never within rounding of a power of two.
     octave = ops.floor(ops.log2(ops.maximum(p, 1.0) + 0.5))
-    count = ops.power(2.0, octave)
-    scale = ops.power(10.0, octave - bits)  # 10^-e, e = F − octave
+    count = power_of_two(octave)
+    scale = power_of_ten(octave - bits)  # 10^-e, e = F − octave
     value = 0.1 * scale + (p - count + 1.0) * 0.9 * scale / count
     return ops.where(p > 0, value, 0.0)
 
