@@ -49,6 +49,11 @@ def test_help_shows_examples():
         (["--no-such-flag"], "unrecognized arguments"),
         (["--optimizer", "keras-adam", "--skip-nonfinite"], "skip_nonfinite"),
         (["--state-dtype", "float16"], "--state-dtype"),
+        (["--precision", "float64"], "--precision"),
+        (["--resume"], "--resume needs --checkpoint-dir"),
+        (["--checkpoint-every", "10"], "--checkpoint-every needs --checkpoint-dir"),
+        (["--checkpoint-dir", "c", "--checkpoint-every", "0"], "--checkpoint-every"),
+        (["--checkpoint-dir", "c", "--keep", "-1"], "--keep"),
         (["--optimizer", "keras-adam", "--state-dtype", "int8"], "state_dtype"),
     ],
 )
@@ -164,3 +169,15 @@ def test_train_with_int8_state_for_every_optimizer(optimizer, tmp_path):
     # The 784×128 kernel's state is 8-bit; the small tensors (1.4% of the model) stay float32.
     extra = 4 if optimizer == "amsgrad" else 0  # a third state tensor: v̂max
     assert run["optimizer_state_bytes_per_parameter"] < 2.2 + extra / 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_reaches_the_seed_accuracy(precision, tmp_path):
+    result = adamkit("train", "--preset", "fast", "--precision", precision, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["final"]["val_accuracy"] >= 0.97
+    # Keras wraps the optimizer for float16 (dynamic loss scaling), not for bfloat16.
+    expected = "LossScaleOptimizer" if precision == "mixed_float16" else "Adam"
+    assert run["optimizer_class"] == expected

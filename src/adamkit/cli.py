@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decoupled weight decay; default: none (0.01 for adamw)")
     train.add_argument("--state-dtype", choices=["float32", "bfloat16", "int8"],
                        help="how optimizer state is stored (adamkit optimizers); default: float32")
+    train.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                       default="float32", help="Keras dtype policy; default: float32")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
@@ -169,7 +171,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
                              out=args.out, checkpoint_dir=args.checkpoint_dir,
                              checkpoint_every=args.checkpoint_every, keep=args.keep,
-                             resume=args.resume, **preset)
+                             resume=args.resume, precision=args.precision, **preset)
     try:  # hyperparameters the optimizer rejects are the user's to fix: a usage message
         make_optimizer(settings.optimizer, settings.hyperparameters)
     except (ValueError, TypeError) as error:

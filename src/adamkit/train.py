@@ -41,6 +41,9 @@ class TrainSettings:
     checkpoint_every: int | None = None
     keep: int = 3
     resume: bool = False
+    # Keras's dtype policy: "float32", "mixed_float16" (Keras wraps the optimizer in its
+    # LossScaleOptimizer) or "mixed_bfloat16"; variables stay float32 either way.
+    precision: str = "float32"
 
 
 # The quickest recipe found to reach the seed's 0.9725 (benchmarks/README.md, "time to accuracy"):
@@ -195,6 +198,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     x_train = (x_train / 255.0).astype("float32")
     x_test = (x_test / 255.0).astype("float32")
 
+    keras.mixed_precision.set_global_policy(settings.precision)
     model = seed_model()
     optimizer = make_optimizer(settings.optimizer, settings.hyperparameters)
     model.compile(
@@ -202,7 +206,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
+    model.optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
     position = {"epoch": 0, "batch": 0, "history": {}}
     if settings.resume:
         record = checkpoint.restore_latest(settings.checkpoint_dir, run_variables(model), log)
@@ -227,6 +231,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
     }
     summary["optimizer_state_bytes_per_parameter"] = state_bytes_per_parameter(model)
+    summary["optimizer_class"] = type(model.optimizer).__name__  # LossScaleOptimizer if float16
     if getattr(optimizer, "skip_nonfinite", False):
         summary["skipped_steps"] = int(keras.ops.convert_to_numpy(optimizer.skipped_steps))
         log(f"adamkit: skipped {summary['skipped_steps']} step(s) with non-finite gradients")
