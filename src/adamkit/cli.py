@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how optimizer state is stored (adamkit optimizers); default: float32")
     train.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
                        default="float32", help="Keras dtype policy; default: float32")
+    train.add_argument("--distribute", choices=["mirrored"],
+                       help="train on tf.distribute.MirroredStrategy over the local devices")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
@@ -151,11 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamkit.data import DataError
-    from adamkit.train import PRESETS, TrainSettings, make_optimizer, train
+    from adamkit.train import PRESETS, TrainSettings, make_optimizer, split_cpu, train
 
     for flag in ("checkpoint_every", "resume"):
         if getattr(args, flag) and args.checkpoint_dir is None:
             parser.error(f"--{flag.replace('_', '-')} needs --checkpoint-dir")
+    if args.distribute and keras.backend.backend() != "tensorflow":
+        parser.error(f"--distribute {args.distribute} needs the TensorFlow backend; this is "
+                     f"{keras.backend.backend()}")
     preset = dict(PRESETS[args.preset])
     names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
              "epsilon": args.epsilon, "weight_decay": args.weight_decay}
@@ -171,7 +176,13 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
                              out=args.out, checkpoint_dir=args.checkpoint_dir,
                              checkpoint_every=args.checkpoint_every, keep=args.keep,
-                             resume=args.resume, precision=args.precision, **preset)
+                             resume=args.resume, precision=args.precision,
+                             distribute=args.distribute, **preset)
+    if args.distribute:
+        try:
+            split_cpu()  # before the check below initialises TensorFlow's devices
+        except ValueError as error:
+            parser.error(str(error))
     try:  # hyperparameters the optimizer rejects are the user's to fix: a usage message
         make_optimizer(settings.optimizer, settings.hyperparameters)
     except (ValueError, TypeError) as error:

@@ -3,6 +3,7 @@ written next to each other."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -44,6 +45,8 @@ class TrainSettings:
     # Keras's dtype policy: "float32", "mixed_float16" (Keras wraps the optimizer in its
     # LossScaleOptimizer) or "mixed_bfloat16"; variables stay float32 either way.
     precision: str = "float32"
+    # "mirrored": tf.distribute.MirroredStrategy over this machine's devices (TensorFlow only).
+    distribute: str | None = None
 
 
 # The quickest recipe found to reach the seed's 0.9725 (benchmarks/README.md, "time to accuracy"):
@@ -135,6 +138,37 @@ def plot_history(history: dict[str, list[float]], out: Path, title: str) -> None
     plt.close(fig)
 
 
+def split_cpu(log=print) -> None:
+    """``ADAMKIT_CPU_DEVICES=N`` splits the CPU into N logical devices, to run several replicas on
+    one CPU (as the tests do). Must run before TensorFlow initialises its devices."""
+    value = os.environ.get("ADAMKIT_CPU_DEVICES", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"ADAMKIT_CPU_DEVICES must be a whole number >= 1; got {value!r}")
+    count = int(value)
+    if count == 1:
+        return
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) != count:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+        log(f"adamkit: split the CPU into {count} logical devices (ADAMKIT_CPU_DEVICES)")
+
+
+def distribution_scope(distribute: str | None, log):
+    """The strategy's scope for ``"mirrored"`` (one replica per local GPU, else per logical CPU);
+    a no-op scope otherwise."""
+    if distribute is None:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    log(f"adamkit: MirroredStrategy with {strategy.num_replicas_in_sync} replica(s)")
+    return strategy.scope()
+
+
 def run_variables(model: keras.Model) -> list:
     """Everything a bit-exact resume needs: weights, dropout's random-generator state, and every
     optimizer variable (the iteration count included)."""
@@ -188,6 +222,8 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     """Trains the seed's model and writes history, plot, model and run summary to ``out``."""
     out = Path(settings.out) if settings.out else default_out_dir(settings.optimizer)
     out.mkdir(parents=True, exist_ok=True)
+    if settings.distribute:
+        split_cpu(log)
     keras.utils.set_random_seed(settings.seed)
     if settings.checkpoint_dir and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -199,14 +235,15 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     x_test = (x_test / 255.0).astype("float32")
 
     keras.mixed_precision.set_global_policy(settings.precision)
-    model = seed_model()
-    optimizer = make_optimizer(settings.optimizer, settings.hyperparameters)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
+    with distribution_scope(settings.distribute, log):
+        model = seed_model()
+        optimizer = make_optimizer(settings.optimizer, settings.hyperparameters)
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
     position = {"epoch": 0, "batch": 0, "history": {}}
     if settings.resume:
         record = checkpoint.restore_latest(settings.checkpoint_dir, run_variables(model), log)
