@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -195,7 +196,8 @@ def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict)
     checkpoint.save(settings.checkpoint_dir, step, run_variables(model), position, settings.keep)
 
 
-def fit(model, settings: TrainSettings, train_data, validation_data, position, log) -> dict:
+def fit(model, settings: TrainSettings, train_data, validation_data, position, log,
+        extra_callbacks: Sequence = ()) -> dict:
     """``model.fit`` one epoch at a time over our own shuffled order, so that a run can stop and
     resume at any batch: epoch e's order is a permutation drawn from (seed, e) alone."""
     x, y = train_data
@@ -205,6 +207,7 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(x))
         rest = order[first * settings.batch_size:]
         callbacks = [Checkpointer(settings, epoch, first, history)] if settings.checkpoint_dir else []
+        callbacks += list(extra_callbacks)
         log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
         epoch_history = model.fit(
             x[rest], y[rest], batch_size=settings.batch_size, epochs=1, shuffle=False,
@@ -218,8 +221,9 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
     return history
 
 
-def train(settings: TrainSettings, log=print) -> dict[str, Any]:
-    """Trains the seed's model and writes history, plot, model and run summary to ``out``."""
+def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[str, Any]:
+    """Trains the seed's model and writes history, plot, model and run summary to ``out``;
+    ``callbacks`` (Keras callbacks) join every epoch's fit."""
     out = Path(settings.out) if settings.out else default_out_dir(settings.optimizer)
     out.mkdir(parents=True, exist_ok=True)
     if settings.distribute:
@@ -252,7 +256,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         else:
             position = record["position"]
     start = time.perf_counter()
-    history = fit(model, settings, (x_train, y_train), (x_test, y_test), position, log)
+    history = fit(model, settings, (x_train, y_train), (x_test, y_test), position, log, callbacks)
     wall_time = time.perf_counter() - start
 
     model.save(out / "model.keras")
