@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
                        default="float32", help="Keras dtype policy; default: float32")
     train.add_argument("--distribute", choices=["mirrored"],
-                       help="train on tf.distribute.MirroredStrategy over the local devices")
+                       help="train on tf.distribute.MirroredStrategy over the local devices "
+                            "(ADAMKIT_CPU_DEVICES=N splits a CPU into N)")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamkit.data import DataError
-    from adamkit.train import PRESETS, TrainSettings, make_optimizer, split_cpu, train
+    from adamkit.train import PRESETS, TrainSettings, make_optimizer, prepare_strategy, train
 
     for flag in ("checkpoint_every", "resume"):
         if getattr(args, flag) and args.checkpoint_dir is None:
@@ -178,11 +179,10 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                              checkpoint_every=args.checkpoint_every, keep=args.keep,
                              resume=args.resume, precision=args.precision,
                              distribute=args.distribute, **preset)
-    if args.distribute:
-        try:
-            split_cpu()  # before the check below initialises TensorFlow's devices
-        except ValueError as error:
-            parser.error(str(error))
+    try:  # before the check below initialises TensorFlow's devices
+        prepare_strategy(args.distribute)
+    except ValueError as error:
+        parser.error(f"--distribute {args.distribute}: {error}")
     try:  # hyperparameters the optimizer rejects are the user's to fix: a usage message
         make_optimizer(settings.optimizer, settings.hyperparameters)
     except (ValueError, TypeError) as error:

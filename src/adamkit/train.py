@@ -10,10 +10,10 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -157,17 +157,33 @@ def split_cpu(log=print) -> None:
         log(f"adamkit: split the CPU into {count} logical devices (ADAMKIT_CPU_DEVICES)")
 
 
-def distribution_scope(distribute: str | None, log):
-    """The strategy's scope for ``"mirrored"`` (one replica per local GPU, else per logical CPU);
-    a no-op scope otherwise."""
+_STRATEGY: dict[str, Any] = {}
+
+
+def prepare_strategy(distribute: str | None, log=print):
+    """The ``tf.distribute`` strategy for ``distribute`` (None: none), made once per process and
+    before anything else touches TensorFlow's devices.
+
+    ``"mirrored"``: ``MirroredStrategy``, one replica per local GPU, else per logical CPU.
+    (``MultiWorkerMirroredStrategy`` is not offered: Keras 3's ``fit`` fails on it,
+    keras-team/keras#20585.)"""
     if distribute is None:
-        return contextlib.nullcontext()
+        return None
+    if distribute in _STRATEGY:
+        return _STRATEGY[distribute]
     import tensorflow as tf
 
+    split_cpu(log)
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-    log(f"adamkit: MirroredStrategy with {strategy.num_replicas_in_sync} replica(s)")
-    return strategy.scope()
+    log(f"adamkit: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+    _STRATEGY[distribute] = strategy
+    return strategy
+
+
+def distribution_scope(distribute: str | None, log):
+    strategy = prepare_strategy(distribute, log)
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def run_variables(model: keras.Model) -> list:
@@ -206,7 +222,8 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
         first = position["batch"] if epoch == position["epoch"] else 0
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(x))
         rest = order[first * settings.batch_size:]
-        callbacks = [Checkpointer(settings, epoch, first, history)] if settings.checkpoint_dir else []
+        saving = settings.checkpoint_dir is not None
+        callbacks = [Checkpointer(settings, epoch, first, history)] if saving else []
         callbacks += list(extra_callbacks)
         log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
         epoch_history = model.fit(
@@ -216,7 +233,7 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
         ).history
         for key, values in epoch_history.items():
             history.setdefault(key, []).append(float(values[-1]))
-        if settings.checkpoint_dir:
+        if saving:
             save_checkpoint(model, settings, {"epoch": epoch + 1, "batch": 0, "history": history})
     return history
 
@@ -226,8 +243,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
     ``callbacks`` (Keras callbacks) join every epoch's fit."""
     out = Path(settings.out) if settings.out else default_out_dir(settings.optimizer)
     out.mkdir(parents=True, exist_ok=True)
-    if settings.distribute:
-        split_cpu(log)
+    prepare_strategy(settings.distribute, log)
     keras.utils.set_random_seed(settings.seed)
     if settings.checkpoint_dir and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
