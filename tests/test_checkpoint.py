@@ -135,3 +135,26 @@ def test_runs_killed_with_sigkill_resume_bit_exactly(tmp_path):
     first, again = (keras.saving.load_model(tmp_path / o / "model.keras") for o in ("o0", "o1"))
     for a, b in zip(values(first.trainable_variables), values(again.trainable_variables), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_compressed_optimizer_state_round_trips_as_stored(tmp_path):
+    import adamkit
+
+    rng = np.random.default_rng(0)
+    params = variables([(64, 128), (128,)])
+    optimizers = {d: adamkit.Adam(state_dtype=d) for d in ("int8", "bfloat16")}
+    for optimizer in optimizers.values():
+        for _ in range(3):
+            optimizer.apply([keras.ops.convert_to_tensor(rng.normal(size=p.shape).astype(np.float32))
+                             for p in params], params)
+        saved = list(optimizer.variables)
+        checkpoint.save(tmp_path / optimizer.state_dtype, 3, saved, {}, keep=1)
+        fresh = adamkit.Adam(state_dtype=optimizer.state_dtype)
+        fresh.build(variables([(64, 128), (128,)]))
+        assert checkpoint.restore_latest(tmp_path / optimizer.state_dtype, fresh.variables,
+                                         log=lambda _: None) is not None
+        dtypes = set()
+        for a, b in zip(saved, fresh.variables, strict=True):
+            dtypes.add(keras.backend.standardize_dtype(b.dtype))
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+        assert {"int8"} <= dtypes if optimizer.state_dtype == "int8" else {"bfloat16"} <= dtypes
