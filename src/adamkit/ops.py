@@ -131,6 +131,6 @@ def radam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
     return ops.where(rectified, m_hat * adaptive, m_hat)
 
 
-def decoupled_decay(theta, learning_rate, weight_decay):
-    """Loshchilov & Hutter's decoupled weight decay: θ ← θ·(1 − lr·λ), applied before the step."""
-    return theta * (1.0 - learning_rate * weight_decay)
+def decay_factor(learning_rate, weight_decay):
+    """Loshchilov & Hutter's decoupled weight decay, θ ← θ·(1 − lr·λ) before the step: the factor."""
+    return 1.0 - learning_rate * weight_decay

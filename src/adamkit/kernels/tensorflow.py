@@ -105,14 +105,17 @@ def _in_xla() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place."""
+               epsilon_mode, decay=None):
+    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place,
+    after θ ← θ·decay when ``decay`` (the decoupled weight decay's factor) is given."""
     module = None if _in_xla() else custom_kernel()
-    if module is not None:
+    if module is not None:  # the decay happens inside the same pass
         return _apply_custom(module, variable, gradient, state, step=step,
                              learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                             epsilon=epsilon, epsilon_mode=epsilon_mode)
+                             epsilon=epsilon, epsilon_mode=epsilon_mode, decay=decay)
     dtype = tf.as_dtype(variable.dtype)
+    if decay is not None:
+        tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
     step = tf.cast(step, dtype)
     beta_2_power = tf.pow(tf.constant(beta_2, dtype), step)
     epsilon_hat = tf.constant(epsilon, dtype)
@@ -138,7 +141,7 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
 
 
 def _apply_custom(module, variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-                  epsilon_mode):
+                  epsilon_mode, decay):
     dtype = tf.as_dtype(variable.dtype)
     t = tf.cast(step, tf.float64)
     correction_1 = -tf.math.expm1(t * tf.math.log(tf.constant(beta_1, tf.float64))) if beta_1 else 1.0
@@ -148,7 +151,8 @@ def _apply_custom(module, variable, gradient, state, *, step, learning_rate, bet
     eps = tf.constant(epsilon, tf.float64)
     if epsilon_mode == "keras":  # ε̂ added to √v before correction: ε = ε̂/√(1 − β2ᵗ)
         eps = eps * inverse_root
-    scalars = tf.cast(tf.stack([tf.constant(1.0, tf.float64), tf.constant(1.0 - beta_1, tf.float64),
+    decay = tf.constant(1.0, tf.float64) if decay is None else tf.cast(decay, tf.float64)
+    scalars = tf.cast(tf.stack([decay, tf.constant(1.0 - beta_1, tf.float64),
                                 tf.constant(1.0 - beta_2, tf.float64), step_size, inverse_root, eps]),
                       dtype)
     amsgrad = "velocity_hat" in state

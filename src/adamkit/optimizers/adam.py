@@ -96,7 +96,7 @@ class Adam(AdamFamily):
         update = direction(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, new_state
 
-    def fused_update(self, gradient, variable, slots, step, learning_rate) -> bool:
+    def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
         if self._kernel is None or not all(is_plain(s, variable.dtype) for s in slots.values()):
             return False
         state = {name: slot.variable for name, slot in slots.items()}
@@ -105,7 +105,7 @@ class Adam(AdamFamily):
         self._kernel.apply_adam(
             variable, gradient, state, step=step, learning_rate=learning_rate,
             beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
-            epsilon_mode=self.epsilon_mode,
+            epsilon_mode=self.epsilon_mode, decay=decay,
         )
         return True
 

@@ -234,8 +234,9 @@ class AdamFamily(keras.optimizers.Optimizer):
         """Every parameter's decoded state: ``{name: [tensor per parameter]}``."""
         return {name: [slot.read() for slot in slots] for name, slots in self._state.items()}
 
-    def fused_update(self, gradient, variable, slots: dict, step, learning_rate) -> bool:
-        """A backend fast path for this step, if there is one: applies it and returns True."""
+    def fused_update(self, gradient, variable, slots: dict, step, learning_rate, decay) -> bool:
+        """A backend fast path for this step, if there is one: applies it and returns True.
+        ``decay``: the factor 1 − αₜλ to multiply θ by first, or None."""
         return False
 
     def update_step(self, gradient, variable, learning_rate):
@@ -249,10 +250,13 @@ class AdamFamily(keras.optimizers.Optimizer):
             return
         # Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they are.
         masked = self.lazy and keras.backend.backend() != "tensorflow"
-        if self._decays(variable) and not masked:
+        decays = self._decays(variable) and not masked
+        if not masked:
+            decay = self._decay_factor(learning_rate, dtype) if decays else None
+            if self.fused_update(gradient, variable, slots, step, learning_rate, decay):
+                return
+        if decays:
             self.assign(variable, self.decayed(variable, variable, learning_rate, dtype))
-        if not masked and self.fused_update(gradient, variable, slots, step, learning_rate):
-            return
         gradient = ops.cast(gradient, dtype)
         state = {name: slot.read() for name, slot in slots.items()}
         update, new_state = self.compute_update(gradient, state, step, learning_rate)
@@ -273,8 +277,10 @@ class AdamFamily(keras.optimizers.Optimizer):
         theta = ops.cast(theta, dtype)
         if not self._decays(variable):
             return theta
-        decay = ops.cast(self._current_weight_decay(), dtype)
-        return adam_ops.decoupled_decay(theta, learning_rate, decay)
+        return theta * self._decay_factor(learning_rate, dtype)
+
+    def _decay_factor(self, learning_rate, dtype):
+        return adam_ops.decay_factor(learning_rate, ops.cast(self._current_weight_decay(), dtype))
 
     def _apply_weight_decay(self, variables):
         """Keras's own pass is replaced: the decay happens inside ``update_step``."""
