@@ -17,6 +17,8 @@ CONFIGS = {
     "amsgrad": {"amsgrad": True},
     "adamw": {"weight_decay": 0.05},
     "tiny-gradients": {"epsilon": 1e-6},
+    "bfloat16-state": {"state_dtype": "bfloat16"},
+    "amsgrad-bfloat16-state": {"amsgrad": True, "state_dtype": "bfloat16", "weight_decay": 0.05},
 }
 
 
@@ -48,6 +50,9 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
     # (0.99900001…), so its v differs from the ops path's by 1.3e-5 relative: β2's own rounding.
     own_kernel = not jit and kernel.custom_kernel() is not None
     rtol = (2e-6 if own_kernel else 2e-5) if dtype == "float32" else 1e-12
+    if "state_dtype" in kwargs and dtype == "float64":
+        pytest.skip("float64 parameters keep float64 math; bfloat16 state is for float32 ones")
+    # bfloat16 state: the kernel rounds m and v as the ops path does, same dither, bit for bit.
     for t in range(30):
         grads = [tf.constant(rng.normal(size=s) * scale * (t % 5 != 4), dtype=dtype) for s in shapes]
         step_fused(grads)
@@ -58,6 +63,11 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
         for name, values in fused.state_values().items():
             for a, b in zip(values, plain_state[name]):
                 assert_close(a.numpy(), b.numpy(), rtol, f"{config} {name} at step {t + 1}")
+    ops_run = {op.type for op in step_fused.get_concrete_function(grads).graph.get_operations()}
+    if own_kernel:  # the fast path really ran (and not the ops path twice)
+        assert "AdamkitApplyAdam" in ops_run
+    elif "amsgrad" not in kwargs and "state_dtype" not in kwargs:
+        assert "ResourceApplyAdam" in ops_run
 
 
 def test_sixteen_bit_variables_take_the_float32_ops_path(rng):

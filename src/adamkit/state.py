@@ -243,9 +243,3 @@ def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool):
         slot = optimizer.add_variable(tuple(variable.shape), initializer="zeros", dtype=stored,
                                       name=prefix, layout=getattr(variable, "_layout", None))
     return PlainSlot(slot, dtype)
-
-
-def is_plain(slot, dtype) -> bool:
-    """Whether ``slot`` is one variable of exactly ``dtype`` (what fused kernels need)."""
-    return isinstance(slot, PlainSlot) and keras.backend.standardize_dtype(
-        slot.variable.dtype) == keras.backend.standardize_dtype(dtype)

@@ -51,12 +51,18 @@ def _handle(variable):
 
 
 def supports(variable, gradient, state) -> bool:
-    """A float32/float64 variable whose state tensors share its dtype. A sparse gradient is
-    densified first: without ``lazy=True`` every row's moments decay anyway."""
+    """A float32/float64 variable whose state tensors share its dtype, or (adamkit's kernel only)
+    a float32 variable with bfloat16 state. A sparse gradient is densified first: without
+    ``lazy=True`` every row's moments decay anyway."""
     dtype = tf.as_dtype(variable.dtype)
+    stored = {tf.as_dtype(s.dtype) for s in state.values()}
+    if dtype not in SUPPORTED_DTYPES:
+        return False
+    if stored == {tf.bfloat16} and dtype == tf.float32:
+        return not _in_xla() and custom_kernel() is not None
     if "velocity_hat" in state and _in_xla():
         return False  # TensorFlow has no XLA kernel for ResourceApplyAdamWithAmsgrad
-    return dtype in SUPPORTED_DTYPES and all(tf.as_dtype(s.dtype) == dtype for s in state.values())
+    return stored == {dtype}
 
 
 def cache_dir() -> Path:
@@ -66,7 +72,8 @@ def cache_dir() -> Path:
 def build_library() -> Path:
     """Compiles ``adam_op.cc`` for this TensorFlow (once: cached by source, flags and version)."""
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
-    options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-w"]
+    options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
+               "-w"]
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join(flags + options + [tf.__version__]).encode()).hexdigest()
     target = cache_dir() / f"adam_op-{key[:16]}.so"
@@ -159,4 +166,5 @@ def _apply_custom(module, variable, gradient, state, *, step, learning_rate, bet
     return module.adamkit_apply_adam(
         _handle(variable), _handle(state["momentum"]), _handle(state["velocity"]),
         _handle(state["velocity_hat"] if amsgrad else state["velocity"]),
-        tf.cast(tf.convert_to_tensor(gradient), dtype), scalars, amsgrad=amsgrad)
+        tf.cast(tf.convert_to_tensor(gradient), dtype), scalars,
+        tf.cast(step, tf.int32), S=tf.as_dtype(state["momentum"].dtype), amsgrad=amsgrad)

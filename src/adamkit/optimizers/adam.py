@@ -8,7 +8,7 @@ import keras
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
-from adamkit.state import is_plain
+from adamkit.state import PlainSlot
 
 EPSILON_MODES = ("paper", "keras")
 
@@ -97,7 +97,7 @@ class Adam(AdamFamily):
         return update, new_state
 
     def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
-        if self._kernel is None or not all(is_plain(s, variable.dtype) for s in slots.values()):
+        if self._kernel is None or not all(isinstance(s, PlainSlot) for s in slots.values()):
             return False
         state = {name: slot.variable for name, slot in slots.items()}
         if not self._kernel.supports(variable, gradient, state):
