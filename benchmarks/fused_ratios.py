@@ -1,0 +1,67 @@
+"""Ratios on the fused TensorFlow path, measured by alternating the two sides round after round
+(on a shared machine one timing of each can be off by ±30%; the median of per-round ratios is not).
+
+    python benchmarks/fused_ratios.py [--sizes 10 50] [--rounds 7]
+
+1. adamkit (Adam, AdamW, AMSGrad; tf.function, its own kernel) against torch.optim's fused
+   counterpart: adamkit / torch (> 1: adamkit faster).
+2. adamkit.Adam with bfloat16 state against float32 state: bfloat16 / float32 (> 1: faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import numpy as np
+
+import adamkit
+from adamkit.bench import compiled_apply, median_seconds, parameter_shapes
+
+
+def alternate(ours, theirs, rounds: int) -> list[float]:
+    """Per-round ratio time(theirs) / time(ours), the two timed back to back each round."""
+    return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+
+
+def report(label: str, ratios: list[float]) -> None:
+    print(f"{label}: median {statistics.median(ratios):.2f}× "
+          f"(rounds {min(ratios):.2f}–{max(ratios):.2f})", flush=True)
+
+
+def torch_fused(name: str, shapes):
+    import torch
+
+    params = [torch.zeros(s, requires_grad=True) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, weight_decay=0.01, fused=True).step
+    return torch.optim.Adam(params, amsgrad=name == "AMSGrad", fused=True).step
+
+
+def main() -> None:
+    import tensorflow as tf
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    ours = {"Adam": adamkit.Adam, "AdamW": lambda: adamkit.AdamW(weight_decay=0.01),
+            "AMSGrad": lambda: adamkit.Adam(amsgrad=True)}
+    for millions in args.sizes:
+        shapes = parameter_shapes(millions)
+        grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
+        for name, make in ours.items():
+            step = compiled_apply(make(), shapes, grads)
+            report(f"{millions}M {name:8} adamkit / torch fused",
+                   alternate(step, torch_fused(name, shapes), args.rounds))
+        float32 = compiled_apply(adamkit.Adam(), shapes, grads)
+        bfloat16 = compiled_apply(adamkit.Adam(state_dtype="bfloat16"), shapes, grads)
+        report(f"{millions}M Adam     bfloat16 state / float32 state",
+               alternate(bfloat16, float32, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
