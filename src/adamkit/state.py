@@ -115,7 +115,7 @@ def quantize(x, signed: bool, step=None):
     bits = fraction_bits(signed)
     dither = None
     if step is not None:
-        positions = ops.reshape(ops.arange(padded, dtype="int32"), (-1, BLOCK_SIZE))
+        positions = flat_positions((padded // BLOCK_SIZE, BLOCK_SIZE))
         dither = ops.cast(dither_bits(positions, step, 24), "float32") * 2.0**-24
     index = magnitude_index(ops.abs(normalised), bits, dither)
     code = ops.sign(normalised) * index if signed else index - 128.0

@@ -193,7 +193,8 @@ def run_variables(model: keras.Model) -> list:
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Saves a checkpoint every ``every`` steps of this epoch's fit (batches counted from ``first``)."""
+    """Saves a checkpoint every ``settings.checkpoint_every`` optimizer steps of this epoch's fit
+    (its batches counted from ``first``)."""
 
     def __init__(self, settings: TrainSettings, epoch: int, first: int, history: dict) -> None:
         super().__init__()
@@ -201,15 +202,20 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.batch += 1
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        if self.settings.checkpoint_every and step % self.settings.checkpoint_every == 0:
+        if not self.settings.checkpoint_every:  # epoch-end checkpoints only: no per-batch read
+            return
+        if optimizer_step(self.model) % self.settings.checkpoint_every == 0:
             save_checkpoint(self.model, self.settings, {"epoch": self.epoch, "batch": self.batch,
                                                         "history": self.history})
 
 
+def optimizer_step(model: keras.Model) -> int:
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
 def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict) -> None:
-    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    checkpoint.save(settings.checkpoint_dir, step, run_variables(model), position, settings.keep)
+    checkpoint.save(settings.checkpoint_dir, optimizer_step(model), run_variables(model), position,
+                    settings.keep)
 
 
 def fit(model, settings: TrainSettings, train_data, validation_data, position, log,

@@ -1,7 +1,7 @@
 """TensorFlow: the whole Adam/AMSGrad step of one variable in one fused kernel launch.
 
-adamkit's own kernel (``adam_op.cc``, one vectorised multi-threaded pass; measured faster than
-``torch.optim.Adam(fused=True)``, see benchmarks/README.md) is compiled against the installed
+adamkit's own kernel (``adam_op.cc``, one vectorised multi-threaded pass; measured at rough parity
+with ``torch.optim.Adam(fused=True)``, see benchmarks/README.md) is compiled against the installed
 TensorFlow with the system's C++ compiler on first use and cached in
 ``$ADAMKIT_CACHE/kernels`` (default ``~/.cache/adamkit``). Where it cannot be built (no compiler,
 headers missing) adamkit says why once and uses TensorFlow's own kernel instead, described below;
@@ -33,6 +33,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
+
+from adamkit import ops as adam_ops
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
 _LIBRARY: dict[str, object] = {}
@@ -150,11 +152,9 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
 def _apply_custom(module, variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
                   epsilon_mode, decay):
     dtype = tf.as_dtype(variable.dtype)
-    t = tf.cast(step, tf.float64)
-    correction_1 = -tf.math.expm1(t * tf.math.log(tf.constant(beta_1, tf.float64))) if beta_1 else 1.0
-    correction_2 = -tf.math.expm1(t * tf.math.log(tf.constant(beta_2, tf.float64))) if beta_2 else 1.0
-    step_size = tf.cast(learning_rate, tf.float64) / correction_1
-    inverse_root = tf.math.rsqrt(tf.cast(correction_2, tf.float64))
+    t = tf.cast(step, tf.float64)  # the scalars in double, rounded once to dtype below
+    step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
+    inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = tf.constant(epsilon, tf.float64)
     if epsilon_mode == "keras":  # ε̂ added to √v before correction: ε = ε̂/√(1 − β2ᵗ)
         eps = eps * inverse_root
