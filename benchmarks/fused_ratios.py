@@ -5,7 +5,7 @@
 
 1. adamkit (Adam, AdamW, AMSGrad; tf.function, its own kernel) against torch.optim's fused
    counterpart: adamkit / torch (> 1: adamkit faster).
-2. adamkit.Adam with bfloat16 state against float32 state: bfloat16 / float32 (> 1: faster).
+2. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ def main() -> None:
             report(f"{millions}M {name:8} adamkit / torch fused",
                    alternate(step, torch_fused(name, shapes), args.rounds))
         float32 = compiled_apply(adamkit.Adam(), shapes, grads)
-        bfloat16 = compiled_apply(adamkit.Adam(state_dtype="bfloat16"), shapes, grads)
-        report(f"{millions}M Adam     bfloat16 state / float32 state",
-               alternate(bfloat16, float32, args.rounds))
+        for state_dtype in ("bfloat16", "int8"):
+            lean = compiled_apply(adamkit.Adam(state_dtype=state_dtype), shapes, grads)
+            report(f"{millions}M Adam     {state_dtype} state / float32 state",
+                   alternate(lean, float32, args.rounds))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ CONFIGS = {
     "tiny-gradients": {"epsilon": 1e-6},
     "bfloat16-state": {"state_dtype": "bfloat16"},
     "amsgrad-bfloat16-state": {"amsgrad": True, "state_dtype": "bfloat16", "weight_decay": 0.05},
+    "int8-state": {"state_dtype": "int8"},
+    "amsgrad-int8-state": {"amsgrad": True, "state_dtype": "int8", "weight_decay": 0.05},
 }
 
 
@@ -32,7 +34,8 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
 
     kwargs = {"learning_rate": 0.01, **CONFIGS[config]}
     scale = 1e-7 if config == "tiny-gradients" else 1.0
-    shapes = [(64,), (16, 9), (3, 4, 5)]
+    # (70, 300): 82 blocks of 8-bit state, the last one partly padding; the others stay float32.
+    shapes = [(64,), (16, 9), (3, 4, 5), (70, 300)]
     initial = [rng.normal(size=s) for s in shapes]
     fused, plain = adamkit.Adam(fused=True, **kwargs), adamkit.Adam(fused=False, **kwargs)
     vars_fused = [keras.Variable(x, dtype=dtype) for x in initial]
@@ -51,8 +54,9 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
     own_kernel = not jit and kernel.custom_kernel() is not None
     rtol = (2e-6 if own_kernel else 2e-5) if dtype == "float32" else 1e-12
     if "state_dtype" in kwargs and dtype == "float64":
-        pytest.skip("float64 parameters keep float64 math; bfloat16 state is for float32 ones")
-    # bfloat16 state: the kernel rounds m and v as the ops path does, same dither, bit for bit.
+        pytest.skip("float64 parameters keep float64 math; compressed state is for float32 ones")
+    # bfloat16 and int8 state: the kernel encodes m and v as the ops path does (same dither, same
+    # table and float32 operations), bit for bit; only θ's last bits may differ.
     for t in range(30):
         grads = [tf.constant(rng.normal(size=s) * scale * (t % 5 != 4), dtype=dtype) for s in shapes]
         step_fused(grads)
@@ -63,9 +67,13 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
         for name, values in fused.state_values().items():
             for a, b in zip(values, plain_state[name]):
                 assert_close(a.numpy(), b.numpy(), rtol, f"{config} {name} at step {t + 1}")
+        for a, b in zip(fused.variables, plain.variables):  # compressed state: exactly as stored
+            if a.dtype in ("int8", "bfloat16") or a.path.endswith("absmax"):
+                np.testing.assert_array_equal(a.numpy(), b.numpy(), f"{config} {a.path}")
     ops_run = {op.type for op in step_fused.get_concrete_function(grads).graph.get_operations()}
     if own_kernel:  # the fast path really ran (and not the ops path twice)
-        assert "AdamkitApplyAdam" in ops_run
+        int8 = kwargs.get("state_dtype") == "int8"
+        assert ("AdamkitApplyAdam8bit" if int8 else "AdamkitApplyAdam") in ops_run
     elif "amsgrad" not in kwargs and "state_dtype" not in kwargs:
         assert "ResourceApplyAdam" in ops_run
 

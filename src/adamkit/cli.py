@@ -31,6 +31,7 @@ nonnegative_int = _number(int, lambda x: x >= 0, "expected an integer >= 0")
 positive_float = _number(float, lambda x: x > 0, "expected a finite number > 0")
 nonnegative_float = _number(float, lambda x: x >= 0, "expected a finite number >= 0")
 beta = _number(float, lambda x: 0 <= x < 1, "expected a number in [0, 1)")
+rate = beta  # a dropout rate: [0, 1) too
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,6 +51,8 @@ examples:
   adamkit train --preset fast                     # the quickest recipe to the seed's accuracy
   adamkit train --state-dtype int8                # 8-bit optimizer state (~2 bytes/parameter)
   adamkit train --checkpoint-dir ckpt --checkpoint-every 500 --resume   # survives being killed
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \
+      adamkit train --distribute multi-worker --checkpoint-dir /shared/ckpt   # on each host
 """
 
 
@@ -96,13 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
     train.add_argument("--weight-decay", type=nonnegative_float,
                        help="decoupled weight decay; default: none (0.01 for adamw)")
+    train.add_argument("--dropout", type=rate, metavar="RATE",
+                       help="the model's dropout rate; default: 0.2 (the seed's)")
     train.add_argument("--state-dtype", choices=["float32", "bfloat16", "int8"],
                        help="how optimizer state is stored (adamkit optimizers); default: float32")
     train.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
                        default="float32", help="Keras dtype policy; default: float32")
-    train.add_argument("--distribute", choices=["mirrored"],
-                       help="train on tf.distribute.MirroredStrategy over the local devices "
-                            "(ADAMKIT_CPU_DEVICES=N splits a CPU into N)")
+    train.add_argument("--distribute", choices=["mirrored", "multi-worker"],
+                       help="mirrored: tf.distribute.MirroredStrategy over the local devices "
+                            "(ADAMKIT_CPU_DEVICES=N splits a CPU into N); multi-worker: "
+                            "MultiWorkerMirroredStrategy over the workers in TF_CONFIG")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
@@ -154,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamkit.data import DataError
-    from adamkit.train import PRESETS, TrainSettings, make_optimizer, prepare_strategy, train
+    from adamkit.train import (PRESETS, TrainSettings, WorkerLost, make_optimizer,
+                               prepare_strategy, train)
 
     for flag in ("checkpoint_every", "resume"):
         if getattr(args, flag) and args.checkpoint_dir is None:
@@ -171,7 +178,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.state_dtype is not None:
         given["state_dtype"] = args.state_dtype
     preset["hyperparameters"] = {**preset.get("hyperparameters", {}), **given}
-    for flag in ("epochs", "batch_size"):
+    for flag in ("epochs", "batch_size", "dropout"):
         if getattr(args, flag) is not None:
             preset[flag] = getattr(args, flag)
     settings = TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
@@ -189,6 +196,13 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--optimizer {args.optimizer}: {error}")
     try:
         train(settings)
+    except WorkerLost as error:
+        advice = (f"start every worker again with --resume to continue from the newest checkpoint "
+                  f"in {args.checkpoint_dir}" if args.checkpoint_dir else
+                  "with --checkpoint-dir a rerun could resume instead of starting over")
+        print(f"adamkit: error: lost a worker of the multi-worker run ({error}). The job has "
+              f"stopped; {advice}.", file=sys.stderr)
+        return 1
     except DataError as error:
         if args.data is not None:
             parser.error(f"--data {args.data}: {error}")

@@ -14,8 +14,8 @@ precision is kept over F+1 decades, densest near 1 where Adam's large entries si
 monotone in the code, and a block's largest entry (normalised to 1) is stored exactly. The first
 moment is signed (F = 6, the code's sign is the value's sign, 255 values); the second moment and the
 other non-negative states use the sign bit as one more bit of precision (F = 7, 256 values, stored
-as code − 128). Encoding is arithmetic (decade from log10, then rounding within the decade's
-uniform grid), not a table search, so it stays elementwise and fuses under XLA.
+as code − 128). Encoding is arithmetic (decade from threshold comparisons, then rounding within the decade's
+uniform grid, from a small table), not a search, so it stays elementwise and fuses under XLA.
 
 ``BLOCK_SIZE`` = 256, as bitsandbytes: an outlier only coarsens its own 256 neighbours, and the
 absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two moments. Tensors under
@@ -30,6 +30,7 @@ that should shrink by 0.1% a step would never move.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -41,6 +42,8 @@ BLOCK_SIZE = 256
 MIN_QUANTIZED_SIZE = 4096
 SIGNED_FRACTION_BITS = 6
 UNSIGNED_FRACTION_BITS = 7
+DECADES = 8  # F + 1 ≤ 8 decades in either map
+CODEC_TABLE_SIZE = 256 + 4 * DECADES
 
 
 def fraction_bits(signed: bool) -> int:
@@ -50,53 +53,80 @@ def fraction_bits(signed: bool) -> int:
 # -- the dynamic quantisation map ------------------------------------------------------------------
 
 
-# exp() of a whole number times ln b: several times faster than a general pow() on a CPU.
-def power_of_two(n):
-    return ops.round(ops.exp(n * math.log(2.0)))  # exact: a whole number
+def _magnitudes(bits: int) -> np.ndarray:
+    """The map's 2^(bits+1) magnitudes by index p (float64): p = 0 is 0; p = 2^(F-e) + k is the
+    (k+1)-th point of decade e."""
+    values = [0.0]
+    for p in range(1, 2 ** (bits + 1)):
+        octave = p.bit_length() - 1  # 2^octave points in decade e = F − octave
+        scale = 10.0 ** (octave - bits)
+        values.append(0.1 * scale + (p - 2**octave + 1) * 0.9 * scale / 2**octave)
+    return np.array(values)
 
 
-def power_of_ten(n):
-    return ops.exp(n * math.log(10.0))
+@functools.cache
+def codec_table(signed: bool) -> np.ndarray:
+    """Everything the 8-bit codec needs, as one float32 array of ``CODEC_TABLE_SIZE`` entries:
 
+    - [0, 256): the decoded value of each code c at c + 128;
+    - then ``DECADES`` entries each of: the decade thresholds 10^-1 … 10^-F (padded with −1, never
+      reached), each decade's floor (10^-(e+1), 0 for the last), spacing and point count.
 
-def magnitude_index(a, bits: int, dither=None):
-    """The index p ∈ [0, 2^(bits+1) − 1] of a map value next to ``a`` ∈ [0, 1] (a tensor).
-
-    In decade e the value of index p = 2^(F-e) + k is 10^-(e+1) + (k + 1)·δₑ; since the decades'
-    uniform grids meet at 10^-(e+1), rounding within the decade found from log10 rounds on the
-    whole map (k = −1 rounds down to the next decade's top; in the last decade, to 0). Without
-    ``dither`` that is the nearest value; with ``dither`` u ∈ [0, 1), floor(x + u) rounds up with
-    probability equal to the fraction (stochastic rounding, unbiased when u is uniform).
+    The Python codec and the C++ kernel (``kernels/adam_op.cc``) both read this table and round with
+    the same float32 operations, so they encode and decode bit for bit alike.
     """
-    tiny = 10.0 ** -(bits + 2)
-    decade = ops.clip(ops.floor(-ops.log10(ops.maximum(a, tiny))), 0.0, float(bits))
-    count = power_of_two(bits - decade)  # 2^(F-e) points in this decade
-    scale = power_of_ten(-decade)  # 10^-e
-    # The last decade holds one point, 10^-F, and is stitched to 0 instead of to 10^-(F+1).
-    last = decade >= bits
-    floor = ops.where(last, 0.0, 0.1 * scale)
-    spacing = ops.where(last, scale, 0.9 * scale / count)
+    bits = fraction_bits(signed)
+    magnitudes = _magnitudes(bits)
+    codes = np.arange(-128, 128)
+    if signed:  # the code's sign is the value's; −128 is never written
+        decode = np.sign(codes) * magnitudes[np.minimum(np.abs(codes), len(magnitudes) - 1)]
+    else:  # the sign bit is one more bit of precision
+        decode = magnitudes[codes + 128]
+    decades = np.arange(bits + 1)
+    thresholds = np.full(DECADES, -1.0)
+    thresholds[:bits] = 10.0 ** -(decades[1:])
+    floor = np.zeros(DECADES)
+    floor[:bits] = 10.0 ** -(decades[:-1] + 1.0)
+    count = np.ones(DECADES)
+    count[: bits + 1] = 2.0 ** (bits - decades)
+    spacing = np.ones(DECADES)
+    spacing[:bits] = 0.9 * 10.0 ** -decades[:-1] / count[:bits]
+    spacing[bits] = 10.0**-bits  # the last decade holds one point, 10^-F, stitched to 0
+    table = np.concatenate([decode, thresholds, floor, spacing, count]).astype(np.float32)
+    assert table.shape == (CODEC_TABLE_SIZE,)
+    return table
+
+
+def _table_part(table, part: str):
+    begin = 256 + ("thresholds", "floor", "spacing", "count").index(part) * DECADES
+    return table[begin : begin + DECADES]
+
+
+def magnitude_index(a, signed: bool, dither=None):
+    """The index p ∈ [0, 2^(F+1) − 1] of a map value next to ``a`` ∈ [0, 1] (a float32 tensor).
+
+    In decade e the value of index p = 2^(F-e) + k is floor_e + (k + 1)·spacing_e; since the
+    decades' uniform grids meet at 10^-(e+1), rounding within a's decade rounds on the whole map
+    (k = −1 rounds down to the next decade's top; in the last decade, to 0). Without ``dither`` that
+    is the nearest value; with ``dither`` u ∈ [0, 1), floor(x + u) rounds up with probability equal
+    to the fraction (stochastic rounding, unbiased when u is uniform).
+    """
+    table = codec_table(signed)
+    bits = fraction_bits(signed)
+    decade = ops.zeros(ops.shape(a), "int32")
+    for threshold in _table_part(table, "thresholds")[:bits]:  # e = #{thresholds ≥ a}
+        decade = decade + ops.cast(a <= float(threshold), "int32")
+    floor, spacing, count = (ops.take(ops.convert_to_tensor(_table_part(table, part)), decade)
+                             for part in ("floor", "spacing", "count"))
     position = (a - floor) / spacing
     k = (ops.round(position) if dither is None else ops.floor(position + dither)) - 1.0
     return ops.clip(count + k, 0.0, 2.0 ** (bits + 1) - 1.0)
 
 
-def magnitude_value(p, bits: int):
-    """The map value of index ``p`` (a float tensor of whole numbers): the inverse of the above."""
-    # floor(log2(p + ½)) is exact: p + ½ is never within rounding of a power of two.
-    octave = ops.floor(ops.log2(ops.maximum(p, 1.0) + 0.5))
-    count = power_of_two(octave)
-    scale = power_of_ten(octave - bits)  # 10^-e, e = F − octave
-    value = 0.1 * scale + (p - count + 1.0) * 0.9 * scale / count
-    return ops.where(p > 0, value, 0.0)
-
-
 def quantization_map(signed: bool) -> np.ndarray:
     """Every value the codes can take, ascending (as decoded in float32): for tests and docs."""
-    bits = fraction_bits(signed)
-    p = ops.convert_to_tensor(np.arange(2 ** (bits + 1), dtype=np.float32))
-    positive = np.asarray(ops.convert_to_numpy(magnitude_value(p, bits)), np.float64)
-    return np.concatenate([-positive[:0:-1], positive]) if signed else positive
+    decode = codec_table(signed)[:256].astype(np.float64)
+    return decode[1:] if signed else decode  # code −128 is unused in the signed map
 
 
 def quantize(x, signed: bool, step=None):
@@ -112,24 +142,19 @@ def quantize(x, signed: bool, step=None):
     blocks = ops.reshape(flat, (-1, BLOCK_SIZE))
     absmax = ops.max(ops.abs(blocks), axis=1)
     normalised = blocks / ops.expand_dims(ops.where(absmax > 0, absmax, 1.0), 1)
-    bits = fraction_bits(signed)
     dither = None
     if step is not None:
         positions = flat_positions((padded // BLOCK_SIZE, BLOCK_SIZE))
         dither = ops.cast(dither_bits(positions, step, 24), "float32") * 2.0**-24
-    index = magnitude_index(ops.abs(normalised), bits, dither)
+    index = magnitude_index(ops.abs(normalised), signed, dither)
     code = ops.sign(normalised) * index if signed else index - 128.0
     return ops.cast(code, "int8"), absmax
 
 
 def dequantize(codes, absmax, shape, signed: bool, dtype="float32"):
     """The inverse of ``quantize``: a float tensor of ``shape``."""
-    code = ops.cast(codes, "float32")
-    bits = fraction_bits(signed)
-    if signed:
-        values = ops.sign(code) * magnitude_value(ops.abs(code), bits)
-    else:
-        values = magnitude_value(code + 128.0, bits)
+    decode = ops.convert_to_tensor(codec_table(signed)[:256])
+    values = ops.take(decode, ops.cast(codes, "int32") + 128)
     flat = ops.reshape(values * ops.expand_dims(absmax, 1), (-1,))
     size = math.prod(shape)
     if flat.shape[0] != size:

@@ -32,6 +32,7 @@ class TrainSettings:
 
     epochs: int = 3
     batch_size: int = 32
+    dropout: float = 0.2
     optimizer: str = "adam"
     # Hyperparameters left as None take the chosen optimizer's own defaults.
     hyperparameters: dict[str, float] = field(default_factory=dict)
@@ -46,7 +47,8 @@ class TrainSettings:
     # Keras's dtype policy: "float32", "mixed_float16" (Keras wraps the optimizer in its
     # LossScaleOptimizer) or "mixed_bfloat16"; variables stay float32 either way.
     precision: str = "float32"
-    # "mirrored": tf.distribute.MirroredStrategy over this machine's devices (TensorFlow only).
+    # "mirrored": tf.distribute.MirroredStrategy over this machine's devices; "multi-worker":
+    # MultiWorkerMirroredStrategy over the workers in TF_CONFIG (TensorFlow only).
     distribute: str | None = None
 
 
@@ -59,14 +61,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def seed_model() -> keras.Model:
+def seed_model(dropout: float = 0.2) -> keras.Model:
     """Flatten → Dense(128, relu) → Dropout(0.2) → Dense(10), as in the seed."""
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28)),
             keras.layers.Flatten(),
             keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dropout(0.2),
+            keras.layers.Dropout(dropout),
             keras.layers.Dense(10),
         ]
     )
@@ -158,6 +160,41 @@ def split_cpu(log=print) -> None:
 
 
 _STRATEGY: dict[str, Any] = {}
+DISTRIBUTE = ("mirrored", "multi-worker")
+TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}\'')
+
+
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost a peer: the job stops, and every worker can rerun with --resume."""
+
+
+def worker_cluster() -> tuple[list[str], int]:
+    """The worker addresses and this worker's index, from ``TF_CONFIG`` (checked: a clear message
+    for each way it can be wrong)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(f"set TF_CONFIG on every worker (its own index in each), e.g. "
+                         f"{TF_CONFIG_EXAMPLE}")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); e.g. {TF_CONFIG_EXAMPLE}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    workers = cluster.get("worker") if isinstance(cluster, dict) else None
+    if (not isinstance(workers, list) or not workers
+            or not all(isinstance(w, str) and ":" in w for w in workers)):
+        raise ValueError(f'TF_CONFIG needs "cluster": {{"worker": ["host:port", ...]}}; got {raw}')
+    if set(cluster) != {"worker"}:
+        raise ValueError(f"TF_CONFIG: only a \"worker\" list is supported (worker 0 is the chief); "
+                         f"got {sorted(cluster)}")
+    task = config.get("task")
+    index = task.get("index") if isinstance(task, dict) else None
+    if (not isinstance(task, dict) or task.get("type") != "worker" or not isinstance(index, int)
+            or isinstance(index, bool) or not 0 <= index < len(workers)):
+        raise ValueError(f'TF_CONFIG needs "task": {{"type": "worker", "index": 0 … '
+                         f"{len(workers) - 1}}}; got {task!r}")
+    return workers, index
 
 
 def prepare_strategy(distribute: str | None, log=print):
@@ -165,20 +202,34 @@ def prepare_strategy(distribute: str | None, log=print):
     before anything else touches TensorFlow's devices.
 
     ``"mirrored"``: ``MirroredStrategy``, one replica per local GPU, else per logical CPU.
-    (``MultiWorkerMirroredStrategy`` is not offered: Keras 3's ``fit`` fails on it,
-    keras-team/keras#20585.)"""
+    ``"multi-worker"``: ``MultiWorkerMirroredStrategy`` over the workers listed in ``TF_CONFIG``
+    (gradients all-reduced across all of them at every step)."""
     if distribute is None:
         return None
     if distribute in _STRATEGY:
         return _STRATEGY[distribute]
+    if distribute not in DISTRIBUTE:
+        raise ValueError(f"must be one of {', '.join(DISTRIBUTE)}; got {distribute!r}")
     import tensorflow as tf
 
-    split_cpu(log)
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-    log(f"adamkit: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+    if distribute == "multi-worker":
+        workers, index = worker_cluster()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        log(f"adamkit: MultiWorkerMirroredStrategy, worker {index} of {len(workers)}, "
+            f"{strategy.num_replicas_in_sync} replica(s) in all")
+    else:
+        split_cpu(log)
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        log(f"adamkit: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
     _STRATEGY[distribute] = strategy
     return strategy
+
+
+def is_chief(settings: TrainSettings) -> bool:
+    """Whether this process writes checkpoints and the run's files: worker 0 of a multi-worker
+    run (the others write theirs under ``out/worker-N``), or the only process."""
+    return settings.distribute != "multi-worker" or worker_cluster()[1] == 0
 
 
 def distribution_scope(distribute: str | None, log):
@@ -214,6 +265,8 @@ def optimizer_step(model: keras.Model) -> int:
 
 
 def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict) -> None:
+    if not is_chief(settings):  # the workers hold the same values; one writes them
+        return
     checkpoint.save(settings.checkpoint_dir, optimizer_step(model), run_variables(model), position,
                     settings.keep)
 
@@ -244,12 +297,106 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
     return history
 
 
+def fit_multi_worker(model, strategy, settings: TrainSettings, train_data, validation_data,
+                     position, log) -> dict:
+    """``fit``'s epochs as a custom loop, for ``MultiWorkerMirroredStrategy`` (on which Keras 3's
+    own ``fit`` fails, keras-team/keras#20585): the same order, checkpoints and history. Every
+    worker holds all the data; each global batch is split across all replicas of all workers, and
+    the optimizer all-reduces (sums) their gradients of loss-sum / global-batch-size."""
+    import tensorflow as tf
+
+    x, y = train_data
+    optimizer = model.optimizer
+    replicas = strategy.num_replicas_in_sync
+    summed_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    lost_peer = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                 tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)
+
+    @tf.function
+    def train_step(inputs, labels, batch_size):
+        def replica_step(inputs, labels):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(inputs, training=True), "float32")
+                loss = summed_loss(labels, logits) / batch_size
+                scaled = optimizer.scale_loss(loss)  # LossScaleOptimizer's scale; else unchanged
+            optimizer.apply(tape.gradient(scaled, model.trainable_variables),
+                            model.trainable_variables)
+            right = tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == labels, "float32"))
+            return loss, right
+
+        loss, right = strategy.run(replica_step, args=(inputs, labels))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", right, axis=None)
+
+    def distributed(batch_x, batch_y):
+        parts = list(zip(np.array_split(batch_x, replicas), np.array_split(batch_y, replicas)))
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group])
+
+    history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
+    batches = -(-len(x) // settings.batch_size)
+    for epoch in range(position["epoch"], settings.epochs):
+        first = position["batch"] if epoch == position["epoch"] else 0
+        order = np.random.default_rng([settings.seed, epoch]).permutation(len(x))
+        log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
+        loss_sum = right_sum = seen = 0.0
+        started = time.perf_counter()
+        for batch in range(first, batches):
+            chosen = order[batch * settings.batch_size:(batch + 1) * settings.batch_size]
+            inputs, labels = distributed(x[chosen], y[chosen].astype("int64"))
+            try:
+                loss, right = train_step(inputs, labels, tf.constant(len(chosen), "float32"))
+                loss_sum += float(loss) * len(chosen)
+            except lost_peer as error:
+                raise WorkerLost(str(error).strip().splitlines()[-1][:300]) from None
+            right_sum += float(right)
+            seen += len(chosen)
+            if settings.checkpoint_every and optimizer_step(model) % settings.checkpoint_every == 0:
+                save_checkpoint(model, settings, {"epoch": epoch, "batch": batch + 1,
+                                                  "history": history})
+        val_loss, val_accuracy = evaluate(model, validation_data)
+        results = {"accuracy": right_sum / max(seen, 1), "loss": loss_sum / max(seen, 1),
+                   "val_accuracy": val_accuracy, "val_loss": val_loss}
+        for key, value in results.items():
+            history.setdefault(key, []).append(float(value))
+        log(f"{batches - first}/{batches} - {time.perf_counter() - started:.0f}s - "
+            + " - ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        if settings.checkpoint_dir is not None:
+            save_checkpoint(model, settings, {"epoch": epoch + 1, "batch": 0, "history": history})
+    return history
+
+
+def evaluate(model, data, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` = (x, y), on this process alone."""
+    x, y = data
+    loss_sum = right = 0.0
+    summed_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    for begin in range(0, len(x), batch_size):
+        logits = keras.ops.cast(model(x[begin:begin + batch_size], training=False), "float32")
+        labels = y[begin:begin + batch_size]
+        loss_sum += float(summed_loss(labels, logits))
+        right += float(np.sum(np.argmax(keras.ops.convert_to_numpy(logits), -1) == labels))
+    return loss_sum / len(x), right / len(x)
+
+
+def agree_on_step(strategy, model) -> None:
+    """Multi-worker resume: every worker must continue from the same step."""
+    import tensorflow as tf
+
+    step = optimizer_step(model)
+    steps = set(strategy.gather(strategy.run(lambda: tf.constant([step])), axis=0).numpy().tolist())
+    if len(steps) > 1:
+        raise ValueError(f"the workers resumed at different steps ({sorted(steps)}): give every "
+                         "worker the same --checkpoint-dir")
+
+
 def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[str, Any]:
     """Trains the seed's model and writes history, plot, model and run summary to ``out``;
     ``callbacks`` (Keras callbacks) join every epoch's fit."""
     out = Path(settings.out) if settings.out else default_out_dir(settings.optimizer)
+    strategy = prepare_strategy(settings.distribute, log)
+    if not is_chief(settings):
+        out = out / f"worker-{worker_cluster()[1]}"
     out.mkdir(parents=True, exist_ok=True)
-    prepare_strategy(settings.distribute, log)
     keras.utils.set_random_seed(settings.seed)
     if settings.checkpoint_dir and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -262,7 +409,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
 
     keras.mixed_precision.set_global_policy(settings.precision)
     with distribution_scope(settings.distribute, log):
-        model = seed_model()
+        model = seed_model(settings.dropout)
         optimizer = make_optimizer(settings.optimizer, settings.hyperparameters)
         model.compile(
             optimizer=optimizer,
@@ -278,7 +425,13 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
         else:
             position = record["position"]
     start = time.perf_counter()
-    history = fit(model, settings, (x_train, y_train), (x_test, y_test), position, log, callbacks)
+    if settings.distribute == "multi-worker":
+        agree_on_step(strategy, model)
+        history = fit_multi_worker(model, strategy, settings, (x_train, y_train), (x_test, y_test),
+                                   position, log)
+    else:
+        history = fit(model, settings, (x_train, y_train), (x_test, y_test), position, log,
+                      callbacks)
     wall_time = time.perf_counter() - start
 
     model.save(out / "model.keras")

@@ -35,6 +35,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from adamkit import ops as adam_ops
+from adamkit import state as state_storage
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
 _LIBRARY: dict[str, object] = {}
@@ -74,7 +75,8 @@ def cache_dir() -> Path:
 def build_library() -> Path:
     """Compiles ``adam_op.cc`` for this TensorFlow (once: cached by source, flags and version)."""
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
-    options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off",
+    options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+               "-ffp-contract=off",
                "-w"]
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join(flags + options + [tf.__version__]).encode()).hexdigest()
@@ -149,22 +151,49 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
     return tf.raw_ops.ResourceApplyAdam(**arguments)
 
 
-def _apply_custom(module, variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-                  epsilon_mode, decay):
-    dtype = tf.as_dtype(variable.dtype)
-    t = tf.cast(step, tf.float64)  # the scalars in double, rounded once to dtype below
+def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decay):
+    """The kernels' six scalars, formed in double and rounded once to ``dtype``."""
+    t = tf.cast(step, tf.float64)
     step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
     inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = tf.constant(epsilon, tf.float64)
     if epsilon_mode == "keras":  # ε̂ added to √v before correction: ε = ε̂/√(1 − β2ᵗ)
         eps = eps * inverse_root
     decay = tf.constant(1.0, tf.float64) if decay is None else tf.cast(decay, tf.float64)
-    scalars = tf.cast(tf.stack([decay, tf.constant(1.0 - beta_1, tf.float64),
-                                tf.constant(1.0 - beta_2, tf.float64), step_size, inverse_root, eps]),
-                      dtype)
+    return tf.cast(tf.stack([decay, tf.constant(1.0 - beta_1, tf.float64),
+                             tf.constant(1.0 - beta_2, tf.float64), step_size, inverse_root, eps]),
+                   dtype)
+
+
+def _apply_custom(module, variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
+                  epsilon_mode, decay):
+    dtype = tf.as_dtype(variable.dtype)
+    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decay)
     amsgrad = "velocity_hat" in state
     return module.adamkit_apply_adam(
         _handle(variable), _handle(state["momentum"]), _handle(state["velocity"]),
         _handle(state["velocity_hat"] if amsgrad else state["velocity"]),
         tf.cast(tf.convert_to_tensor(gradient), dtype), scalars,
         tf.cast(step, tf.int32), S=tf.as_dtype(state["momentum"].dtype), amsgrad=amsgrad)
+
+
+def supports_8bit(variable) -> bool:
+    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable: adamkit's kernel only."""
+    return (tf.as_dtype(variable.dtype) == tf.float32 and not _in_xla()
+            and custom_kernel() is not None)
+
+
+def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
+                    epsilon_mode, decay=None):
+    """One step of Adam/AMSGrad on a float32 ``variable`` whose state ``slots`` are 8-bit: decode,
+    update, re-encode, block by block in one pass (bit for bit the codec of ``adamkit.state``)."""
+    scalars = _scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decay)
+    amsgrad = "velocity_hat" in slots
+    m, v = slots["momentum"], slots["velocity"]
+    h = slots["velocity_hat"] if amsgrad else v
+    return custom_kernel().adamkit_apply_adam8bit(
+        _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
+        _handle(v.absmax), _handle(h.codes), _handle(h.absmax),
+        tf.cast(tf.convert_to_tensor(gradient), tf.float32), scalars, tf.cast(step, tf.int32),
+        tf.constant(state_storage.codec_table(True)), tf.constant(state_storage.codec_table(False)),
+        amsgrad=amsgrad)

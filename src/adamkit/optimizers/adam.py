@@ -8,7 +8,7 @@ import keras
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
-from adamkit.state import PlainSlot
+from adamkit.state import PlainSlot, QuantizedSlot
 
 EPSILON_MODES = ("paper", "keras")
 
@@ -97,16 +97,22 @@ class Adam(AdamFamily):
         return update, new_state
 
     def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
-        if self._kernel is None or not all(isinstance(s, PlainSlot) for s in slots.values()):
+        if self._kernel is None:
+            return False
+        hyper = dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1,
+                     beta_2=self.beta_2, epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
+                     decay=decay)
+        if all(isinstance(s, QuantizedSlot) for s in slots.values()):
+            if not self._kernel.supports_8bit(variable):
+                return False
+            self._kernel.apply_adam_8bit(variable, gradient, slots, **hyper)
+            return True
+        if not all(isinstance(s, PlainSlot) for s in slots.values()):
             return False
         state = {name: slot.variable for name, slot in slots.items()}
         if not self._kernel.supports(variable, gradient, state):
             return False
-        self._kernel.apply_adam(
-            variable, gradient, state, step=step, learning_rate=learning_rate,
-            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
-            epsilon_mode=self.epsilon_mode, decay=decay,
-        )
+        self._kernel.apply_adam(variable, gradient, state, **hyper)
         return True
 
     def get_config(self) -> dict:
