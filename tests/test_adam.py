@@ -213,10 +213,47 @@ def test_member_specific_arguments_are_validated():
         adamkit.Adam(momentum=0.9)
 
 
-@pytest.mark.skipif(BACKEND == "tensorflow", reason="the fused kernel exists on TensorFlow")
+@pytest.mark.skipif(BACKEND != "jax", reason="TensorFlow and PyTorch have a fused kernel")
 def test_fused_true_elsewhere_is_refused():
-    with pytest.raises(ValueError, match="fused=True.*TensorFlow"):
+    with pytest.raises(ValueError, match="fused=True.*TensorFlow or PyTorch"):
         adamkit.Adam(fused=True)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused kernel")
+@pytest.mark.parametrize("options", [{}, {"amsgrad": True}, {"weight_decay": 0.05},
+                                     {"epsilon": 1e-6, "learning_rate": 0.003}],
+                         ids=["adam", "amsgrad", "adamw", "tiny-gradients"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])  # float64: not fused, checked below
+def test_torch_fused_matches_ops_path_each_step(options, dtype, rng):
+    """On PyTorch, adamkit.Adam runs torch._fused_adam_ by default: parameters and all state
+    against adamkit's own ops path, each of 30 steps."""
+    kwargs = {"learning_rate": 0.01, **options}
+    shapes = [(64,), (16, 9), (3, 4, 5)]
+    initial = [rng.normal(size=s) for s in shapes]
+    scale = 1e-7 if "epsilon" in options else 1.0
+    fused, plain = adamkit.Adam(fused=True, **kwargs), adamkit.Adam(fused=False, **kwargs)
+    vars_fused = [keras.Variable(x, dtype=dtype) for x in initial]
+    vars_plain = [keras.Variable(x, dtype=dtype) for x in initial]
+    rtol = 2e-6 if dtype == "float32" else 1e-12
+    for t in range(30):
+        grads = [keras.ops.convert_to_tensor((rng.normal(size=s) * scale * (t % 5 != 4)).astype(dtype))
+                 for s in shapes]
+        fused.apply(grads, vars_fused)
+        plain.apply(grads, vars_plain)
+        for a, b in zip(vars_fused, vars_plain):
+            assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol,
+                         f"θ at step {t + 1}")
+        plain_state = plain.state_values()
+        for name, values in fused.state_values().items():
+            for a, b in zip(values, plain_state[name]):
+                assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol,
+                             f"{name} at step {t + 1}")
+    assert fused._kernel is not None and fused._kernel.__name__ == "adamkit.kernels.pytorch"
+    stored = {name: slot.variable for name, slot in fused.slots_of(vars_fused[0]).items()}
+    assert fused._kernel.supports(vars_fused[0], None, stored) == (dtype == "float32")
+    with pytest.raises(ValueError, match="epsilon_mode='paper'"):
+        adamkit.Adam(fused=True, epsilon_mode="keras")
+    assert adamkit.Adam(epsilon_mode="keras")._kernel is None  # that form takes the ops path
 
 
 # -- saving --------------------------------------------------------------------------------------

@@ -158,3 +158,21 @@ def test_compressed_optimizer_state_round_trips_as_stored(tmp_path):
             dtypes.add(keras.backend.standardize_dtype(b.dtype))
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
         assert {"int8"} <= dtypes if optimizer.state_dtype == "int8" else {"bfloat16"} <= dtypes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs the CLI on its default backend")
+@pytest.mark.parametrize("resume", [False, True])
+def test_checkpoints_of_another_run_are_never_replaced(tmp_path, resume):
+    """A run would prune checkpoints it does not continue from (--keep): it refuses instead."""
+    checkpoint.save(tmp_path, 7, variables([(3, 4)]), {"epoch": 0, "batch": 7}, keep=3)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = subprocess.run(
+        adamkit_command("train", "--checkpoint-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                        *(["--resume"] if resume else [])),
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    expected = "none of the 1 checkpoint(s)" if resume else "already holds checkpoints (ckpt-7.npz"
+    assert expected in result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before

@@ -152,7 +152,9 @@ def test_bench_step_prints_every_path_against_the_limit(tmp_path):
     assert (tmp_path / "bench_step.png").read_bytes()[:4] == b"\x89PNG"
     for path in ("bandwidth limit", "torch.optim.Adam fused", "adamkit Adam, tf.function (fused kernel)",
                  "keras Adam, tf.function", "keras Adam, XLA", "tf raw ResourceApplyAdam",
-                 "optax adam, jax.jit", "torch.optim.Adam foreach"):
+                 "optax adam, jax.jit", "torch.optim.Adam foreach", "keras Adam, JAX backend, jit",
+                 "adamkit Adam, JAX backend, jit", "keras Adam, torch backend",
+                 "adamkit AMSGrad, torch backend"):
         assert path in result.stdout
 
 

@@ -144,10 +144,11 @@ def start_workers(tmp_path: Path, name: str, *flags: str) -> list[subprocess.Pop
         config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                   "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(config), TF_CPP_MIN_LOG_LEVEL="3")
-        log = open(tmp_path / f"{name}-worker{index}.log", "w")
-        workers.append(subprocess.Popen(
-            [ADAMKIT, "train", "--distribute", "multi-worker", *SHORT_RUN,
-             "--out", str(tmp_path / name), *flags], stdout=log, stderr=subprocess.STDOUT, env=env))
+        with open(tmp_path / f"{name}-worker{index}.log", "w") as log:  # the child keeps its copy
+            workers.append(subprocess.Popen(
+                [ADAMKIT, "train", "--distribute", "multi-worker", *SHORT_RUN,
+                 "--out", str(tmp_path / name), *flags], stdout=log, stderr=subprocess.STDOUT,
+                env=env))
     return workers
 
 

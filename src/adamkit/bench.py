@@ -4,8 +4,11 @@
 50M parameters) for adamkit on its paths (float32, bfloat16 and int8 state) and for every peer in
 this process — keras.optimizers.Adam
 (TensorFlow tf.function, and XLA), TensorFlow's raw ``ResourceApplyAdam``, ``torch.optim.Adam``
-(single-tensor, foreach, fused), ``optax.adam`` under ``jax.jit`` — in million parameters per second,
-with ratios to torch's fused Adam and to the memory-bandwidth limit. The limit is measured, not
+(single-tensor, foreach, fused), ``optax.adam`` under ``jax.jit`` — and, each in a child process
+(Keras fixes its backend at import), ``keras.optimizers.Adam`` and adamkit's Adam on the JAX backend
+(``stateless_apply`` under ``jax.jit``, as ``model.fit`` runs it) and on the PyTorch backend
+(``optimizer.apply``) — in million parameters per second, with ratios to torch's fused Adam and to
+the memory-bandwidth limit. The limit is measured, not
 assumed: the best of a few streaming kernels gives bytes per second, and an Adam step must move 28
 bytes per parameter (read θ, g, m, v; write θ, m, v).
 
@@ -18,7 +21,11 @@ table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's st
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import keras
@@ -146,6 +153,59 @@ def optax_steps(shapes, rng) -> dict:
     return {"optax adam, jax.jit": step}
 
 
+BACKEND_PATHS = {  # row name → the optimizer, made in the child process (on its backend)
+    "keras Adam": lambda: keras.optimizers.Adam(),
+    "adamkit Adam": lambda: adamkit.Adam(),
+    "adamkit AdamW": lambda: adamkit.AdamW(),
+    "adamkit AMSGrad": lambda: adamkit.Adam(amsgrad=True),
+}
+
+
+def backend_steps(backend: str, millions: int, repeats: int, log=print) -> dict:
+    """Row name → parameters per second on Keras's ``backend``, measured in a child process."""
+    code = f"from adamkit.bench import backend_child; backend_child({millions}, {repeats})"
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=3600)
+    if result.returncode != 0:
+        log(f"({backend} backend rows left out: {result.stderr.strip()[-300:]})")
+        return {}
+    label = {"jax": "JAX backend, jit", "torch": "torch backend"}[backend]
+    speeds = json.loads(result.stdout.strip().splitlines()[-1])
+    return {f"{name}, {label}": speed for name, speed in speeds.items()}
+
+
+def backend_child(millions: int, repeats: int) -> None:
+    """In a process whose Keras runs on JAX or PyTorch: prints ``{row name: parameters/s}`` as JSON."""
+    backend = keras.backend.backend()
+    shapes = parameter_shapes(millions)
+    count = sum(int(np.prod(s)) for s in shapes)
+    rng = np.random.default_rng(0)
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32)) for s in shapes]
+
+    def stepper(optimizer):
+        variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
+        optimizer.build(variables)
+        if backend != "jax":
+            return lambda: optimizer.apply(grads, variables)
+        import jax
+
+        update = jax.jit(lambda state, params: optimizer.stateless_apply(state, grads, params),
+                         donate_argnums=(0, 1))
+        held = [[v.value for v in optimizer.variables], [v.value for v in variables]]
+
+        def step():
+            params, held[0] = update(*held)
+            held[1] = params
+            jax.block_until_ready(params)
+
+        return step
+
+    speeds = {name: count / median_seconds(stepper(make()), repeats)
+              for name, make in BACKEND_PATHS.items()}
+    print(json.dumps(speeds))
+
+
 def bandwidth_limit(millions: int) -> float:
     """Adam steps per second the memory could sustain: the best streaming rate over 28 bytes.
 
@@ -172,6 +232,8 @@ def step(sizes=(1, 10, 50), repeats: int = 10, log=print) -> list[dict]:
         limit = bandwidth_limit(millions)
         paths = {**tensorflow_steps(shapes, rng), **torch_steps(shapes, rng), **optax_steps(shapes, rng)}
         speeds = {name: count / median_seconds(fn, repeats) for name, fn in paths.items()}
+        for backend in ("jax", "torch"):
+            speeds.update(backend_steps(backend, millions, repeats, log))
         torch_fused = speeds["torch.optim.Adam fused"]
         log(f"\n{count / 1e6:.1f}M float32 parameters ({millions} × 1000×1000 + biases); "
             f"median of {repeats} steps after 3 warm-up")

@@ -51,8 +51,9 @@ examples:
   adamkit train --preset fast                     # the quickest recipe to the seed's accuracy
   adamkit train --state-dtype int8                # 8-bit optimizer state (~2 bytes/parameter)
   adamkit train --checkpoint-dir ckpt --checkpoint-every 500 --resume   # survives being killed
-  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \
-      adamkit train --distribute multi-worker --checkpoint-dir /shared/ckpt   # on each host
+  export TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                    "task": {"type": "worker", "index": 0}}'   # index 1 on host2
+  adamkit train --distribute multi-worker --checkpoint-dir /shared/ckpt   # on each host
 """
 
 
@@ -160,8 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from adamkit.data import DataError
-    from adamkit.train import (PRESETS, TrainSettings, WorkerLost, make_optimizer,
-                               prepare_strategy, train)
+    from adamkit.train import (
+        PRESETS,
+        CheckpointConflict,
+        TrainSettings,
+        WorkerLost,
+        make_optimizer,
+        prepare_strategy,
+        train,
+    )
 
     for flag in ("checkpoint_every", "resume"):
         if getattr(args, flag) and args.checkpoint_dir is None:
@@ -196,6 +204,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--optimizer {args.optimizer}: {error}")
     try:
         train(settings)
+    except CheckpointConflict as error:
+        parser.error(f"--checkpoint-dir {args.checkpoint_dir}: {error}")
     except WorkerLost as error:
         advice = (f"start every worker again with --resume to continue from the newest checkpoint "
                   f"in {args.checkpoint_dir}" if args.checkpoint_dir else

@@ -14,8 +14,10 @@ precision is kept over F+1 decades, densest near 1 where Adam's large entries si
 monotone in the code, and a block's largest entry (normalised to 1) is stored exactly. The first
 moment is signed (F = 6, the code's sign is the value's sign, 255 values); the second moment and the
 other non-negative states use the sign bit as one more bit of precision (F = 7, 256 values, stored
-as code − 128). Encoding is arithmetic (decade from threshold comparisons, then rounding within the decade's
-uniform grid, from a small table), not a search, so it stays elementwise and fuses under XLA.
+as code − 128). Encoding is arithmetic (decade from threshold comparisons, then rounding within
+the decade's uniform grid, from a small table), not a search, so it stays elementwise and fuses
+under XLA; the TensorFlow kernel (``kernels/adam_op.cc``) reads the same table and writes the same
+codes.
 
 ``BLOCK_SIZE`` = 256, as bitsandbytes: an outlier only coarsens its own 256 neighbours, and the
 absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two moments. Tensors under

@@ -165,6 +165,10 @@ TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["10.0.0.1:12345", "10.
                      '"task": {"type": "worker", "index": 0}}\'')
 
 
+class CheckpointConflict(ValueError):
+    """``--checkpoint-dir`` holds checkpoints this run would replace (and prune) without using."""
+
+
 class WorkerLost(RuntimeError):
     """A multi-worker run lost a peer: the job stops, and every worker can rerun with --resume."""
 
@@ -418,12 +422,23 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
         )
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
     position = {"epoch": 0, "batch": 0, "history": {}}
+    existing = checkpoint.checkpoints(settings.checkpoint_dir) if settings.checkpoint_dir else []
+    if existing and not settings.resume:
+        raise CheckpointConflict(
+            f"{settings.checkpoint_dir} already holds checkpoints ({existing[0].name}, …) that "
+            "this run would replace: pass --resume to continue that run, or choose another "
+            "--checkpoint-dir")
     if settings.resume:
         record = checkpoint.restore_latest(settings.checkpoint_dir, run_variables(model), log)
-        if record is None:
-            log(f"adamkit: no usable checkpoint in {settings.checkpoint_dir}; starting afresh")
-        else:
+        if record is not None:
             position = record["position"]
+        elif existing:  # starting afresh there would prune them: keep them for the user to see
+            raise CheckpointConflict(
+                f"none of the {len(existing)} checkpoint(s) in {settings.checkpoint_dir} fits "
+                "this model and optimizer (reasons above): check the flags match the run that "
+                "wrote them, or choose another --checkpoint-dir")
+        else:
+            log(f"adamkit: no checkpoint in {settings.checkpoint_dir} yet; starting afresh")
     start = time.perf_counter()
     if settings.distribute == "multi-worker":
         agree_on_step(strategy, model)

@@ -1,10 +1,15 @@
 // adamkit's fused Adam/AMSGrad step for TensorFlow on the CPU: one multi-threaded pass that reads
 // θ, g, m, v (and v̂max) and writes θ, m, v (and v̂max): the 28 (32) bytes per parameter an Adam step
 // must move, nothing more. Built against the installed TensorFlow on first use
-// (adamkit/kernels/tensorflow.py); the plain loops below vectorise (-O3, -fno-math-errno, -fno-trapping-math: no FP traps are used).
+// (adamkit/kernels/tensorflow.py); the plain loops below vectorise (-O3, -fno-math-errno, and
+// -fno-trapping-math: no floating-point traps are used, and it lets floor() vectorise).
 //
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
 //   θ ← θ·decay − (α/(1 − β1ᵗ))·m / (√v·(1/√(1 − β2ᵗ)) + ε)
+//
+// Two ops: AdamkitApplyAdam keeps m, v, v̂max as T or (float parameters) bfloat16;
+// AdamkitApplyAdam8bit keeps them as adamkit.state's 8-bit block-wise codes, decoding, updating
+// and re-encoding one block of 256 at a time while it sits in L1.
 //
 // The six scalars arrive already formed in double precision and rounded once to T, so 1 − β2 is
 // exact to T's precision (TensorFlow's own kernel forms it from T-rounded β2). Compiled with

@@ -6,7 +6,10 @@ TensorFlow with the system's C++ compiler on first use and cached in
 ``$ADAMKIT_CACHE/kernels`` (default ``~/.cache/adamkit``). Where it cannot be built (no compiler,
 headers missing) adamkit says why once and uses TensorFlow's own kernel instead, described below;
 under XLA (``jit_compile=True``), which cannot run a custom op, it uses TensorFlow's kernel too.
-``ADAMKIT_BUILD_KERNEL=0`` skips the build.
+``ADAMKIT_BUILD_KERNEL=0`` skips the build. The same library holds the step for 8-bit state
+(``apply_adam_8bit``): it decodes, updates and re-encodes each block of 256 in one pass, with the
+codec tables of ``adamkit.state`` and the same float32 operations, so it writes the very codes the
+portable path would (tested bit for bit); without the library, 8-bit state takes the portable path.
 
 TensorFlow's ``ResourceApplyAdam`` (and ``...WithAmsgrad``) kernels compute Kingma & Ba's Section-2
 form, θ ← θ − α·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε̂). Passing ε̂ = ε·√(1 − β2ᵗ) makes that equal to

@@ -43,9 +43,11 @@ class Adam(AdamFamily):
         epsilon: ε ≥ 0, added to √v̂ (or to √v in ``"keras"`` mode). Defaults to 1e-8.
         amsgrad: use AMSGrad's running maximum of vₜ. Defaults to False.
         epsilon_mode: ``"paper"`` (Algorithm 1, the default) or ``"keras"`` (ε̂, as Keras).
-        fused: on the TensorFlow backend, run each float32/float64 variable's whole step as one
-            fused kernel (``adamkit.kernels.tensorflow``). ``None`` (default): wherever it
-            applies; ``False``: always the plain ``adamkit.ops`` path; ``True``: require it.
+        fused: run each float32/float64 variable's whole step as one fused kernel: adamkit's
+            own on TensorFlow (``adamkit.kernels.tensorflow``), PyTorch's on the torch backend
+            (``adamkit.kernels.pytorch``, ``epsilon_mode="paper"``). ``None`` (default):
+            wherever it applies; ``False``: always the plain ``adamkit.ops`` path; ``True``:
+            require the backend to have one.
         weight_decay: decoupled decay λ, θ ← θ·(1 − αₜ·λ) before the step (as every Keras
             optimizer; note that ``torch.optim.Adam``'s ``weight_decay`` is an L2 term instead).
         **kwargs: every keyword of ``keras.optimizers.Optimizer``: ``clipnorm``, ``clipvalue``,
@@ -69,15 +71,23 @@ class Adam(AdamFamily):
         self.epsilon_mode = check_choice("epsilon_mode", epsilon_mode, EPSILON_MODES)
         if fused is not None:
             check_bool("fused", fused)
-        if fused and keras.backend.backend() != "tensorflow":
+        backend = keras.backend.backend()
+        if fused and backend not in ("tensorflow", "torch"):
             raise ValueError(
-                f"`fused=True` needs the TensorFlow backend; this is {keras.backend.backend()}. "
+                f"`fused=True` needs the TensorFlow or PyTorch backend; this is {backend}. "
                 "Use fused=None (the fast path wherever it exists) or fused=False."
             )
+        if fused and backend == "torch" and self.epsilon_mode != "paper":
+            raise ValueError("`fused=True` on PyTorch needs epsilon_mode='paper' (its fused kernel "
+                             "adds ε after bias correction); use fused=None or fused=False.")
         self.fused = fused
         self._kernel = None
-        if fused is not False and keras.backend.backend() == "tensorflow":
+        if fused is not False and backend == "tensorflow":
             from adamkit.kernels import tensorflow as kernel
+
+            self._kernel = kernel
+        elif fused is not False and backend == "torch" and self.epsilon_mode == "paper":
+            from adamkit.kernels import pytorch as kernel
 
             self._kernel = kernel
 
