@@ -94,12 +94,21 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
   }
 }
 
-template <typename T, typename S, typename Codec>
-class AdamkitApplyAdamOp : public OpKernel {
+// Both ops' one attribute: whether to keep AMSGrad's running maximum.
+class AmsgradOpKernel : public OpKernel {
  public:
-  explicit AdamkitApplyAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit AmsgradOpKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("amsgrad", &amsgrad_));
   }
+
+ protected:
+  bool amsgrad_ = false;
+};
+
+template <typename T, typename S, typename Codec>
+class AdamkitApplyAdamOp : public AmsgradOpKernel {
+ public:
+  using AmsgradOpKernel::AmsgradOpKernel;
 
   void Compute(OpKernelContext* ctx) override {
     using Device = Eigen::ThreadPoolDevice;
@@ -139,9 +148,6 @@ class AdamkitApplyAdamOp : public OpKernel {
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
     Shard(threads->num_threads, threads->workers, grad.NumElements(), /*cost_per_unit=*/20, work);
   }
-
- private:
-  bool amsgrad_;
 };
 
 // -- 8-bit block-wise state (adamkit.state's codec, bit for bit) --------------------------------
@@ -287,11 +293,9 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
   }
 }
 
-class AdamkitApplyAdam8bitOp : public OpKernel {
+class AdamkitApplyAdam8bitOp : public AmsgradOpKernel {
  public:
-  explicit AdamkitApplyAdam8bitOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("amsgrad", &amsgrad_));
-  }
+  using AmsgradOpKernel::AmsgradOpKernel;
 
   void Compute(OpKernelContext* ctx) override {
     using Device = Eigen::ThreadPoolDevice;
@@ -341,9 +345,6 @@ class AdamkitApplyAdam8bitOp : public OpKernel {
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
     Shard(threads->num_threads, threads->workers, blocks, /*cost_per_unit=*/kBlock * 60, work);
   }
-
- private:
-  bool amsgrad_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("AdamkitApplyAdam8bit").Device(DEVICE_CPU), AdamkitApplyAdam8bitOp);
