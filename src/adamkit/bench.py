@@ -190,12 +190,13 @@ def backend_child(millions: int, repeats: int) -> None:
             return lambda: optimizer.apply(grads, variables)
         import jax
 
-        update = jax.jit(lambda state, params: optimizer.stateless_apply(state, grads, params),
-                         donate_argnums=(0, 1))
+        # Gradients are arguments: closed over, jit would fold them into the program as constants.
+        update = jax.jit(lambda state, g, params: optimizer.stateless_apply(state, g, params),
+                         donate_argnums=(0, 2))
         held = [[v.value for v in optimizer.variables], [v.value for v in variables]]
 
         def step():
-            params, held[0] = update(*held)
+            params, held[0] = update(held[0], grads, held[1])
             held[1] = params
             jax.block_until_ready(params)
 
