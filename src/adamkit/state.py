@@ -212,14 +212,21 @@ class PlainSlot:
     def read(self):
         return ops.cast(self.variable, self.compute_dtype)
 
+    @property
+    def rounds_stochastically(self) -> bool:
+        return keras.backend.standardize_dtype(self.variable.dtype) == "bfloat16"
+
     def encode(self, value, positions, step):
-        """``value`` in the stored dtype; ``positions``: the elements' flat indices (for dither)."""
-        if keras.backend.standardize_dtype(self.variable.dtype) == "bfloat16":
+        """``value`` in the stored dtype; ``positions``: the elements' flat indices, for the
+        bfloat16 dither (unused, and may be None, otherwise)."""
+        if self.rounds_stochastically:
             return round_to_bfloat16(value, positions, step)
         return ops.cast(value, self.variable.dtype)
 
     def write(self, optimizer, value, step) -> None:
-        positions = flat_positions(tuple(self.variable.shape))
+        # Positions only where a dither needs them: elsewhere they would be N int32 per write.
+        shape = tuple(self.variable.shape)
+        positions = flat_positions(shape) if self.rounds_stochastically else None
         optimizer.assign(self.variable, self.encode(value, positions, step))
 
 

@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def seed_model(dropout: float = 0.2) -> keras.Model:
-    """Flatten → Dense(128, relu) → Dropout(0.2) → Dense(10), as in the seed."""
+    """Flatten → Dense(128, relu) → Dropout → Dense(10), as in the seed (whose dropout is 0.2)."""
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28)),
