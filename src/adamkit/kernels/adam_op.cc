@@ -40,10 +40,14 @@ REGISTER_OP("AdamkitApplyAdam")
     .Attr("amsgrad: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
+// The stochastic-rounding dither of adamkit.state.dither_bits, bit for bit: a Weyl sequence,
+// position·φ + step·(√2 − 1) in 32-bit fixed point (mod 2³²).
+constexpr uint32_t kPositionMultiplier = 0x9E3779B1u;
+constexpr uint32_t kStepMultiplier = 0x6A09E667u;
+
 // How a state value is stored: as T itself, or (for float parameters) as bfloat16 with
-// stochastic rounding — the same dither, bit for bit, as adamkit.state.round_to_bfloat16: the top 16
-// bits of position·0x9E3779B1 + step·0x6A09E667 (mod 2³²) are added to the float's bits, then the
-// low 16 bits are dropped.
+// stochastic rounding, as adamkit.state.round_to_bfloat16: the dither's top 16 bits are added to
+// the float's bits, then the low 16 bits are dropped.
 template <typename T>
 struct Plain {
   using Stored = T;
@@ -62,7 +66,7 @@ struct StochasticBfloat16 {
   static Stored Store(float x, uint32_t position, uint32_t step_mix) {
     uint32_t bits;
     std::memcpy(&bits, &x, sizeof bits);
-    const uint32_t dither = (position * 0x9E3779B1u + step_mix) >> 16;
+    const uint32_t dither = (position * kPositionMultiplier + step_mix) >> 16;
     return static_cast<Stored>((bits + dither) >> 16);
   }
 };
@@ -75,7 +79,7 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
             const T* __restrict__ g, int64_t begin, int64_t end, const T* s, uint32_t step) {
   const T decay = s[0], one_minus_b1 = s[1], one_minus_b2 = s[2], step_size = s[3],
           inv_sqrt_bc2 = s[4], eps = s[5];
-  const uint32_t step_mix = step * 0x6A09E667u;
+  const uint32_t step_mix = step * kStepMultiplier;
   for (int64_t i = begin; i < end; ++i) {
     const uint32_t position = static_cast<uint32_t>(i);
     const T gi = g[i];
@@ -224,7 +228,8 @@ void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
       gap = below ? spacing[e + 1] : gap;
       points = below ? count[e + 1] : points;
     }
-    const uint32_t mixed = (first_position + static_cast<uint32_t>(j)) * 0x9E3779B1u + step_mix;
+    const uint32_t mixed = (first_position + static_cast<uint32_t>(j)) * kPositionMultiplier +
+                           step_mix;
     const float dither = static_cast<float>(static_cast<int32_t>(mixed >> 8)) * 0x1p-24f;
     const float position = (a - low) / gap;
     const float k = std::floor(position + dither) - 1.0f;
@@ -328,7 +333,7 @@ class AdamkitApplyAdam8bitOp : public AmsgradOpKernel {
                 absl::InvalidArgumentError("6 scalars and two codec tables expected"));
     Adam8bitStep step{var.flat<float>().data(), grad.flat<float>().data(), size, {}, {},
                       scalars.flat<float>().data(),
-                      static_cast<uint32_t>(ctx->input(9).scalar<int32>()()) * 0x6A09E667u,
+                      static_cast<uint32_t>(ctx->input(9).scalar<int32>()()) * kStepMultiplier,
                       CodecTable(ctx->input(10).flat<float>().data()),
                       CodecTable(ctx->input(11).flat<float>().data())};
     for (int s = 0; s < states; ++s) {

@@ -79,8 +79,7 @@ def build_library() -> Path:
     """Compiles ``adam_op.cc`` for this TensorFlow (once: cached by source, flags and version)."""
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-               "-ffp-contract=off",
-               "-w"]
+               "-ffp-contract=off", "-w"]
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join(flags + options + [tf.__version__]).encode()).hexdigest()
     target = cache_dir() / f"adam_op-{key[:16]}.so"
