@@ -275,20 +275,27 @@ def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict)
                     settings.keep)
 
 
-def fit(model, settings: TrainSettings, train_data, validation_data, position, log,
-        extra_callbacks: Sequence = ()) -> dict:
-    """``model.fit`` one epoch at a time over our own shuffled order, so that a run can stop and
-    resume at any batch: epoch e's order is a permutation drawn from (seed, e) alone."""
-    x, y = train_data
-    history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
+def remaining_epochs(settings: TrainSettings, position: dict, examples: int, log):
+    """Yields (epoch, first batch, order of the examples) for each epoch still to run, announcing
+    it. Epoch e's order is a permutation drawn from (seed, e) alone, so a run can stop and resume at
+    any batch; the first epoch resumed starts at ``position["batch"]``."""
     for epoch in range(position["epoch"], settings.epochs):
         first = position["batch"] if epoch == position["epoch"] else 0
-        order = np.random.default_rng([settings.seed, epoch]).permutation(len(x))
+        log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
+        yield epoch, first, np.random.default_rng([settings.seed, epoch]).permutation(examples)
+
+
+def fit(model, settings: TrainSettings, train_data, validation_data, position, log,
+        extra_callbacks: Sequence = ()) -> dict:
+    """``model.fit`` one epoch at a time over our own shuffled order (``remaining_epochs``), so
+    that a run can stop and resume at any batch."""
+    x, y = train_data
+    history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
+    for epoch, first, order in remaining_epochs(settings, position, len(x), log):
         rest = order[first * settings.batch_size:]
         saving = settings.checkpoint_dir is not None
         callbacks = [Checkpointer(settings, epoch, first, history)] if saving else []
         callbacks += list(extra_callbacks)
-        log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
         epoch_history = model.fit(
             x[rest], y[rest], batch_size=settings.batch_size, epochs=1, shuffle=False,
             validation_data=validation_data, callbacks=callbacks,
@@ -338,10 +345,7 @@ def fit_multi_worker(model, strategy, settings: TrainSettings, train_data, valid
 
     history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
     batches = -(-len(x) // settings.batch_size)
-    for epoch in range(position["epoch"], settings.epochs):
-        first = position["batch"] if epoch == position["epoch"] else 0
-        order = np.random.default_rng([settings.seed, epoch]).permutation(len(x))
-        log(f"Epoch {epoch + 1}/{settings.epochs}" + (f" (from batch {first})" if first else ""))
+    for epoch, first, order in remaining_epochs(settings, position, len(x), log):
         loss_sum = right_sum = seen = 0.0
         started = time.perf_counter()
         for batch in range(first, batches):
