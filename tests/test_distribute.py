@@ -136,8 +136,9 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def start_workers(tmp_path: Path, name: str, *flags: str) -> list[subprocess.Popen]:
-    """Two `adamkit train --distribute multi-worker` processes, TF_CONFIG naming both."""
+def start_workers(tmp_path: Path, name: str, *flags: str, own=((), ())) -> list[subprocess.Popen]:
+    """Two `adamkit train --distribute multi-worker` processes, TF_CONFIG naming both; ``own``:
+    flags for worker 0 and for worker 1 only."""
     ports = free_ports(2)
     workers = []
     for index in range(2):
@@ -147,7 +148,8 @@ def start_workers(tmp_path: Path, name: str, *flags: str) -> list[subprocess.Pop
         with open(tmp_path / f"{name}-worker{index}.log", "w") as log:  # the child keeps its copy
             workers.append(subprocess.Popen(
                 [ADAMKIT, "train", "--distribute", "multi-worker", *SHORT_RUN,
-                 "--out", str(tmp_path / name), *flags], stdout=log, stderr=subprocess.STDOUT,
+                 "--out", str(tmp_path / name), *flags, *own[index]], stdout=log,
+                stderr=subprocess.STDOUT,
                 env=env))
     return workers
 
@@ -206,6 +208,14 @@ def test_multi_worker_matches_one_process_and_survives_a_killed_worker(tmp_path)
     resumed = weights(tmp_path / "resumed")
     assert all(np.array_equal(a, b) for a, b in zip(resumed, weights(tmp_path / "resumed" / "worker-1")))
     assert all(np.array_equal(a, b) for a, b in zip(resumed, chief))  # deterministic ops: bit-exact
+
+    # 3. Workers resuming from different checkpoint folders (one finished, one empty) would diverge:
+    #    both stop with a usage message instead.
+    workers = start_workers(tmp_path, "mixed", "--resume", own=(
+        ["--checkpoint-dir", str(tmp_path / "c0")], ["--checkpoint-dir", str(tmp_path / "empty")]))
+    assert finish(workers) == [2, 2], logs(tmp_path, "mixed")[-4000:]
+    assert logs(tmp_path, "mixed").count("the workers resumed at different steps ([0, 235])") == 2
+    assert "Traceback" not in logs(tmp_path, "mixed")
 
 
 @pytest.mark.parametrize("tf_config, problem", [

@@ -393,8 +393,8 @@ def agree_on_step(strategy, model) -> None:
     step = optimizer_step(model)
     steps = set(strategy.gather(strategy.run(lambda: tf.constant([step])), axis=0).numpy().tolist())
     if len(steps) > 1:
-        raise ValueError(f"the workers resumed at different steps ({sorted(steps)}): give every "
-                         "worker the same --checkpoint-dir")
+        raise CheckpointConflict(f"the workers resumed at different steps ({sorted(steps)}): give "
+                                 "every worker the same --checkpoint-dir")
 
 
 def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[str, Any]:
