@@ -47,9 +47,11 @@ def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, 
     # The static shape: tf.shape() would read the whole table, and a pending read makes the
     # scatter below copy the entire buffer first (copy-on-write), undoing the point of being lazy.
     shape = tf.constant(tuple(variable.shape), dtype=unique.dtype)
-    row_size = math.prod(variable.shape[1:])
-    positions = (tf.reshape(tf.cast(unique, tf.int32), (-1,) + (1,) * (len(variable.shape) - 1))
-                 * row_size + flat_positions(tuple(variable.shape[1:])))
+    positions = None  # the touched elements' flat indices, for a bfloat16 slot's dither only
+    if any(slot.rounds_stochastically for slot in slots.values()):
+        row_size = math.prod(variable.shape[1:])
+        positions = (tf.reshape(tf.cast(unique, tf.int32), (-1,) + (1,) * (len(variable.shape) - 1))
+                     * row_size + flat_positions(tuple(variable.shape[1:])))
     iteration = tf.cast(optimizer.iterations + 1, tf.int32)
     for name, value in new_rows.items():
         value = slots[name].encode(value, positions, iteration)

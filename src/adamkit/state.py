@@ -225,8 +225,7 @@ class PlainSlot:
 
     def write(self, optimizer, value, step) -> None:
         # Positions only where a dither needs them: elsewhere they would be N int32 per write.
-        shape = tuple(self.variable.shape)
-        positions = flat_positions(shape) if self.rounds_stochastically else None
+        positions = flat_positions(tuple(self.variable.shape)) if self.rounds_stochastically else None
         optimizer.assign(self.variable, self.encode(value, positions, step))
 
 
