@@ -74,8 +74,49 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
     if own_kernel:  # the fast path really ran (and not the ops path twice)
         int8 = kwargs.get("state_dtype") == "int8"
         assert ("AdamkitApplyAdam8bit" if int8 else "AdamkitApplyAdam") in ops_run
+        if not int8:  # the four variables in one launch
+            assert launches(step_fused, grads) == [4]
     elif "amsgrad" not in kwargs and "state_dtype" not in kwargs:
         assert "ResourceApplyAdam" in ops_run
+
+
+def launches(step, *args) -> list[int]:
+    """How many variables each AdamkitApplyAdam op of a traced step updates."""
+    graph = step.get_concrete_function(*args).graph
+    return sorted(op.get_attr("N") for op in graph.get_operations()
+                  if op.type == "AdamkitApplyAdam")
+
+
+def test_one_launch_per_dtype_and_per_variable_where_it_must(rng):
+    """float32 and float64 variables each in one launch; a sparse gradient's variable on its own
+    (update_step's path); per-variable weight decay (AdamW, exclude_1d) inside the launch."""
+    import tensorflow as tf
+
+    shapes_dtypes = [((20, 30), "float32"), ((30,), "float32"), ((7, 5), "float64"),
+                     ((5,), "float64"), ((50, 8), "float32")]
+    initial = [rng.normal(size=s) for s, _ in shapes_dtypes]
+
+    def setup(fused):
+        optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, exclude_1d=True,
+                                  fused=fused)
+        variables = [keras.Variable(x, dtype=d) for x, (_, d) in zip(initial, shapes_dtypes)]
+        optimizer.build(variables)
+        return optimizer, variables, tf.function(lambda g: optimizer.apply(g, variables))
+
+    (fused, vars_fused, step_fused), (plain, vars_plain, step_plain) = setup(True), setup(False)
+    for t in range(10):
+        grads = [tf.constant(rng.normal(size=s), dtype=d) for s, d in shapes_dtypes[:-1]]
+        rows = tf.constant(rng.choice(50, size=6, replace=False), tf.int64)
+        grads.append(tf.IndexedSlices(tf.constant(rng.normal(size=(6, 8)), tf.float32), rows,
+                                      tf.constant([50, 8], tf.int64)))
+        step_fused(grads)
+        step_plain(grads)
+        for a, b, (_, d) in zip(vars_fused, vars_plain, shapes_dtypes):
+            assert_close(a.numpy(), b.numpy(), 2e-6 if d == "float32" else 1e-12, f"θ, step {t}")
+    for name, values in fused.state_values().items():
+        for a, b in zip(values, plain.state_values()[name]):
+            assert_close(a.numpy(), b.numpy(), 2e-6, name)
+    assert launches(step_fused, grads) == [1, 2, 2]  # the sparse one; float32 pair; float64 pair
 
 
 def test_sixteen_bit_variables_take_the_float32_ops_path(rng):

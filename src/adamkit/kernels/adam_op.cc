@@ -7,7 +7,8 @@
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
 //   θ ← θ·decay − (α/(1 − β1ᵗ))·m / (√v·(1/√(1 − β2ᵗ)) + ε)
 //
-// Two ops: AdamkitApplyAdam keeps m, v, v̂max as T or (float parameters) bfloat16;
+// Two ops: AdamkitApplyAdam updates a list of variables in one launch, with m, v, v̂max kept
+// as T or (float parameters) bfloat16;
 // AdamkitApplyAdam8bit keeps them as adamkit.state's 8-bit block-wise codes, decoding, updating
 // and re-encoding one block of 256 at a time while it sits in L1.
 //
@@ -18,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -27,14 +29,15 @@
 
 namespace tensorflow {
 
-REGISTER_OP("AdamkitApplyAdam")
-    .Input("var: resource")
-    .Input("m: resource")
-    .Input("v: resource")
-    .Input("vhat: resource")
-    .Input("grad: T")
-    .Input("scalars: T")  // decay, 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε
+REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
+    .Input("var: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("vhat: N * resource")  // read only with amsgrad (pass v otherwise)
+    .Input("grad: N * T")
+    .Input("scalars: T")  // (N, 6): decay, 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε
     .Input("step: int32")  // the iteration t, for the bfloat16 state's dither
+    .Attr("N: int >= 1")
     .Attr("T: {float, double}")
     .Attr("S: {float, double, bfloat16}")  // how m, v (and v̂max) are stored
     .Attr("amsgrad: bool = false")
@@ -109,49 +112,82 @@ class AmsgradOpKernel : public OpKernel {
   bool amsgrad_ = false;
 };
 
+// One variable's arrays, as the kernel sees them.
+template <typename T, typename Stored>
+struct Arrays {
+  T* theta;
+  Stored* m;
+  Stored* v;
+  Stored* vhat;
+  const T* g;
+  const T* scalars;
+};
+
+// All N variables are one index space [0, Σ sizes), split across the CPU threads as a whole: one
+// launch and one wait per step however many variables there are (per-variable ops cost the
+// executor ~20 µs each, 6% of a 10M-parameter step over 20 variables).
 template <typename T, typename S, typename Codec>
 class AdamkitApplyAdamOp : public AmsgradOpKernel {
  public:
-  using AmsgradOpKernel::AmsgradOpKernel;
+  explicit AdamkitApplyAdamOp(OpKernelConstruction* ctx) : AmsgradOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     using Device = Eigen::ThreadPoolDevice;
-    std::vector<int> inputs = {0, 1, 2};
-    if (amsgrad_) inputs.push_back(3);
-    auto locks = MaybeLockVariableInputMutexesInOrder<Device, T>(ctx, true, false, inputs);
-    Tensor var, m, v, vhat;
-    OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, T>(ctx, 0, true, false, &var));
-    OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, S>(ctx, 1, true, false, &m));
-    OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, S>(ctx, 2, true, false, &v));
-    if (amsgrad_) {
-      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, S>(ctx, 3, true, false, &vhat));
-    }
-    const Tensor& grad = ctx->input(4);
-    const Tensor& scalars = ctx->input(5);
-    const Tensor& step = ctx->input(6);
-    OP_REQUIRES(ctx, var.shape().IsSameSize(grad.shape()) && m.shape().IsSameSize(grad.shape()) &&
-                     v.shape().IsSameSize(grad.shape()) &&
-                     (!amsgrad_ || vhat.shape().IsSameSize(grad.shape())),
-                absl::InvalidArgumentError("var, m, v, vhat and grad must have the same shape"));
-    OP_REQUIRES(ctx, scalars.NumElements() == 6, absl::InvalidArgumentError("6 scalars expected"));
     using Stored = typename Codec::Stored;
-    T* theta = var.flat<T>().data();
-    auto* mp = reinterpret_cast<Stored*>(m.flat<S>().data());
-    auto* vp = reinterpret_cast<Stored*>(v.flat<S>().data());
-    auto* hp = amsgrad_ ? reinterpret_cast<Stored*>(vhat.flat<S>().data()) : nullptr;
-    const T* g = grad.flat<T>().data();
-    const T* sp = scalars.flat<T>().data();
-    const uint32_t t = static_cast<uint32_t>(step.scalar<int32>()());
-    auto work = [=](int64_t begin, int64_t end) {
-      if (hp == nullptr) {
-        Update<T, Codec, false>(theta, mp, vp, hp, g, begin, end, sp, t);
-      } else {
-        Update<T, Codec, true>(theta, mp, vp, hp, g, begin, end, sp, t);
+    const int n = n_;
+    std::vector<int> resources;
+    for (int i = 0; i < (amsgrad_ ? 4 : 3) * n; ++i) resources.push_back(i);
+    auto locks = MaybeLockVariableInputMutexesInOrder<Device, T>(ctx, true, false, resources);
+    const Tensor& scalars = ctx->input(5 * n);
+    OP_REQUIRES(ctx, scalars.NumElements() == 6 * n,
+                absl::InvalidArgumentError("scalars must be (N, 6)"));
+    std::vector<Arrays<T, Stored>> arrays(n);
+    std::vector<int64_t> start(n + 1, 0);  // variable i holds indices [start[i], start[i + 1])
+    for (int i = 0; i < n; ++i) {
+      Tensor var, m, v, vhat;
+      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, T>(ctx, i, true, false, &var));
+      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, S>(ctx, n + i, true, false, &m));
+      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, S>(ctx, 2 * n + i, true, false, &v));
+      if (amsgrad_) {
+        OP_REQUIRES_OK(ctx,
+                       GetInputTensorFromVariable<Device, S>(ctx, 3 * n + i, true, false, &vhat));
+      }
+      const Tensor& grad = ctx->input(4 * n + i);
+      OP_REQUIRES(ctx, var.shape().IsSameSize(grad.shape()) &&
+                       m.shape().IsSameSize(grad.shape()) && v.shape().IsSameSize(grad.shape()) &&
+                       (!amsgrad_ || vhat.shape().IsSameSize(grad.shape())),
+                  absl::InvalidArgumentError("var, m, v, vhat and grad must have the same shape"));
+      arrays[i] = {var.flat<T>().data(),
+                   reinterpret_cast<Stored*>(m.flat<S>().data()),
+                   reinterpret_cast<Stored*>(v.flat<S>().data()),
+                   amsgrad_ ? reinterpret_cast<Stored*>(vhat.flat<S>().data()) : nullptr,
+                   grad.flat<T>().data(),
+                   scalars.flat<T>().data() + 6 * i};
+      start[i + 1] = start[i] + grad.NumElements();
+    }
+    const uint32_t t = static_cast<uint32_t>(ctx->input(5 * n + 1).scalar<int32>()());
+    auto work = [&](int64_t begin, int64_t end) {
+      // The variables this range overlaps, each from its own index 0 (the dither's position).
+      int i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
+      for (; i < n && start[i] < end; ++i) {
+        const Arrays<T, Stored>& a = arrays[i];
+        const int64_t first = std::max(begin, start[i]) - start[i];
+        const int64_t last = std::min(end, start[i + 1]) - start[i];
+        if (amsgrad_) {
+          Update<T, Codec, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
+        } else {
+          Update<T, Codec, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
+        }
       }
     };
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(threads->num_threads, threads->workers, grad.NumElements(), /*cost_per_unit=*/20, work);
+    Shard(threads->num_threads, threads->workers, start[n], /*cost_per_unit=*/20, work);
   }
+
+ private:
+  int n_ = 1;
 };
 
 // -- 8-bit block-wise state (adamkit.state's codec, bit for bit) --------------------------------

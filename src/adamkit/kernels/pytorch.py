@@ -31,6 +31,10 @@ def supports(variable, gradient, state) -> bool:
     return dtype in SUPPORTED_DTYPES and stored == {dtype}
 
 
+def can_apply_together() -> bool:
+    return False  # one call per variable (update_step's path)
+
+
 def supports_8bit(variable) -> bool:
     return False  # 8-bit state takes the portable path on this backend
 

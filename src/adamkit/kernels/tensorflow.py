@@ -123,9 +123,9 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
     after θ ← θ·decay when ``decay`` (the decoupled weight decay's factor) is given."""
     module = None if _in_xla() else custom_kernel()
     if module is not None:  # the decay happens inside the same pass
-        return _apply_custom(module, variable, gradient, state, step=step,
-                             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                             epsilon=epsilon, epsilon_mode=epsilon_mode, decay=decay)
+        return apply_adam_together([variable], [gradient], [state], step=step,
+                                   learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                                   epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay])
     dtype = tf.as_dtype(variable.dtype)
     if decay is not None:
         tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
@@ -153,30 +153,44 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
     return tf.raw_ops.ResourceApplyAdam(**arguments)
 
 
-def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decay):
-    """The kernels' six scalars, formed in double and rounded once to ``dtype``."""
+def can_apply_together() -> bool:
+    """Whether ``apply_adam_together`` can run here: adamkit's kernel, outside XLA, and no
+    tf.distribute strategy (whose per-variable updates Keras's own loop does)."""
+    return not tf.distribute.has_strategy() and not _in_xla() and custom_kernel() is not None
+
+
+def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
+                        epsilon, epsilon_mode, decays):
+    """One step of Adam (AMSGrad when the states have ``velocity_hat``) on several variables of
+    one dtype whose states share one storage dtype, in one launch of adamkit's kernel; each
+    variable first decays by its factor in ``decays`` (None: no decay). Needs
+    ``can_apply_together()``."""
+    dtype = tf.as_dtype(variables[0].dtype)
+    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays)
+    amsgrad = "velocity_hat" in states[0]
+    return custom_kernel().adamkit_apply_adam(
+        [_handle(v) for v in variables], [_handle(s["momentum"]) for s in states],
+        [_handle(s["velocity"]) for s in states],
+        [_handle(s["velocity_hat"] if amsgrad else s["velocity"]) for s in states],
+        [tf.cast(tf.convert_to_tensor(g), dtype) for g in gradients], scalars,
+        tf.cast(step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), amsgrad=amsgrad)
+
+
+def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays):
+    """The kernels' six scalars per variable, (len(decays), 6), formed in double and rounded once
+    to ``dtype``: the decay factor (1 where None), then five shared by all."""
     t = tf.cast(step, tf.float64)
     step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
     inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = tf.constant(epsilon, tf.float64)
     if epsilon_mode == "keras":  # ε̂ added to √v before correction: ε = ε̂/√(1 − β2ᵗ)
         eps = eps * inverse_root
-    decay = tf.constant(1.0, tf.float64) if decay is None else tf.cast(decay, tf.float64)
-    return tf.cast(tf.stack([decay, tf.constant(1.0 - beta_1, tf.float64),
-                             tf.constant(1.0 - beta_2, tf.float64), step_size, inverse_root, eps]),
-                   dtype)
-
-
-def _apply_custom(module, variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-                  epsilon_mode, decay):
-    dtype = tf.as_dtype(variable.dtype)
-    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decay)
-    amsgrad = "velocity_hat" in state
-    return module.adamkit_apply_adam(
-        _handle(variable), _handle(state["momentum"]), _handle(state["velocity"]),
-        _handle(state["velocity_hat"] if amsgrad else state["velocity"]),
-        tf.cast(tf.convert_to_tensor(gradient), dtype), scalars,
-        tf.cast(step, tf.int32), S=tf.as_dtype(state["momentum"].dtype), amsgrad=amsgrad)
+    shared = tf.stack([tf.constant(1.0 - beta_1, tf.float64), tf.constant(1.0 - beta_2, tf.float64),
+                       step_size, inverse_root, eps])
+    one = tf.constant(1.0, tf.float64)
+    decay = tf.stack([one if d is None else tf.cast(d, tf.float64) for d in decays])
+    rows = tf.concat([decay[:, None], tf.tile(shared[None], [len(decays), 1])], axis=1)
+    return tf.cast(rows, dtype)
 
 
 def supports_8bit(variable) -> bool:
@@ -189,7 +203,8 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
                     epsilon_mode, decay=None):
     """One step of Adam/AMSGrad on a float32 ``variable`` whose state ``slots`` are 8-bit: decode,
     update, re-encode, block by block in one pass (bit for bit the codec of ``adamkit.state``)."""
-    scalars = _scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decay)
+    scalars = tf.reshape(_scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon,
+                                  epsilon_mode, [decay]), [6])
     amsgrad = "velocity_hat" in slots
     m, v = slots["momentum"], slots["velocity"]
     h = slots["velocity_hat"] if amsgrad else v

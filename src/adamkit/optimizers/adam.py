@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from keras import ops
 
 from adamkit import ops as adam_ops
+from adamkit import sparse
+from adamkit import state as state_storage
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
 from adamkit.state import PlainSlot, QuantizedSlot
 
@@ -124,6 +127,36 @@ class Adam(AdamFamily):
             return False
         self._kernel.apply_adam(variable, gradient, state, **hyper)
         return True
+
+    def update_together(self, grads_and_variables, learning_rate):
+        # TensorFlow, one device: every float variable with plain state, grouped by dtype and
+        # state dtype, in one kernel launch per group. Under a tf.distribute strategy Keras's
+        # per-variable loop does the cross-replica work, so the variables go there.
+        kernel = self._kernel
+        if kernel is None or not kernel.can_apply_together():
+            return grads_and_variables
+        groups, rest = {}, []
+        for gradient, variable in grads_and_variables:
+            slots = self.slots_of(variable)
+            state = {name: slot.variable for name, slot in slots.items()
+                     if isinstance(slot, PlainSlot)}
+            if (gradient is None or sparse.is_sparse(gradient) or len(state) != len(slots)
+                    or not kernel.supports(variable, gradient, state)):
+                rest.append((gradient, variable))
+                continue
+            key = (variable.dtype, state["momentum"].dtype)
+            groups.setdefault(key, []).append((gradient, variable, state))
+        step = self.iterations + 1
+        for members in groups.values():
+            dtype = state_storage.compute_dtype(members[0][1])
+            rate = ops.cast(learning_rate, dtype)
+            decay = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
+            kernel.apply_adam_together(
+                [v for _, v, _ in members], [g for g, _, _ in members], [s for _, _, s in members],
+                step=ops.cast(step, dtype), learning_rate=rate, beta_1=self.beta_1,
+                beta_2=self.beta_2, epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
+                decays=[decay if self._decays(v) else None for _, v, _ in members])
+        return rest
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -200,12 +200,15 @@ class AdamFamily(keras.optimizers.Optimizer):
                                                    name="skipped_steps")
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not self.skip_nonfinite:
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        finite = ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g))) for g in grads]))
-
         def run_update():
-            super(AdamFamily, self)._backend_update_step(grads, trainable_variables, learning_rate)
+            rest = self.update_together(list(zip(grads, trainable_variables)), learning_rate)
+            if rest:  # Keras's loop: update_step for each variable
+                super(AdamFamily, self)._backend_update_step(
+                    [g for g, _ in rest], [v for _, v in rest], learning_rate)
+
+        if not self.skip_nonfinite:
+            return run_update()
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(ops.convert_to_tensor(g))) for g in grads]))
 
         if keras.backend.backend() == "jax":
             # JAX traces cond's branches and forbids side effects in them: update, then select.
@@ -233,6 +236,11 @@ class AdamFamily(keras.optimizers.Optimizer):
     def state_values(self) -> dict:
         """Every parameter's decoded state: ``{name: [tensor per parameter]}``."""
         return {name: [slot.read() for slot in slots] for name, slots in self._state.items()}
+
+    def update_together(self, grads_and_variables: list, learning_rate) -> list:
+        """A backend fast path that updates many variables at once, if there is one: applies it to
+        those it can take and returns the (gradient, variable) pairs left for ``update_step``."""
+        return grads_and_variables
 
     def fused_update(self, gradient, variable, slots: dict, step, learning_rate, decay) -> bool:
         """A backend fast path for this step, if there is one: applies it and returns True.
