@@ -4,7 +4,8 @@
     python benchmarks/fused_ratios.py [--sizes 10 50] [--rounds 7]
 
 1. adamkit (Adam, AdamW, AMSGrad; tf.function, its own kernel) against torch.optim's fused
-   counterpart: adamkit / torch (> 1: adamkit faster).
+   counterpart: adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (an Adam
+   step's bytes streamed, ``adamkit.bench.stream_step``): adamkit / limit (1 = at the limit).
 2. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
@@ -16,7 +17,7 @@ import statistics
 import numpy as np
 
 import adamkit
-from adamkit.bench import compiled_apply, median_seconds, parameter_shapes
+from adamkit.bench import compiled_apply, median_seconds, parameter_shapes, stream_step
 
 
 def alternate(ours, theirs, rounds: int) -> list[float]:
@@ -53,10 +54,14 @@ def main() -> None:
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
         grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
+        limit = stream_step(sum(int(np.prod(s)) for s in shapes))
         for name, make in ours.items():
             step = compiled_apply(make(), shapes, grads)
             report(f"{millions}M {name:8} adamkit / torch fused",
                    alternate(step, torch_fused(name, shapes), args.rounds))
+            report(f"{millions}M {name:8} adamkit / limit", alternate(step, limit, args.rounds))
+        report(f"{millions}M torch fused Adam / limit",
+               alternate(torch_fused("Adam", shapes), limit, args.rounds))
         float32 = compiled_apply(adamkit.Adam(), shapes, grads)
         for state_dtype in ("bfloat16", "int8"):
             lean = compiled_apply(adamkit.Adam(state_dtype=state_dtype), shapes, grads)

@@ -9,8 +9,8 @@ this process — keras.optimizers.Adam
 (``stateless_apply`` under ``jax.jit``, as ``model.fit`` runs it) and on the PyTorch backend
 (``optimizer.apply``) — in million parameters per second, with ratios to torch's fused Adam and to
 the memory-bandwidth limit. The limit is measured, not
-assumed: the best of a few streaming kernels gives bytes per second, and an Adam step must move 28
-bytes per parameter (read θ, g, m, v; write θ, m, v).
+assumed: a kernel that moves an Adam step's bytes (read θ, g, m, v; write θ, m, v: 28 per
+parameter) with next to no arithmetic, on every core.
 
 ``lazy``: an embedding table's update against the rows a batch touches. A 1,000,000 × 64 float32
 table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's step runs under
@@ -207,20 +207,28 @@ def backend_child(millions: int, repeats: int) -> None:
     print(json.dumps(speeds))
 
 
+def stream_step(count: int):
+    """A function that streams an Adam step's bytes for ``count`` parameters — read θ, g, m, v;
+    write θ, m, v: 28 bytes each — with next to no arithmetic, on every core
+    (``kernels/stream.cc``): the memory-bandwidth limit of a step."""
+    import ctypes
+    from pathlib import Path
+
+    from adamkit.kernels.tensorflow import compile_library
+
+    source = Path(__file__).with_name("kernels") / "stream.cc"
+    stream = ctypes.CDLL(str(compile_library(source, ["-fopenmp"]))).adamkit_stream
+    arrays = [np.ones(count, np.float32) for _ in range(4)]  # written: no page shared with zeros
+    pointers = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in arrays]
+    return lambda: stream(*pointers, ctypes.c_int64(count), ctypes.c_float(0.0))
+
+
 def bandwidth_limit(millions: int) -> float:
-    """Adam steps per second the memory could sustain: the best streaming rate over 28 bytes.
-
-    The rate is the best of three multi-threaded streaming kernels (bytes moved per element):
-    a copy (8), an in-place scale (8) and an in-place multiply-add of two more arrays (16).
-    """
-    import torch
-
-    n = millions * 1_001_000
-    a, b, c = torch.ones(n), torch.ones(n), torch.empty(n)
-    kernels = ((lambda: c.copy_(a), 8), (lambda: a.mul_(1.0), 8), (lambda: c.addcmul_(a, b), 16))
-    bytes_per_second = max(moved * n / min(median_seconds(kernel, 5) for _ in range(2))
-                           for kernel, moved in kernels)
-    return bytes_per_second / 28
+    """Adam steps per second the memory could sustain: parameters per second of ``stream_step``,
+    the best of three medians."""
+    count = millions * 1_001_000
+    stream = stream_step(count)
+    return count / min(median_seconds(stream, 5) for _ in range(3))
 
 
 def step(sizes=(1, 10, 50), repeats: int = 10, log=print) -> list[dict]:
@@ -239,7 +247,7 @@ def step(sizes=(1, 10, 50), repeats: int = 10, log=print) -> list[dict]:
         log(f"\n{count / 1e6:.1f}M float32 parameters ({millions} × 1000×1000 + biases); "
             f"median of {repeats} steps after 3 warm-up")
         log(f"{'path':45s} {'Mparam/s':>9s} {'/ torch fused':>14s} {'/ limit':>8s}")
-        log(f"{'bandwidth limit (best streaming rate / 28 B)':45s} {limit / 1e6:>9.0f} "
+        log(f"{'bandwidth limit (28 B per parameter streamed)':45s} {limit / 1e6:>9.0f} "
             f"{limit / torch_fused:>14.2f} {1.0:>8.2f}")
         for name, speed in sorted(speeds.items(), key=lambda kv: -kv[1]):
             log(f"{name:45s} {speed / 1e6:>9.0f} {speed / torch_fused:>14.2f} {speed / limit:>8.2f}")

@@ -7,10 +7,10 @@
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
 //   θ ← θ·decay − (α/(1 − β1ᵗ))·m / (√v·(1/√(1 − β2ᵗ)) + ε)
 //
-// Two ops: AdamkitApplyAdam updates a list of variables in one launch, with m, v, v̂max kept
-// as T or (float parameters) bfloat16;
-// AdamkitApplyAdam8bit keeps them as adamkit.state's 8-bit block-wise codes, decoding, updating
-// and re-encoding one block of 256 at a time while it sits in L1.
+// Two ops: AdamkitApplyAdam updates any number of variables in one launch, keeping m, v, v̂max as
+// T or (float parameters) bfloat16; AdamkitApplyAdam8bit (one variable) keeps them as
+// adamkit.state's 8-bit block-wise codes, decoding, updating and re-encoding one block of 256 at a
+// time while it sits in L1.
 //
 // The six scalars arrive already formed in double precision and rounded once to T, so 1 − β2 is
 // exact to T's precision (TensorFlow's own kernel forms it from T-rounded β2). Compiled with

@@ -1,4 +1,4 @@
-"""TensorFlow: the whole Adam/AMSGrad step of one variable in one fused kernel launch.
+"""TensorFlow: the whole Adam/AMSGrad step in one fused kernel launch for all variables.
 
 adamkit's own kernel (``adam_op.cc``, one vectorised multi-threaded pass; measured at rough parity
 with ``torch.optim.Adam(fused=True)``, see benchmarks/README.md) is compiled against the installed
@@ -6,10 +6,14 @@ TensorFlow with the system's C++ compiler on first use and cached in
 ``$ADAMKIT_CACHE/kernels`` (default ``~/.cache/adamkit``). Where it cannot be built (no compiler,
 headers missing) adamkit says why once and uses TensorFlow's own kernel instead, described below;
 under XLA (``jit_compile=True``), which cannot run a custom op, it uses TensorFlow's kernel too.
-``ADAMKIT_BUILD_KERNEL=0`` skips the build. The same library holds the step for 8-bit state
-(``apply_adam_8bit``): it decodes, updates and re-encodes each block of 256 in one pass, with the
-codec tables of ``adamkit.state`` and the same float32 operations, so it writes the very codes the
-portable path would (tested bit for bit); without the library, 8-bit state takes the portable path.
+``ADAMKIT_BUILD_KERNEL=0`` skips the build. With one device (no tf.distribute strategy) the
+optimizer hands it every float variable of a step at once (``apply_adam_together``): the scalars
+are formed once and one launch covers all, split across the CPU threads as one index space; under
+a strategy, for sparse gradients and for 8-bit state it runs per variable. The same library holds
+the step for 8-bit state (``apply_adam_8bit``): it decodes, updates and re-encodes each block of
+256 in one pass, with the codec tables of ``adamkit.state`` and the same float32 operations, so it
+writes the very codes the portable path would (tested bit for bit); without the library, 8-bit
+state takes the portable path.
 
 TensorFlow's ``ResourceApplyAdam`` (and ``...WithAmsgrad``) kernels compute Kingma & Ba's Section-2
 form, θ ← θ − α·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε̂). Passing ε̂ = ε·√(1 − β2ᵗ) makes that equal to
@@ -78,11 +82,17 @@ def cache_dir() -> Path:
 def build_library() -> Path:
     """Compiles ``adam_op.cc`` for this TensorFlow (once: cached by source, flags and version)."""
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    return compile_library(SOURCE, [*flags, "-ffp-contract=off"], salt=tf.__version__)
+
+
+def compile_library(source: Path, options: list[str], salt: str = "") -> Path:
+    """``source`` built as a shared library with the system's C++ compiler, once: cached under
+    ``cache_dir()`` by source, options and ``salt``; an atomic rename publishes it."""
     options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-               "-ffp-contract=off", "-w"]
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(flags + options + [tf.__version__]).encode()).hexdigest()
-    target = cache_dir() / f"adam_op-{key[:16]}.so"
+               "-w", *options]
+    text = source.read_bytes()
+    key = hashlib.sha256(text + " ".join([*options, salt]).encode()).hexdigest()
+    target = cache_dir() / f"{source.stem}-{key[:16]}.so"
     if target.exists():
         return target
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -91,7 +101,7 @@ def build_library() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as folder:
         built = Path(folder) / target.name
-        result = subprocess.run([compiler, str(SOURCE), "-o", str(built), *options, *flags],
+        result = subprocess.run([compiler, str(source), "-o", str(built), *options],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-800:]}")
