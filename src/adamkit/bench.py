@@ -223,31 +223,33 @@ def stream_step(count: int):
     return lambda: stream(*pointers, ctypes.c_int64(count), ctypes.c_float(0.0))
 
 
-def bandwidth_limit(millions: int) -> float:
-    """Adam steps per second the memory could sustain: parameters per second of ``stream_step``,
-    the best of three medians."""
-    count = millions * 1_001_000
-    stream = stream_step(count)
-    return count / min(median_seconds(stream, 5) for _ in range(3))
+LIMIT = "bandwidth limit (28 B per parameter streamed)"
 
 
-def step(sizes=(1, 10, 50), repeats: int = 10, log=print) -> list[dict]:
-    """Prints and returns, per size, every path's throughput in parameters per second."""
+def step(sizes=(1, 10, 50), repeats: int = 10, rounds: int = 3, log=print) -> list[dict]:
+    """Prints and returns, per size, every path's throughput in parameters per second: the median
+    over ``rounds`` of each path's median of ``repeats`` steps, the paths taking turns each round
+    (on a shared machine one pass over them can be off by ±30%), the limit among them."""
     rng = np.random.default_rng(0)
     results = []
     for millions in sizes:
         shapes = parameter_shapes(millions)
         count = sum(int(np.prod(s)) for s in shapes)
-        limit = bandwidth_limit(millions)
-        paths = {**tensorflow_steps(shapes, rng), **torch_steps(shapes, rng), **optax_steps(shapes, rng)}
-        speeds = {name: count / median_seconds(fn, repeats) for name, fn in paths.items()}
+        paths = {LIMIT: stream_step(count), **tensorflow_steps(shapes, rng),
+                 **torch_steps(shapes, rng), **optax_steps(shapes, rng)}
+        seconds = {name: [] for name in paths}
+        for _ in range(rounds):
+            for name, fn in paths.items():
+                seconds[name].append(median_seconds(fn, repeats))
+        speeds = {name: count / statistics.median(times) for name, times in seconds.items()}
+        limit = speeds.pop(LIMIT)
         for backend in ("jax", "torch"):
             speeds.update(backend_steps(backend, millions, repeats, log))
         torch_fused = speeds["torch.optim.Adam fused"]
         log(f"\n{count / 1e6:.1f}M float32 parameters ({millions} × 1000×1000 + biases); "
-            f"median of {repeats} steps after 3 warm-up")
+            f"median over {rounds} rounds of the median of {repeats} steps after 3 warm-up")
         log(f"{'path':45s} {'Mparam/s':>9s} {'/ torch fused':>14s} {'/ limit':>8s}")
-        log(f"{'bandwidth limit (28 B per parameter streamed)':45s} {limit / 1e6:>9.0f} "
+        log(f"{LIMIT:45s} {limit / 1e6:>9.0f} "
             f"{limit / torch_fused:>14.2f} {1.0:>8.2f}")
         for name, speed in sorted(speeds.items(), key=lambda kv: -kv[1]):
             log(f"{name:45s} {speed / 1e6:>9.0f} {speed / torch_fused:>14.2f} {speed / limit:>8.2f}")

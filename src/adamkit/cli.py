@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--touched", type=positive_int, nargs="+",
                        default=[100, 1_000, 10_000, 100_000], help="lazy: rows touched per step")
     bench.add_argument("--repeats", type=positive_int, default=10, help="timed steps (median)")
+    bench.add_argument("--rounds", type=positive_int, default=3,
+                       help="step: rounds in which the paths take turns (median; default: 3)")
     bench.add_argument("--out", metavar="DIR", default="runs/bench",
                        help="where bench_<suite>.json and .png go (default: runs/bench)")
     bench.set_defaults(handler=run_bench)
@@ -245,7 +247,7 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.suite == "lazy" and any(k > args.rows for k in args.touched):
         parser.error(f"--touched: cannot touch more rows than --rows {args.rows}")
     if args.suite == "step":
-        results = bench.step(sizes=args.sizes, repeats=args.repeats)
+        results = bench.step(sizes=args.sizes, repeats=args.repeats, rounds=args.rounds)
     else:
         results = bench.lazy(rows=args.rows, touched=args.touched, repeats=args.repeats)
     bench.save(results, args.suite, args.out)
