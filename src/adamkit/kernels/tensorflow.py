@@ -173,8 +173,8 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
                         epsilon, epsilon_mode, decays):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``) on several variables of
     one dtype whose states share one storage dtype, in one launch of adamkit's kernel; each
-    variable first decays by its factor in ``decays`` (None: no decay). Needs
-    ``can_apply_together()``."""
+    variable first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel,
+    outside XLA; under a tf.distribute strategy, one variable per call."""
     dtype = tf.as_dtype(variables[0].dtype)
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays)
     amsgrad = "velocity_hat" in states[0]

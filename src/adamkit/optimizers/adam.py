@@ -46,8 +46,9 @@ class Adam(AdamFamily):
         epsilon: ε ≥ 0, added to √v̂ (or to √v in ``"keras"`` mode). Defaults to 1e-8.
         amsgrad: use AMSGrad's running maximum of vₜ. Defaults to False.
         epsilon_mode: ``"paper"`` (Algorithm 1, the default) or ``"keras"`` (ε̂, as Keras).
-        fused: run each float32/float64 variable's whole step as one fused kernel: adamkit's
-            own on TensorFlow (``adamkit.kernels.tensorflow``), PyTorch's on the torch backend
+        fused: run the whole step of float32/float64 variables as a fused kernel: adamkit's
+            own on TensorFlow (``adamkit.kernels.tensorflow``; on one device one launch for all
+            variables of a dtype), PyTorch's per variable on the torch backend
             (``adamkit.kernels.pytorch``, ``epsilon_mode="paper"``). ``None`` (default):
             wherever it applies; ``False``: always the plain ``adamkit.ops`` path; ``True``:
             require the backend to have one.
