@@ -130,11 +130,14 @@ def test_preset_fast_reaches_the_seed_accuracy_and_flags_override_it(tmp_path):
     result = adamkit("train", "--preset", "fast", "--out", str(tmp_path / "fast"))
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "fast" / "run.json").read_text())
-    assert run["settings"]["batch_size"] == 256 and run["settings"]["epochs"] == 4
-    assert run["optimizer_config"]["learning_rate"] == pytest.approx(0.004)
+    assert run["settings"]["batch_size"] == 256 and run["settings"]["epochs"] == 3
+    schedule = run["optimizer_config"]["learning_rate"]
+    assert schedule["class_name"] == "CosineDecay"  # over the whole run: 3 × 235 steps
+    assert schedule["config"]["initial_learning_rate"] == pytest.approx(0.012)
+    assert schedule["config"]["decay_steps"] == 705
     assert run["final"]["val_accuracy"] >= 0.9725  # the seed's own figure
     overridden = adamkit("train", "--preset", "fast", "--epochs", "1", "--learning-rate", "0.002",
-                         "--skip-nonfinite", "--out", str(tmp_path / "mixed"))
+                         "--schedule", "constant", "--skip-nonfinite", "--out", str(tmp_path / "mixed"))
     assert overridden.returncode == 0, overridden.stderr
     run = json.loads((tmp_path / "mixed" / "run.json").read_text())
     assert run["settings"]["epochs"] == 1 and run["settings"]["batch_size"] == 256
