@@ -8,9 +8,9 @@ this process — keras.optimizers.Adam
 (Keras fixes its backend at import), ``keras.optimizers.Adam`` and adamkit's Adam on the JAX backend
 (``stateless_apply`` under ``jax.jit``, as ``model.fit`` runs it) and on the PyTorch backend
 (``optimizer.apply``) — in million parameters per second, with ratios to torch's fused Adam and to
-the memory-bandwidth limit. The limit is measured, not
-assumed: a kernel that moves an Adam step's bytes (read θ, g, m, v; write θ, m, v: 28 per
-parameter) with next to no arithmetic, on every core.
+the memory-bandwidth limit. The limit is measured, not assumed: a kernel that moves an Adam step's
+bytes (read θ, g, m, v; write θ, m, v: 28 per parameter) with next to no arithmetic, on every
+core — or torch's fused step, where that moved them faster in the same run.
 
 ``lazy``: an embedding table's update against the rows a batch touches. A 1,000,000 × 64 float32
 table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's step runs under
@@ -231,13 +231,14 @@ def stream_step(count: int):
     return lambda: stream(*pointers, ctypes.c_int64(count), ctypes.c_float(0.0))
 
 
-LIMIT = "bandwidth limit (28 B per parameter streamed)"
+LIMIT = "bandwidth limit (best of stream, torch fused)"
 
 
 def step(sizes=(1, 10, 50), repeats: int = 10, rounds: int = 3, log=print) -> list[dict]:
     """Prints and returns, per size, every path's throughput in parameters per second: the median
     over ``rounds`` of each path's median of ``repeats`` steps, the paths taking turns each round
-    (on a shared machine one pass over them can be off by ±30%), the limit among them."""
+    (on a shared machine one pass over them can be off by ±30%), the streaming kernel among them.
+    The limit is the faster of that kernel and torch's fused step."""
     rng = np.random.default_rng(0)
     results = []
     for millions in sizes:
@@ -250,7 +251,9 @@ def step(sizes=(1, 10, 50), repeats: int = 10, rounds: int = 3, log=print) -> li
             for name, fn in paths.items():
                 seconds[name].append(median_seconds(fn, repeats))
         speeds = {name: count / statistics.median(times) for name, times in seconds.items()}
-        limit = speeds.pop(LIMIT)
+        # A ceiling no Adam step beat in this run: the 28 bytes streamed, or torch's fused step where
+        # it moved them faster (one pass over the paths can catch the stream on a slow moment).
+        limit = max(speeds.pop(LIMIT), speeds["torch.optim.Adam fused"])
         for backend in ("jax", "torch"):
             speeds.update(backend_steps(backend, millions, repeats, log))
         torch_fused = speeds["torch.optim.Adam fused"]
