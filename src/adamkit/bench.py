@@ -244,8 +244,13 @@ def step(sizes=(1, 10, 50), repeats: int = 10, rounds: int = 3, log=print) -> li
     for millions in sizes:
         shapes = parameter_shapes(millions)
         count = sum(int(np.prod(s)) for s in shapes)
-        paths = {LIMIT: stream_step(count), **tensorflow_steps(shapes, rng),
-                 **torch_steps(shapes, rng), **optax_steps(shapes, rng)}
+        try:
+            paths = {LIMIT: stream_step(count)}
+        except (RuntimeError, OSError) as error:  # no compiler: torch's fused step is the ceiling
+            log(f"(the streaming kernel could not be built: {error}; the limit row is torch fused)")
+            paths = {}
+        paths.update({**tensorflow_steps(shapes, rng), **torch_steps(shapes, rng),
+                      **optax_steps(shapes, rng)})
         seconds = {name: [] for name in paths}
         for _ in range(rounds):
             for name, fn in paths.items():
@@ -253,7 +258,7 @@ def step(sizes=(1, 10, 50), repeats: int = 10, rounds: int = 3, log=print) -> li
         speeds = {name: count / statistics.median(times) for name, times in seconds.items()}
         # A ceiling no Adam step beat in this run: the 28 bytes streamed, or torch's fused step where
         # it moved them faster (one pass over the paths can catch the stream on a slow moment).
-        limit = max(speeds.pop(LIMIT), speeds["torch.optim.Adam fused"])
+        limit = max(speeds.pop(LIMIT, 0.0), speeds["torch.optim.Adam fused"])
         for backend in ("jax", "torch"):
             speeds.update(backend_steps(backend, millions, repeats, log))
         torch_fused = speeds["torch.optim.Adam fused"]
