@@ -289,6 +289,11 @@ def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict)
                     settings.keep)
 
 
+def batches_per_epoch(examples: int, batch_size: int) -> int:
+    """Batches in an epoch, the last one possibly short."""
+    return -(-examples // batch_size)
+
+
 def remaining_epochs(settings: TrainSettings, position: dict, examples: int, log):
     """Yields (epoch, first batch, order of the examples) for each epoch still to run, announcing
     it. Epoch e's order is a permutation drawn from (seed, e) alone, so a run can stop and resume at
@@ -358,7 +363,7 @@ def fit_multi_worker(model, strategy, settings: TrainSettings, train_data, valid
             lambda context: parts[context.replica_id_in_sync_group])
 
     history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
-    batches = -(-len(x) // settings.batch_size)
+    batches = batches_per_epoch(len(x), settings.batch_size)
     for epoch, first, order in remaining_epochs(settings, position, len(x), log):
         loss_sum = right_sum = seen = 0.0
         started = time.perf_counter()
@@ -432,7 +437,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
     keras.mixed_precision.set_global_policy(settings.precision)
     with distribution_scope(settings.distribute, log):
         model = seed_model(settings.dropout)
-        steps = settings.epochs * -(-len(x_train) // settings.batch_size)
+        steps = settings.epochs * batches_per_epoch(len(x_train), settings.batch_size)
         optimizer = make_optimizer(settings.optimizer, settings.hyperparameters,
                                    settings.schedule, steps)
         model.compile(

@@ -110,23 +110,32 @@ class Adam(AdamFamily):
         update = direction(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, new_state
 
+    def _hyperparameters(self, step, learning_rate) -> dict:
+        """The kernels' keyword arguments besides the tensors and the decay."""
+        return dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
+                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode)
+
+    def _kernel_state(self, variable, gradient, slots) -> dict | None:
+        """The state variables by name, where the kernel can take this variable with plain
+        (float or bfloat16) state; else None."""
+        if not all(isinstance(s, PlainSlot) for s in slots.values()):
+            return None
+        state = {name: slot.variable for name, slot in slots.items()}
+        return state if self._kernel.supports(variable, gradient, state) else None
+
     def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
         if self._kernel is None:
             return False
-        hyper = dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1,
-                     beta_2=self.beta_2, epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
-                     decay=decay)
+        hyper = self._hyperparameters(step, learning_rate)
         if all(isinstance(s, QuantizedSlot) for s in slots.values()):
             if not self._kernel.supports_8bit(variable):
                 return False
-            self._kernel.apply_adam_8bit(variable, gradient, slots, **hyper)
+            self._kernel.apply_adam_8bit(variable, gradient, slots, decay=decay, **hyper)
             return True
-        if not all(isinstance(s, PlainSlot) for s in slots.values()):
+        state = self._kernel_state(variable, gradient, slots)
+        if state is None:
             return False
-        state = {name: slot.variable for name, slot in slots.items()}
-        if not self._kernel.supports(variable, gradient, state):
-            return False
-        self._kernel.apply_adam(variable, gradient, state, **hyper)
+        self._kernel.apply_adam(variable, gradient, state, decay=decay, **hyper)
         return True
 
     def update_together(self, grads_and_variables, learning_rate):
@@ -138,11 +147,10 @@ class Adam(AdamFamily):
             return grads_and_variables
         groups, rest = {}, []
         for gradient, variable in grads_and_variables:
-            slots = self.slots_of(variable)
-            state = {name: slot.variable for name, slot in slots.items()
-                     if isinstance(slot, PlainSlot)}
-            if (gradient is None or sparse.is_sparse(gradient) or len(state) != len(slots)
-                    or not kernel.supports(variable, gradient, state)):
+            state = None
+            if gradient is not None and not sparse.is_sparse(gradient):
+                state = self._kernel_state(variable, gradient, self.slots_of(variable))
+            if state is None:
                 rest.append((gradient, variable))
                 continue
             key = (variable.dtype, state["momentum"].dtype)
@@ -154,9 +162,8 @@ class Adam(AdamFamily):
             decay = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
             kernel.apply_adam_together(
                 [v for _, v, _ in members], [g for g, _, _ in members], [s for _, _, s in members],
-                step=ops.cast(step, dtype), learning_rate=rate, beta_1=self.beta_1,
-                beta_2=self.beta_2, epsilon=self.epsilon, epsilon_mode=self.epsilon_mode,
-                decays=[decay if self._decays(v) else None for _, v, _ in members])
+                decays=[decay if self._decays(v) else None for _, v, _ in members],
+                **self._hyperparameters(ops.cast(step, dtype), rate))
         return rest
 
     def get_config(self) -> dict:
