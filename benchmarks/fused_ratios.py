@@ -2,10 +2,12 @@
 (on a shared machine one timing of each can be off by ±30%; the median of per-round ratios is not).
 
     python benchmarks/fused_ratios.py [--sizes 10 50] [--rounds 7]
+                                      [--paths tf.function XLA]
 
-1. adamkit (Adam, AdamW, AMSGrad; tf.function, its own kernel) against torch.optim's fused
-   counterpart: adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (an Adam
-   step's bytes streamed, ``adamkit.bench.stream_step``): adamkit / limit (1 = at the limit).
+1. adamkit (Adam, AdamW, AMSGrad; under tf.function its own op, under XLA its custom call)
+   against torch.optim's fused counterpart: adamkit / torch (> 1: adamkit faster), and against
+   the bandwidth limit (an Adam step's bytes streamed, ``adamkit.bench.stream_step``):
+   adamkit / limit (1 = at the limit).
 2. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
@@ -41,12 +43,16 @@ def torch_fused(name: str, shapes):
     return torch.optim.Adam(params, amsgrad=name == "AMSGrad", fused=True).step
 
 
+PATHS = {"tf.function": False, "XLA": True}  # path -> jit_compile
+
+
 def main() -> None:
     import tensorflow as tf
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     ours = {"Adam": adamkit.Adam, "AdamW": lambda: adamkit.AdamW(weight_decay=0.01),
@@ -55,11 +61,13 @@ def main() -> None:
         shapes = parameter_shapes(millions)
         grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
         limit = stream_step(sum(int(np.prod(s)) for s in shapes))
-        for name, make in ours.items():
-            step = compiled_apply(make(), shapes, grads)
-            report(f"{millions}M {name:8} adamkit / torch fused",
-                   alternate(step, torch_fused(name, shapes), args.rounds))
-            report(f"{millions}M {name:8} adamkit / limit", alternate(step, limit, args.rounds))
+        for path in args.paths:
+            for name, make in ours.items():
+                step = compiled_apply(make(), shapes, grads, jit=PATHS[path])
+                label = f"{millions}M {name:8} {path:11} adamkit"
+                report(f"{label} / torch fused",
+                       alternate(step, torch_fused(name, shapes), args.rounds))
+                report(f"{label} / limit", alternate(step, limit, args.rounds))
         report(f"{millions}M torch fused Adam / limit",
                alternate(torch_fused("Adam", shapes), limit, args.rounds))
         float32 = compiled_apply(adamkit.Adam(), shapes, grads)

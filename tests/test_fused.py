@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -48,10 +50,11 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
 
     step_fused, step_plain = compiled(fused, vars_fused), compiled(plain, vars_plain)
 
-    # adamkit's kernel (tf.function) forms every scalar in double: float32 rounding only. Under XLA
-    # TensorFlow's kernel runs instead; in float32 it forms 1 − β2 from β2's float32 value
-    # (0.99900001…), so its v differs from the ops path's by 1.3e-5 relative: β2's own rounding.
-    own_kernel = not jit and kernel.custom_kernel() is not None
+    # adamkit's kernel (its op, or under XLA its custom call) forms every scalar in double: float32
+    # rounding only. Where it cannot be built TensorFlow's kernel runs; in float32 it forms 1 − β2
+    # from β2's float32 value (0.99900001…), so its v differs from the ops path's by 1.3e-5
+    # relative: β2's own rounding.
+    own_kernel = kernel.xla_kernel() if jit else kernel.custom_kernel() is not None
     rtol = (2e-6 if own_kernel else 2e-5) if dtype == "float32" else 1e-12
     if "state_dtype" in kwargs and dtype == "float64":
         pytest.skip("float64 parameters keep float64 math; compressed state is for float32 ones")
@@ -71,7 +74,11 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
             if a.dtype in ("int8", "bfloat16") or a.path.endswith("absmax"):
                 np.testing.assert_array_equal(a.numpy(), b.numpy(), f"{config} {a.path}")
     ops_run = {op.type for op in step_fused.get_concrete_function(grads).graph.get_operations()}
-    if own_kernel:  # the fast path really ran (and not the ops path twice)
+    if own_kernel and jit:  # XLA: one custom call for the float-state variables (int8 state
+        # leaves the three small ones in float32); compressed state takes the ops path
+        expected = {"bfloat16": [], "int8": [3]}.get(kwargs.get("state_dtype"), [4])
+        assert xla_launches(step_fused, grads) == expected
+    elif own_kernel:  # the fast path really ran (and not the ops path twice)
         int8 = kwargs.get("state_dtype") == "int8"
         assert ("AdamkitApplyAdam8bit" if int8 else "AdamkitApplyAdam") in ops_run
         if not int8:  # the four variables in one launch
@@ -87,7 +94,15 @@ def launches(step, *args) -> list[int]:
                   if op.type == "AdamkitApplyAdam")
 
 
-def test_one_launch_per_dtype_and_per_variable_where_it_must(rng):
+def xla_launches(step, *args) -> list[int]:
+    """How many variables each adamkit_adam custom call of a step compiled by XLA updates."""
+    hlo = step.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="adamkit_adam"' in line]
+    return sorted(int(re.search(r"\bn = (\d+)", line).group(1)) for line in calls)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "xla"])
+def test_one_launch_per_dtype_and_per_variable_where_it_must(jit, rng):
     """float32 and float64 variables each in one launch; a sparse gradient's variable on its own
     (update_step's path); per-variable weight decay (AdamW, exclude_1d) inside the launch."""
     import tensorflow as tf
@@ -101,7 +116,8 @@ def test_one_launch_per_dtype_and_per_variable_where_it_must(rng):
                                   fused=fused)
         variables = [keras.Variable(x, dtype=d) for x, (_, d) in zip(initial, shapes_dtypes)]
         optimizer.build(variables)
-        return optimizer, variables, tf.function(lambda g: optimizer.apply(g, variables))
+        step = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=jit)
+        return optimizer, variables, step
 
     (fused, vars_fused, step_fused), (plain, vars_plain, step_plain) = setup(True), setup(False)
     for t in range(10):
@@ -116,7 +132,8 @@ def test_one_launch_per_dtype_and_per_variable_where_it_must(rng):
     for name, values in fused.state_values().items():
         for a, b in zip(values, plain.state_values()[name]):
             assert_close(a.numpy(), b.numpy(), 2e-6, name)
-    assert launches(step_fused, grads) == [1, 2, 2]  # the sparse one; float32 pair; float64 pair
+    # the sparse one; the float32 pair; the float64 pair
+    assert (xla_launches if jit else launches)(step_fused, grads) == [1, 2, 2]
 
 
 def test_sixteen_bit_variables_take_the_float32_ops_path(rng):

@@ -4,9 +4,14 @@ adamkit's own kernel (``adam_op.cc``, one vectorised multi-threaded pass; measur
 with ``torch.optim.Adam(fused=True)``, see benchmarks/README.md) is compiled against the installed
 TensorFlow with the system's C++ compiler on first use and cached in
 ``$ADAMKIT_CACHE/kernels`` (default ``~/.cache/adamkit``). Where it cannot be built (no compiler,
-headers missing) adamkit says why once and uses TensorFlow's own kernel instead, described below;
-under XLA (``jit_compile=True``), which cannot run a custom op, it uses TensorFlow's kernel too.
-``ADAMKIT_BUILD_KERNEL=0`` skips the build. With one device (no tf.distribute strategy) the
+headers missing) adamkit says why once and uses TensorFlow's own kernel instead, described below.
+XLA (``jit_compile=True``) cannot run a TensorFlow op; there the same loop runs as an XLA custom
+call (``adam_ffi.cc``, built the same way and registered with TensorFlow's XLA through its FFI),
+placed by an ``XlaCallModule`` op whose StableHLO module holds the one call: XLA hands it the
+buffers of θ, m, v to update in place, where XLA's own lowering of the ops path computes m, v and
+θ in three loops (40 bytes per parameter instead of 28). It covers float32/float64 state on the
+CPU; bfloat16 and 8-bit state take the ops path under XLA. ``ADAMKIT_BUILD_KERNEL=0`` skips both
+builds. With one device (no tf.distribute strategy) the
 optimizer hands it every float variable of a step at once (``apply_adam_together``): the scalars
 are formed once and one launch covers all, split across the CPU threads as one index space; under
 a strategy, for sparse gradients and for 8-bit state it runs per variable. The same library holds
@@ -29,6 +34,8 @@ tests hold the two paths to that.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -39,12 +46,15 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from tensorflow.compiler.mlir.stablehlo import stablehlo
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 from tensorflow.python.ops import control_flow_util
 
 from adamkit import ops as adam_ops
 from adamkit import state as state_storage
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
+FFI_SOURCE = Path(__file__).with_name("adam_ffi.cc")  # the XLA custom call
 _LIBRARY: dict[str, object] = {}
 
 # 16-bit variables take the ops path, which computes in float32.
@@ -70,7 +80,7 @@ def supports(variable, gradient, state) -> bool:
         return False
     if stored == {tf.bfloat16} and dtype == tf.float32:
         return not _in_xla() and custom_kernel() is not None
-    if "velocity_hat" in state and _in_xla():
+    if "velocity_hat" in state and _in_xla() and not xla_kernel():
         return False  # TensorFlow has no XLA kernel for ResourceApplyAdamWithAmsgrad
     return stored == {dtype}
 
@@ -85,12 +95,20 @@ def build_library() -> Path:
     return compile_library(SOURCE, [*flags, "-ffp-contract=off"], salt=tf.__version__)
 
 
+def build_xla_library() -> Path:
+    """Compiles ``adam_ffi.cc`` against this TensorFlow's XLA, registering itself when loaded."""
+    flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    return compile_library(FFI_SOURCE, [*flags, "-ffp-contract=off",
+                                        "-DADAMKIT_REGISTER_WITH_TENSORFLOW"], salt=tf.__version__)
+
+
 def compile_library(source: Path, options: list[str], salt: str = "") -> Path:
     """``source`` built as a shared library with the system's C++ compiler, once: cached under
-    ``cache_dir()`` by source, options and ``salt``; an atomic rename publishes it."""
+    ``cache_dir()`` by source (with the headers beside it), options and ``salt``; an atomic rename
+    publishes it."""
     options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
                "-w", *options]
-    text = source.read_bytes()
+    text = b"".join(f.read_bytes() for f in [source, *sorted(source.parent.glob("*.h"))])
     key = hashlib.sha256(text + " ".join([*options, salt]).encode()).hexdigest()
     target = cache_dir() / f"{source.stem}-{key[:16]}.so"
     if target.exists():
@@ -122,6 +140,21 @@ def custom_kernel():
     return _LIBRARY["module"]
 
 
+def xla_kernel() -> bool:
+    """Whether adamkit's XLA custom call (``adam_ffi.cc``) is registered with TensorFlow's XLA:
+    built and loaded on first use, for XLA on the CPU (no GPU visible); says once why not."""
+    if "xla" not in _LIBRARY:
+        _LIBRARY["xla"] = None
+        if (os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0"
+                and not tf.config.list_logical_devices("GPU")):
+            try:
+                _LIBRARY["xla"] = ctypes.CDLL(str(build_xla_library()))  # registers on load
+            except (RuntimeError, OSError) as error:
+                print(f"adamkit: could not build the XLA Adam kernel ({error}); under XLA "
+                      "adamkit runs the ops path (slower).", file=sys.stderr)
+    return _LIBRARY["xla"] is not None
+
+
 def _in_xla() -> bool:
     graph = tf.compat.v1.get_default_graph()
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph)
@@ -131,8 +164,7 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
                epsilon_mode, decay=None):
     """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place,
     after θ ← θ·decay when ``decay`` (the decoupled weight decay's factor) is given."""
-    module = None if _in_xla() else custom_kernel()
-    if module is not None:  # the decay happens inside the same pass
+    if _fused_here():  # the decay happens inside the same pass
         return apply_adam_together([variable], [gradient], [state], step=step,
                                    learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                                    epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay])
@@ -164,26 +196,83 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
 
 
 def can_apply_together() -> bool:
-    """Whether ``apply_adam_together`` can run here: adamkit's kernel, outside XLA, and no
-    tf.distribute strategy (whose per-variable updates Keras's own loop does)."""
-    return not tf.distribute.has_strategy() and not _in_xla() and custom_kernel() is not None
+    """Whether ``apply_adam_together`` can run here: adamkit's kernel (its XLA custom call under
+    XLA) and no tf.distribute strategy (whose per-variable updates Keras's own loop does)."""
+    return not tf.distribute.has_strategy() and _fused_here()
+
+
+def _fused_here() -> bool:
+    """adamkit's kernel for where this code runs: its XLA custom call under XLA, else its op."""
+    return xla_kernel() if _in_xla() else custom_kernel() is not None
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
                         epsilon, epsilon_mode, decays):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``) on several variables of
     one dtype whose states share one storage dtype, in one launch of adamkit's kernel; each
-    variable first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel,
-    outside XLA; under a tf.distribute strategy, one variable per call."""
+    variable first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel
+    (under XLA its custom call, state in the variables' dtype); under a tf.distribute strategy,
+    one variable per call."""
     dtype = tf.as_dtype(variables[0].dtype)
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays)
     amsgrad = "velocity_hat" in states[0]
+    if _in_xla():
+        return _apply_adam_xla(variables, gradients, states, scalars, amsgrad)
     return custom_kernel().adamkit_apply_adam(
         [_handle(v) for v in variables], [_handle(s["momentum"]) for s in states],
         [_handle(s["velocity"]) for s in states],
         [_handle(s["velocity_hat"] if amsgrad else s["velocity"]) for s in states],
         [tf.cast(tf.convert_to_tensor(g), dtype) for g in gradients], scalars,
         tf.cast(step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), amsgrad=amsgrad)
+
+
+def _apply_adam_xla(variables, gradients, states, scalars, amsgrad):
+    """The step as one XLA custom call (``adamkit_adam``) inside an ``XlaCallModule``: XLA hands
+    it the buffers of θ, m, v (and v̂max) to update in place, then assigns the results back."""
+    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    updated = [tf_variable(v) for v in variables]
+    updated += [tf_variable(s[name]) for name in names for s in states]
+    dtype = tf.as_dtype(variables[0].dtype)
+    module = _xla_module(tuple(tuple(v.shape) for v in variables), dtype.name, amsgrad)
+    results = gen_xla_ops.xla_call_module(
+        [u.read_value() for u in updated] + [tf.cast(tf.convert_to_tensor(g), dtype)
+                                            for g in gradients] + [scalars],
+        version=9, module=module, Sout=[u.shape for u in updated], Tout=[dtype] * len(updated),
+        platforms=["CPU"])
+    return tf.group([u.assign(r) for u, r in zip(updated, results)])
+
+
+@functools.lru_cache(maxsize=64)
+def _xla_module(shapes: tuple, dtype: str, amsgrad: bool) -> bytes:
+    """The StableHLO module (portable artifact) whose one op is the ``adamkit_adam`` custom call
+    for variables of these shapes: operands θ…, m…, v…, [v̂max…], g…, scalars; results θ, m, v,
+    [v̂max], each aliased to its operand."""
+    element = {"float32": "f32", "float64": "f64"}[dtype]
+
+    def tensor(shape):
+        return "tensor<" + "".join(f"{d}x" for d in shape) + element + ">"
+
+    n = len(shapes)
+    updated = [tensor(s) for s in shapes] * (4 if amsgrad else 3)
+    operands = [*updated, *(tensor(s) for s in shapes), tensor((n, 6))]
+    arguments = [f"%a{i}" for i in range(len(operands))]
+    aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{j}], "
+                        f"operand_index = {j}, operand_tuple_indices = []>"
+                        for j in range(len(updated)))
+    results = ", ".join(updated)
+    signature = ", ".join(f"{a}: {t}" for a, t in zip(arguments, operands))
+    attributes = (f"api_version = 4 : i32, backend_config = {{amsgrad = {str(amsgrad).lower()}, "
+                  f"n = {n} : i64}}, output_operand_aliases = [{aliases}]")
+    text = "\n".join([
+        "module @adamkit attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {",
+        f"  func.func public @main({signature}) -> ({results}) {{",
+        f"    %r:{len(updated)} = stablehlo.custom_call @adamkit_adam({', '.join(arguments)}) "
+        f"{{{attributes}}} : ({', '.join(operands)}) -> ({results})",
+        f"    return {', '.join(f'%r#{j}' for j in range(len(updated)))} : {results}",
+        "  }",
+        "}",
+    ])
+    return stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
 
 
 def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays):

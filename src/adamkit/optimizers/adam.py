@@ -48,7 +48,7 @@ class Adam(AdamFamily):
         epsilon_mode: ``"paper"`` (Algorithm 1, the default) or ``"keras"`` (ε̂, as Keras).
         fused: run the whole step of float32/float64 variables as a fused kernel: adamkit's
             own on TensorFlow (``adamkit.kernels.tensorflow``; on one device one launch for all
-            variables of a dtype), PyTorch's per variable on the torch backend
+            variables of a dtype, under XLA as a custom call), PyTorch's per variable on the torch backend
             (``adamkit.kernels.pytorch``, ``epsilon_mode="paper"``). ``None`` (default):
             wherever it applies; ``False``: always the plain ``adamkit.ops`` path; ``True``:
             require the backend to have one.
