@@ -13,7 +13,9 @@ import pytest
 from conftest import BACKEND
 
 HERE = Path(__file__).resolve().parent
-PORTABLE = ["test_family.py", "test_adam.py", "test_lazy.py", "test_state.py"]
+PORTABLE = [
+    "test_family.py", "test_adam.py", "test_lazy.py", "test_state.py", "test_kernels.py"
+]
 
 
 @pytest.mark.slow

@@ -177,40 +177,43 @@ def backend_steps(backend: str, millions: int, repeats: int, log=print) -> dict:
     return {f"{name}, {label}": speed for name, speed in speeds.items()}
 
 
+def backend_stepper(optimizer, shapes, grads):
+    """One step of ``optimizer`` on fresh zero variables of ``shapes``, as the current Keras
+    backend's trainer runs it: on JAX ``stateless_apply`` under ``jax.jit`` with the state
+    donated; on PyTorch ``apply``."""
+    variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
+    optimizer.build(variables)
+    if keras.backend.backend() != "jax":
+        return lambda: optimizer.apply(grads, variables)
+    import jax
+
+    # Gradients are arguments: closed over, jit would fold them into the program as constants.
+    # The outputs come back in the donated inputs' order (as in Keras's own train step): jax
+    # pairs donated buffers with outputs in order, and stateless_apply's (params, state) order
+    # would pair θ with m, m with v, v with θ — four extra array copies per variable, which
+    # made both rows read ~4× slow (230 against 945 Mparam/s at 10M) before session 4.
+    def apply(state, g, params):
+        new_params, new_state = optimizer.stateless_apply(state, g, params)
+        return new_state, new_params
+
+    update = jax.jit(apply, donate_argnums=(0, 2))
+    held = [[v.value for v in optimizer.variables], [v.value for v in variables]]
+
+    def step():
+        held[0], held[1] = update(held[0], grads, held[1])
+        jax.block_until_ready(held[1])
+
+    return step
+
+
 def backend_child(millions: int, repeats: int) -> None:
     """In a process whose Keras runs on JAX or PyTorch: prints ``{row name: parameters/s}`` as JSON."""
-    backend = keras.backend.backend()
     shapes = parameter_shapes(millions)
     count = sum(int(np.prod(s)) for s in shapes)
     rng = np.random.default_rng(0)
     grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32)) for s in shapes]
 
-    def stepper(optimizer):
-        variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
-        optimizer.build(variables)
-        if backend != "jax":
-            return lambda: optimizer.apply(grads, variables)
-        import jax
-
-        # Gradients are arguments: closed over, jit would fold them into the program as constants.
-        # The outputs come back in the donated inputs' order (as in Keras's own train step): jax
-        # pairs donated buffers with outputs in order, and stateless_apply's (params, state) order
-        # would pair θ with m, m with v, v with θ — four extra array copies per variable, which
-        # made both rows read ~4× slow (230 against 945 Mparam/s at 10M) before session 4.
-        def apply(state, g, params):
-            new_params, new_state = optimizer.stateless_apply(state, g, params)
-            return new_state, new_params
-
-        update = jax.jit(apply, donate_argnums=(0, 2))
-        held = [[v.value for v in optimizer.variables], [v.value for v in variables]]
-
-        def step():
-            held[0], held[1] = update(held[0], grads, held[1])
-            jax.block_until_ready(held[1])
-
-        return step
-
-    speeds = {name: count / median_seconds(stepper(make()), repeats)
+    speeds = {name: count / median_seconds(backend_stepper(make(), shapes, grads), repeats)
               for name, make in BACKEND_PATHS.items()}
     print(json.dumps(speeds))
 
@@ -222,7 +225,7 @@ def stream_step(count: int):
     import ctypes
     from pathlib import Path
 
-    from adamkit.kernels.tensorflow import compile_library
+    from adamkit.kernels.build import compile_library
 
     source = Path(__file__).with_name("kernels") / "stream.cc"
     stream = ctypes.CDLL(str(compile_library(source, ["-fopenmp"]))).adamkit_stream

@@ -36,12 +36,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import keras
@@ -52,6 +48,7 @@ from tensorflow.python.ops import control_flow_util
 
 from adamkit import ops as adam_ops
 from adamkit import state as state_storage
+from adamkit.kernels.build import compile_library
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
 FFI_SOURCE = Path(__file__).with_name("adam_ffi.cc")  # the XLA custom call
@@ -85,10 +82,6 @@ def supports(variable, gradient, state) -> bool:
     return stored == {dtype}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ADAMKIT_CACHE", Path.home() / ".cache" / "adamkit")) / "kernels"
-
-
 def build_library() -> Path:
     """Compiles ``adam_op.cc`` for this TensorFlow (once: cached by source, flags and version)."""
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
@@ -100,31 +93,6 @@ def build_xla_library() -> Path:
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     return compile_library(FFI_SOURCE, [*flags, "-ffp-contract=off",
                                         "-DADAMKIT_REGISTER_WITH_TENSORFLOW"], salt=tf.__version__)
-
-
-def compile_library(source: Path, options: list[str], salt: str = "") -> Path:
-    """``source`` built as a shared library with the system's C++ compiler, once: cached under
-    ``cache_dir()`` by source (with the headers beside it), options and ``salt``; an atomic rename
-    publishes it."""
-    options = ["-shared", "-fPIC", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-               "-w", *options]
-    text = b"".join(f.read_bytes() for f in [source, *sorted(source.parent.glob("*.h"))])
-    key = hashlib.sha256(text + " ".join([*options, salt]).encode()).hexdigest()
-    target = cache_dir() / f"{source.stem}-{key[:16]}.so"
-    if target.exists():
-        return target
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
-        built = Path(folder) / target.name
-        result = subprocess.run([compiler, str(source), "-o", str(built), *options],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-800:]}")
-        os.replace(built, target)  # atomic: a concurrent build never sees half a library
-    return target
 
 
 def custom_kernel():

@@ -48,7 +48,8 @@ class Adam(AdamFamily):
         epsilon_mode: ``"paper"`` (Algorithm 1, the default) or ``"keras"`` (ε̂, as Keras).
         fused: run the whole step of float32/float64 variables as a fused kernel: adamkit's
             own on TensorFlow (``adamkit.kernels.tensorflow``; on one device one launch for all
-            variables of a dtype, under XLA as a custom call), PyTorch's per variable on the torch backend
+            variables of a dtype, under XLA as a custom call), the same loop as an XLA custom call
+            on JAX (``adamkit.kernels.jax``), PyTorch's per variable on the torch backend
             (``adamkit.kernels.pytorch``, ``epsilon_mode="paper"``). ``None`` (default):
             wherever it applies; ``False``: always the plain ``adamkit.ops`` path; ``True``:
             require the backend to have one.
@@ -76,9 +77,9 @@ class Adam(AdamFamily):
         if fused is not None:
             check_bool("fused", fused)
         backend = keras.backend.backend()
-        if fused and backend not in ("tensorflow", "torch"):
+        if fused and backend not in ("tensorflow", "jax", "torch"):
             raise ValueError(
-                f"`fused=True` needs the TensorFlow or PyTorch backend; this is {backend}. "
+                f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
                 "Use fused=None (the fast path wherever it exists) or fused=False."
             )
         if fused and backend == "torch" and self.epsilon_mode != "paper":
@@ -88,6 +89,10 @@ class Adam(AdamFamily):
         self._kernel = None
         if fused is not False and backend == "tensorflow":
             from adamkit.kernels import tensorflow as kernel
+
+            self._kernel = kernel
+        elif fused is not False and backend == "jax":
+            from adamkit.kernels import jax as kernel
 
             self._kernel = kernel
         elif fused is not False and backend == "torch" and self.epsilon_mode == "paper":
@@ -139,11 +144,11 @@ class Adam(AdamFamily):
         return True
 
     def update_together(self, grads_and_variables, learning_rate):
-        # TensorFlow, one device: every float variable with plain state, grouped by dtype and
-        # state dtype, in one kernel launch per group. Under a tf.distribute strategy Keras's
-        # per-variable loop does the cross-replica work, so the variables go there.
+        # TensorFlow on one device, and JAX: every float variable with plain state, grouped by
+        # dtype and state dtype, in one kernel launch per group. Under a tf.distribute strategy
+        # Keras's per-variable loop does the cross-replica work, so the variables go there.
         kernel = self._kernel
-        if kernel is None or not kernel.can_apply_together():
+        if kernel is None or self.masks_dense_gradients() or not kernel.can_apply_together():
             return grads_and_variables
         groups, rest = {}, []
         for gradient, variable in grads_and_variables:

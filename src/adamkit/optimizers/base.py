@@ -247,6 +247,11 @@ class AdamFamily(keras.optimizers.Optimizer):
         ``decay``: the factor 1 − αₜλ to multiply θ by first, or None."""
         return False
 
+    def masks_dense_gradients(self) -> bool:
+        """Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they
+        are (the fused paths do not mask)."""
+        return self.lazy and keras.backend.backend() != "tensorflow"
+
     def update_step(self, gradient, variable, learning_rate):
         # 16-bit parameters are updated in float32 so that ε and the moments never underflow.
         dtype = state_storage.compute_dtype(variable)
@@ -256,8 +261,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         if self.lazy and sparse.is_sparse(gradient):
             sparse.lazy_sparse_step(self, gradient, variable, slots, step, learning_rate, dtype)
             return
-        # Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they are.
-        masked = self.lazy and keras.backend.backend() != "tensorflow"
+        masked = self.masks_dense_gradients()
         decays = self._decays(variable) and not masked
         if not masked:
             decay = self._decay_factor(learning_rate, dtype) if decays else None

@@ -1,0 +1,79 @@
+"""Ratios on Keras's JAX backend, alternating the two sides round after round (one timing of each
+can be off by ±30% on a shared machine; the median of per-round ratios is steadier).
+
+    python benchmarks/jax_ratios.py [--sizes 10 50] [--rounds 7]
+
+Each optimizer runs as Keras's JAX trainer runs it (``stateless_apply`` under ``jax.jit``, state
+donated; ``adamkit.bench.backend_stepper``). Rows, > 1 meaning the first is faster:
+adamkit (Adam, AdamW, AMSGrad; its XLA custom call) / ``keras.optimizers`` counterpart, adamkit /
+adamkit's ops path (``fused=False``), adamkit / optax under jit, and adamkit / the bandwidth limit
+(an Adam step's bytes streamed, ``adamkit.bench.stream_step``; 1 = at the limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import adamkit  # noqa: E402
+from adamkit.bench import (  # noqa: E402
+    backend_stepper,
+    median_seconds,
+    optax_steps,
+    parameter_shapes,
+    stream_step,
+)
+
+
+def alternate(ours, theirs, rounds: int) -> list[float]:
+    """Per-round ratio time(theirs) / time(ours), the two timed back to back each round."""
+    return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+
+
+def report(label: str, ratios: list[float]) -> None:
+    print(f"{label}: median {statistics.median(ratios):.2f}× "
+          f"(rounds {min(ratios):.2f}–{max(ratios):.2f})", flush=True)
+
+
+OURS = {  # name → (adamkit's, Keras's counterpart)
+    "Adam": (lambda **k: adamkit.Adam(**k), lambda: keras.optimizers.Adam()),
+    "AdamW": (lambda **k: adamkit.AdamW(**k), lambda: keras.optimizers.AdamW()),
+    "AMSGrad": (lambda **k: adamkit.Adam(amsgrad=True, **k),
+                lambda: keras.optimizers.Adam(amsgrad=True)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    if keras.backend.backend() != "jax":
+        parser.error(f"KERAS_BACKEND is {keras.backend.backend()}; this script measures JAX")
+    rng = np.random.default_rng(0)
+    for millions in args.sizes:
+        shapes = parameter_shapes(millions)
+        grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32))
+                 for s in shapes]
+        limit = stream_step(sum(int(np.prod(s)) for s in shapes))
+        optax = optax_steps(shapes, rng).get("optax adam, jax.jit")
+        for name, (ours, keras_counterpart) in OURS.items():
+            step = backend_stepper(ours(), shapes, grads)
+            label = f"{millions}M {name:8} adamkit"
+            report(f"{label} / keras", alternate(
+                step, backend_stepper(keras_counterpart(), shapes, grads), args.rounds))
+            report(f"{label} / adamkit ops path", alternate(
+                step, backend_stepper(ours(fused=False), shapes, grads), args.rounds))
+            if name == "Adam" and optax is not None:
+                report(f"{label} / optax", alternate(step, optax, args.rounds))
+            report(f"{label} / limit", alternate(step, limit, args.rounds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""JAX backend: the whole Adam/AMSGrad step of all float variables as one XLA custom call.
+
+XLA compiles adamkit's ops path (and Keras's Adam) to three loops per variable — m, v, then θ
+reading both back — 40 bytes of memory traffic per parameter where an Adam step needs 28. Here
+the step is adamkit's own loop (``adam_ffi.cc``, shared with the TensorFlow kernels), compiled
+against jaxlib's XLA FFI headers on first use, cached like the TensorFlow kernel, and registered
+with ``jax.ffi.register_ffi_target``. ``jax.ffi.ffi_call`` places it in the traced step with θ, m,
+v (and v̂max) aliased to its results, so under ``jax.jit`` with the state donated (as Keras's JAX
+trainer does) XLA updates them in place; one call covers every variable of a dtype, split across
+XLA's CPU threads as one index space.
+
+It covers float32 (float64 with ``jax_enable_x64``) parameters with state in the same dtype on
+the CPU, Algorithm 1 and the ``"keras"`` ε form alike; bfloat16/8-bit state, sparse gradients and
+other devices take the ``adamkit.ops`` path. The scalars are formed in the parameters' dtype with
+the ops path's own functions. Where the kernel cannot be built (no compiler) adamkit says why once
+and runs the ops path; ``ADAMKIT_BUILD_KERNEL=0`` skips the build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from adamkit import ops as adam_ops
+from adamkit.kernels.build import compile_library
+
+SOURCE = Path(__file__).with_name("adam_ffi.cc")
+TARGET = "adamkit_adam"
+_LIBRARY: dict[str, object] = {}
+
+
+def build_library() -> Path:
+    """Compiles ``adam_ffi.cc`` against this jaxlib's FFI headers (once: cached)."""
+    options = ["-std=c++17", f"-I{jax.ffi.include_dir()}", "-ffp-contract=off"]
+    return compile_library(SOURCE, options, salt=f"jax {jax.__version__}")
+
+
+def custom_kernel() -> bool:
+    """Whether adamkit's custom call is registered with JAX (built and registered on first use,
+    for the CPU); says once why not."""
+    if "library" not in _LIBRARY:
+        _LIBRARY["library"] = None
+        if os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0" and jax.default_backend() == "cpu":
+            try:
+                library = ctypes.CDLL(str(build_library()))
+                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.AdamkitAdam),
+                                            platform="cpu")
+                _LIBRARY["library"] = library
+            except (RuntimeError, OSError) as error:
+                print(f"adamkit: could not build the fused Adam kernel for JAX ({error}); using "
+                      "the ops path instead (slower).", file=sys.stderr)
+    return _LIBRARY["library"] is not None
+
+
+def _dtype(x) -> str:
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def supports(variable, gradient, state) -> bool:
+    """A float32 (or, with x64, float64) variable whose state tensors share its dtype."""
+    dtype = _dtype(variable)
+    return (dtype in ("float32", "float64") and {_dtype(s) for s in state.values()} == {dtype}
+            and custom_kernel())
+
+
+def supports_8bit(variable) -> bool:
+    return False  # 8-bit state takes the portable path on this backend
+
+
+def can_apply_together() -> bool:
+    """Whether ``apply_adam_together`` can run: the kernel, and no Keras distribution (sharded
+    arrays) in effect."""
+    return keras.distribution.distribution() is None and custom_kernel()
+
+
+def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
+               epsilon_mode, decay=None):
+    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``."""
+    apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
+                        beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
+                        decays=[decay])
+
+
+def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
+                        epsilon, epsilon_mode, decays):
+    """One step of Adam (AMSGrad when the states have ``velocity_hat``) on variables of one dtype
+    with state in that dtype, as one custom call; each variable first decays by its factor in
+    ``decays`` (None: no decay)."""
+    dtype = _dtype(variables[0])
+    amsgrad = "velocity_hat" in states[0]
+    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    updated = [*variables, *(s[name] for name in names for s in states)]
+    values = [jnp.asarray(keras.ops.convert_to_tensor(u)) for u in updated]
+    grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
+    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays)
+    call = jax.ffi.ffi_call(TARGET, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
+                            input_output_aliases={i: i for i in range(len(values))})
+    results = call(*values, *grads, scalars, n=np.int64(len(variables)), amsgrad=amsgrad)
+    for variable, value in zip(updated, results):
+        variable.assign(value)
+
+
+def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays):
+    """The kernel's six scalars per variable, (len(decays), 6), in ``dtype``: the decay factor
+    (1 where None), 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε (the ``"keras"`` ε̂ as the ε it
+    amounts to after correction, ε̂/√(1 − β2ᵗ))."""
+    t = jnp.asarray(step, dtype)
+    step_size = jnp.asarray(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
+    inverse_root = jax.lax.rsqrt(adam_ops.bias_correction(beta_2, t))
+    eps = jnp.asarray(epsilon, dtype) * (inverse_root if epsilon_mode == "keras" else 1.0)
+    shared = jnp.stack([jnp.asarray(1.0 - beta_1, dtype), jnp.asarray(1.0 - beta_2, dtype),
+                        step_size, inverse_root, eps])
+    decay = jnp.stack([jnp.asarray(1.0 if d is None else d, dtype) for d in decays])
+    return jnp.concatenate([decay[:, None], jnp.tile(shared[None], (len(decays), 1))], axis=1)
+

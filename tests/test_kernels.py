@@ -1,0 +1,93 @@
+"""Every backend's fused path against the plain ops path, step for step: TensorFlow's kernel, the
+XLA custom call on JAX, PyTorch's fused kernel. (TensorFlow's tf.function and XLA paths, the
+compressed state and the launch grouping have their own tests in test_fused.py.)"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import adamkit
+from conftest import BACKEND, assert_close
+
+CONFIGS = {
+    "adam": (adamkit.Adam, {}),
+    "amsgrad": (adamkit.Adam, {"amsgrad": True}),
+    "adamw-exclude-1d": (adamkit.AdamW, {"weight_decay": 0.05, "exclude_1d": True}),
+    "keras-epsilon": (adamkit.Adam, {"epsilon_mode": "keras", "epsilon": 1e-7}),
+    "skip-nonfinite": (adamkit.Adam, {"skip_nonfinite": True}),
+}
+SHAPES = [(64,), (16, 9), (3, 4, 5), (70, 300)]
+
+
+def gradients(rng, t):
+    grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    if t == 5:
+        grads[1][2, 3] = np.nan  # skipped with skip_nonfinite (and poisons the others alike)
+    return grads
+
+
+def run(make, fused, initial, steps, seed):
+    rng = np.random.default_rng(seed)
+    variables = [keras.Variable(x) for x in initial]
+    optimizer = make(fused)
+    optimizer.build(variables)
+    history = []
+    for t in range(steps):
+        optimizer.apply(gradients(rng, t), variables)
+        history.append([keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]])
+    return optimizer, history
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_fused_path_matches_ops_path_each_step(config, rng):
+    cls, kwargs = CONFIGS[config]
+    steps = 12 if config == "skip-nonfinite" else 5  # others stop before the NaN step
+
+    def make(fused):
+        return cls(learning_rate=0.01, fused=fused, **kwargs)
+
+    initial = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    fused, history_fused = run(make, None, initial, steps, seed=7)
+    _, history_plain = run(make, False, initial, steps, seed=7)
+    assert fused._kernel is not None or (BACKEND == "torch" and config == "keras-epsilon")
+    for t, (ours, plain) in enumerate(zip(history_fused, history_plain)):
+        for a, b in zip(ours, plain):
+            if a.dtype.kind == "f":
+                assert_close(a, b, 2e-6, f"{config} at step {t + 1}")
+            else:
+                np.testing.assert_array_equal(a, b, f"{config} at step {t + 1}")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's jit with donated state")
+def test_jax_jit_runs_one_custom_call_in_place(rng):
+    """Under jax.jit with the state donated (as Keras's JAX trainer), the four variables go
+    through one adamkit_adam call whose results alias its operands, and the step equals the ops
+    path's."""
+    import jax
+
+    initial = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    results, calls = {}, {}
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, fused=fused)
+        optimizer.build(variables)
+
+        def step(params, state, g, optimizer=optimizer):
+            return optimizer.stateless_apply(state, g, params)
+
+        params = [v.value for v in variables]
+        state = [v.value for v in optimizer.variables]
+        compiled = jax.jit(step, donate_argnums=(0, 1))
+        hlo = compiled.lower(params, state, grads).compile().as_text()
+        calls[fused] = [line for line in hlo.splitlines()
+                        if 'custom_call_target="adamkit_adam"' in line]
+        for _ in range(3):
+            params, state = compiled(params, state, grads)
+        results[fused] = [np.asarray(x) for x in [*params, *state]]
+    assert len(calls[None]) == 1 and not calls[False]
+    assert "output_to_operand_aliasing" in calls[None][0]
+    for a, b in zip(results[None], results[False]):
+        assert_close(a, b, 2e-6, "θ and state after 3 jitted steps")
