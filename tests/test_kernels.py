@@ -91,3 +91,20 @@ def test_jax_jit_runs_one_custom_call_in_place(rng):
     assert "output_to_operand_aliasing" in calls[None][0]
     for a, b in zip(results[None], results[False]):
         assert_close(a, b, 2e-6, "θ and state after 3 jitted steps")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused kernel")
+def test_torch_runs_one_fused_call_for_all_variables(rng):
+    """All four float32 variables in one torch._fused_adam_ call (as torch.optim.Adam(fused=True)
+    does), counted by PyTorch's profiler; AdamW's decay applies to each variable first."""
+    import torch
+
+    variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES]
+    optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05)
+    optimizer.build(variables)
+    grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    optimizer.apply(grads, variables)  # first step outside the profile (builds nothing new)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.apply(grads, variables)
+    calls = [e for e in profile.events() if e.name == "aten::_fused_adam_"]
+    assert len(calls) == 1

@@ -1,13 +1,15 @@
-"""Ratios on Keras's JAX backend, alternating the two sides round after round (one timing of each
-can be off by ±30% on a shared machine; the median of per-round ratios is steadier).
+"""Ratios on Keras's JAX or PyTorch backend, alternating the two sides round after round (one
+timing of each can be off by ±30% on a shared machine; the median of per-round ratios is steadier).
 
-    python benchmarks/jax_ratios.py [--sizes 10 50] [--rounds 7]
+    python benchmarks/backend_ratios.py {jax,torch} [--sizes 10 50] [--rounds 7]
 
-Each optimizer runs as Keras's JAX trainer runs it (``stateless_apply`` under ``jax.jit``, state
-donated; ``adamkit.bench.backend_stepper``). Rows, > 1 meaning the first is faster:
-adamkit (Adam, AdamW, AMSGrad; its XLA custom call) / ``keras.optimizers`` counterpart, adamkit /
-adamkit's ops path (``fused=False``), adamkit / optax under jit, and adamkit / the bandwidth limit
-(an Adam step's bytes streamed, ``adamkit.bench.stream_step``; 1 = at the limit).
+Each optimizer runs as Keras's trainer on that backend runs it (on JAX ``stateless_apply`` under
+``jax.jit`` with the state donated; ``adamkit.bench.backend_stepper``). Rows, > 1 meaning the first
+is faster: adamkit (Adam, AdamW, AMSGrad; on JAX its XLA custom call, on PyTorch one call of
+torch's fused kernel) / the ``keras.optimizers`` counterpart, adamkit / adamkit's ops path
+(``fused=False``), adamkit Adam / the backend's own library (optax under jit; torch.optim.Adam
+fused), and adamkit / the bandwidth limit (an Adam step's bytes streamed,
+``adamkit.bench.stream_step``; 1 = at the limit).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+if __name__ == "__main__":  # Keras fixes its backend at import
+    os.environ["KERAS_BACKEND"] = next((a for a in sys.argv[1:2] if a in ("jax", "torch")), "jax")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,6 +33,7 @@ from adamkit.bench import (  # noqa: E402
     parameter_shapes,
     stream_step,
 )
+from fused_ratios import torch_fused  # noqa: E402
 
 
 def alternate(ours, theirs, rounds: int) -> list[float]:
@@ -51,18 +56,18 @@ OURS = {  # name → (adamkit's, Keras's counterpart)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("backend", choices=["jax", "torch"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    if keras.backend.backend() != "jax":
-        parser.error(f"KERAS_BACKEND is {keras.backend.backend()}; this script measures JAX")
     rng = np.random.default_rng(0)
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
         grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32))
                  for s in shapes]
         limit = stream_step(sum(int(np.prod(s)) for s in shapes))
-        optax = optax_steps(shapes, rng).get("optax adam, jax.jit")
+        peer = (optax_steps(shapes, rng).get("optax adam, jax.jit") if args.backend == "jax"
+                else torch_fused("Adam", shapes))
         for name, (ours, keras_counterpart) in OURS.items():
             step = backend_stepper(ours(), shapes, grads)
             label = f"{millions}M {name:8} adamkit"
@@ -70,8 +75,9 @@ def main() -> None:
                 step, backend_stepper(keras_counterpart(), shapes, grads), args.rounds))
             report(f"{label} / adamkit ops path", alternate(
                 step, backend_stepper(ours(fused=False), shapes, grads), args.rounds))
-            if name == "Adam" and optax is not None:
-                report(f"{label} / optax", alternate(step, optax, args.rounds))
+            if name == "Adam" and peer is not None:
+                peer_name = "optax" if args.backend == "jax" else "torch fused"
+                report(f"{label} / {peer_name}", alternate(step, peer, args.rounds))
             report(f"{label} / limit", alternate(step, limit, args.rounds))
 
 
