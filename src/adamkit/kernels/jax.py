@@ -10,8 +10,9 @@ trainer does) XLA updates them in place; one call covers every variable of a dty
 XLA's CPU threads as one index space.
 
 It covers float32 (float64 with ``jax_enable_x64``) parameters with state in the same dtype on
-the CPU, Algorithm 1 and the ``"keras"`` ε form alike; bfloat16/8-bit state, sparse gradients and
-other devices take the ``adamkit.ops`` path. The scalars are formed in the parameters' dtype with
+the CPU, Algorithm 1 and the ``"keras"`` ε form alike (under ``keras.distribution.DataParallel``
+one call per variable); bfloat16/8-bit state, variables sharded across devices, and other device
+types take the ``adamkit.ops`` path. The scalars are formed in the parameters' dtype with
 the ops path's own functions. Where the kernel cannot be built (no compiler) adamkit says why once
 and runs the ops path; ``ADAMKIT_BUILD_KERNEL=0`` skips the build.
 """
@@ -64,9 +65,12 @@ def _dtype(x) -> str:
 
 
 def supports(variable, gradient, state) -> bool:
-    """A float32 (or, with x64, float64) variable whose state tensors share its dtype."""
+    """A float32 (or, with x64, float64) variable whose state tensors share its dtype, not sharded
+    across devices (no Keras distribution, or data parallel: every device holds all of it)."""
     dtype = _dtype(variable)
+    distribution = keras.distribution.distribution()
     return (dtype in ("float32", "float64") and {_dtype(s) for s in state.values()} == {dtype}
+            and (distribution is None or isinstance(distribution, keras.distribution.DataParallel))
             and custom_kernel())
 
 
@@ -75,8 +79,8 @@ def supports_8bit(variable) -> bool:
 
 
 def can_apply_together() -> bool:
-    """Whether ``apply_adam_together`` can run: the kernel, and no Keras distribution (sharded
-    arrays) in effect."""
+    """Whether ``apply_adam_together`` can run: the kernel, and no Keras distribution in effect
+    (data parallel runs it per variable; sharded variables take the ops path)."""
     return keras.distribution.distribution() is None and custom_kernel()
 
 
