@@ -4,10 +4,10 @@
     python benchmarks/fused_ratios.py [--sizes 10 50] [--rounds 7]
                                       [--paths tf.function XLA]
 
-1. adamkit (Adam, AdamW, AMSGrad; under tf.function its own op, under XLA its custom call)
-   against torch.optim's fused counterpart: adamkit / torch (> 1: adamkit faster), and against
-   the bandwidth limit (an Adam step's bytes streamed, ``adamkit.bench.stream_step``):
-   adamkit / limit (1 = at the limit).
+1. adamkit (Adam, AdamW, AMSGrad, RAdam; under tf.function its own op, under XLA its custom
+   call) against torch.optim's fused counterpart (for RAdam, which has none, its foreach one):
+   adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (an Adam step's bytes
+   streamed, ``adamkit.bench.stream_step``): adamkit / limit (1 = at the limit).
 2. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
@@ -40,6 +40,8 @@ def torch_fused(name: str, shapes):
         p.grad = torch.randn(p.shape)
     if name == "AdamW":
         return torch.optim.AdamW(params, weight_decay=0.01, fused=True).step
+    if name == "RAdam":  # torch has no fused RAdam: its fastest, foreach
+        return torch.optim.RAdam(params, foreach=True).step
     return torch.optim.Adam(params, amsgrad=name == "AMSGrad", fused=True).step
 
 
@@ -56,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     ours = {"Adam": adamkit.Adam, "AdamW": lambda: adamkit.AdamW(weight_decay=0.01),
-            "AMSGrad": lambda: adamkit.Adam(amsgrad=True)}
+            "AMSGrad": lambda: adamkit.Adam(amsgrad=True), "RAdam": adamkit.RAdam}
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
         grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]

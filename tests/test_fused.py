@@ -136,6 +136,32 @@ def test_one_launch_per_dtype_and_per_variable_where_it_must(jit, rng):
     assert (xla_launches if jit else launches)(step_fused, grads) == [1, 2, 2]
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "xla"])
+def test_radam_runs_the_kernel_with_its_own_scalars(jit, rng):
+    """RAdam through adamkit's kernel (θ·decay − a·m/(√v·s + ε) with RAdam's a, s, ε, switching
+    at ρₜ > 5, i.e. t = 6) against RAdam's ops path, every step, in one launch."""
+    import tensorflow as tf
+
+    shapes = [(64,), (16, 9), (70, 30)]
+    initial = [rng.normal(size=s) for s in shapes]
+
+    def setup(fused):
+        optimizer = adamkit.RAdam(learning_rate=0.01, weight_decay=0.05, fused=fused)
+        variables = [keras.Variable(x, dtype="float32") for x in initial]
+        optimizer.build(variables)
+        step = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=jit)
+        return optimizer, variables, step
+
+    (fused, vars_fused, step_fused), (plain, vars_plain, step_plain) = setup(True), setup(False)
+    for t in range(12):
+        grads = [tf.constant(rng.normal(size=s), tf.float32) for s in shapes]
+        step_fused(grads)
+        step_plain(grads)
+        for a, b in zip([*vars_fused, *fused.variables], [*vars_plain, *plain.variables]):
+            assert_close(a.numpy(), b.numpy(), 2e-6, f"RAdam at step {t + 1}")
+    assert (xla_launches if jit else launches)(step_fused, grads) == [3]
+
+
 def test_sixteen_bit_variables_take_the_float32_ops_path(rng):
     optimizer = adamkit.Adam(fused=True)
     (variable,) = make_variables([rng.normal(size=(8,))])

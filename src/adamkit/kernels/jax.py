@@ -64,7 +64,7 @@ def _dtype(x) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
-def supports(variable, gradient, state) -> bool:
+def supports(variable, gradient, state, rectify: bool = False) -> bool:
     """A float32 (or, with x64, float64) variable whose state tensors share its dtype, not sharded
     across devices (no Keras distribution, or data parallel: every device holds all of it)."""
     dtype = _dtype(variable)
@@ -85,16 +85,18 @@ def can_apply_together() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``."""
+               epsilon_mode, decay=None, rectify=False):
+    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``) on
+    ``variable``."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay])
+                        decays=[decay], rectify=rectify)
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays):
-    """One step of Adam (AMSGrad when the states have ``velocity_hat``) on variables of one dtype
+                        epsilon, epsilon_mode, decays, rectify=False):
+    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``,
+    see ``adamkit.optimizers.fused``) on variables of one dtype
     with state in that dtype, as one custom call; each variable first decays by its factor in
     ``decays`` (None: no decay)."""
     dtype = _dtype(variables[0])
@@ -103,7 +105,8 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     updated = [*variables, *(s[name] for name in names for s in states)]
     values = [jnp.asarray(keras.ops.convert_to_tensor(u)) for u in updated]
     grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
-    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays)
+    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
+                       rectify)
     call = jax.ffi.ffi_call(TARGET, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
                             input_output_aliases={i: i for i in range(len(values))})
     results = call(*values, *grads, scalars, n=np.int64(len(variables)), amsgrad=amsgrad)
@@ -111,14 +114,20 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
         variable.assign(value)
 
 
-def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays):
+def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
+             rectify=False):
     """The kernel's six scalars per variable, (len(decays), 6), in ``dtype``: the decay factor
     (1 where None), 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε (the ``"keras"`` ε̂ as the ε it
-    amounts to after correction, ε̂/√(1 − β2ᵗ))."""
+    amounts to after correction, ε̂/√(1 − β2ᵗ)); with ``rectify``, RAdam's (as TensorFlow's)."""
     t = jnp.asarray(step, dtype)
     step_size = jnp.asarray(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
     inverse_root = jax.lax.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = jnp.asarray(epsilon, dtype) * (inverse_root if epsilon_mode == "keras" else 1.0)
+    if rectify:  # RAdam: α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε) once ρₜ > 5, else α·m̂
+        rectified, r = adam_ops.radam_rectifier(t, beta_2)
+        step_size = jnp.where(rectified, step_size * r / inverse_root, step_size)
+        inverse_root = jnp.where(rectified, 1.0, 0.0).astype(dtype)
+        eps = jnp.where(rectified, eps, 1.0).astype(dtype)
     shared = jnp.stack([jnp.asarray(1.0 - beta_1, dtype), jnp.asarray(1.0 - beta_2, dtype),
                         step_size, inverse_root, eps])
     decay = jnp.stack([jnp.asarray(1.0 if d is None else d, dtype) for d in decays])

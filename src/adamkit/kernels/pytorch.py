@@ -25,11 +25,11 @@ def _tensor(variable) -> torch.Tensor:
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def supports(variable, gradient, state) -> bool:
+def supports(variable, gradient, state, rectify: bool = False) -> bool:
     """A float32 variable with float32 state."""
     dtype = keras.backend.standardize_dtype(variable.dtype)
     stored = {keras.backend.standardize_dtype(s.dtype) for s in state.values()}
-    return dtype in SUPPORTED_DTYPES and stored == {dtype}
+    return dtype in SUPPORTED_DTYPES and stored == {dtype} and not rectify
 
 
 def can_apply_together() -> bool:
@@ -41,22 +41,22 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None):
+               epsilon_mode, decay=None, rectify=False):
     """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place,
     after θ ← θ·decay when ``decay`` is given."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay])
+                        decays=[decay], rectify=rectify)
 
 
 @torch.no_grad()
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays):
+                        epsilon, epsilon_mode, decays, rectify=False):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``) on float32 variables, in
     place, in one call of PyTorch's fused kernel; each variable first decays by its factor in
     ``decays`` (None: no decay)."""
-    if epsilon_mode != "paper":
-        raise ValueError("PyTorch's fused kernel computes epsilon_mode='paper' only")
+    if epsilon_mode != "paper" or rectify:
+        raise ValueError("PyTorch's fused kernel computes Adam with epsilon_mode='paper' only")
     thetas = [_tensor(v) for v in variables]
     for theta, decay in zip(thetas, decays):
         if decay is not None:

@@ -67,11 +67,13 @@ def _handle(variable):
     return tf_variable(variable).handle
 
 
-def supports(variable, gradient, state) -> bool:
+def supports(variable, gradient, state, rectify: bool = False) -> bool:
     """A float32/float64 variable whose state tensors share its dtype, or (adamkit's kernel only)
     a float32 variable with bfloat16 state. A sparse gradient is densified first: without
-    ``lazy=True`` every row's moments decay anyway."""
+    ``lazy=True`` every row's moments decay anyway. ``rectify`` (RAdam): adamkit's kernel only."""
     dtype = tf.as_dtype(variable.dtype)
+    if rectify and not _fused_here():
+        return False
     stored = {tf.as_dtype(s.dtype) for s in state.values()}
     if dtype not in SUPPORTED_DTYPES:
         return False
@@ -129,13 +131,15 @@ def _in_xla() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place,
-    after θ ← θ·decay when ``decay`` (the decoupled weight decay's factor) is given."""
+               epsilon_mode, decay=None, rectify=False):
+    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``) on
+    ``variable``, in place, after θ ← θ·decay when ``decay`` (the decoupled weight decay's
+    factor) is given."""
     if _fused_here():  # the decay happens inside the same pass
         return apply_adam_together([variable], [gradient], [state], step=step,
                                    learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                                   epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay])
+                                   epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay],
+                                   rectify=rectify)
     dtype = tf.as_dtype(variable.dtype)
     if decay is not None:
         tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
@@ -175,14 +179,16 @@ def _fused_here() -> bool:
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays):
-    """One step of Adam (AMSGrad when the states have ``velocity_hat``) on several variables of
+                        epsilon, epsilon_mode, decays, rectify=False):
+    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``,
+    see ``adamkit.optimizers.fused``) on several variables of
     one dtype whose states share one storage dtype, in one launch of adamkit's kernel; each
     variable first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel
     (under XLA its custom call, state in the variables' dtype); under a tf.distribute strategy,
     one variable per call."""
     dtype = tf.as_dtype(variables[0].dtype)
-    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays)
+    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
+                       rectify)
     amsgrad = "velocity_hat" in states[0]
     if _in_xla():
         return _apply_adam_xla(variables, gradients, states, scalars, amsgrad)
@@ -243,15 +249,22 @@ def _xla_module(shapes: tuple, dtype: str, amsgrad: bool) -> bytes:
     return stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
 
 
-def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays):
+def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
+             rectify=False):
     """The kernels' six scalars per variable, (len(decays), 6), formed in double and rounded once
-    to ``dtype``: the decay factor (1 where None), then five shared by all."""
+    to ``dtype``: the decay factor (1 where None), then five shared by all (RAdam's with
+    ``rectify``)."""
     t = tf.cast(step, tf.float64)
     step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
     inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = tf.constant(epsilon, tf.float64)
     if epsilon_mode == "keras":  # ε̂ added to √v before correction: ε = ε̂/√(1 − β2ᵗ)
         eps = eps * inverse_root
+    if rectify:  # RAdam: α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε) once ρₜ > 5, else α·m̂
+        rectified, r = adam_ops.radam_rectifier(t, beta_2)
+        step_size = tf.where(rectified, step_size * r / inverse_root, step_size)
+        inverse_root = tf.where(rectified, tf.constant(1.0, tf.float64), 0.0)
+        eps = tf.where(rectified, eps, 1.0)
     shared = tf.stack([tf.constant(1.0 - beta_1, tf.float64), tf.constant(1.0 - beta_2, tf.float64),
                        step_size, inverse_root, eps])
     one = tf.constant(1.0, tf.float64)
@@ -267,11 +280,11 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None):
+                    epsilon_mode, decay=None, rectify=False):
     """One step of Adam/AMSGrad on a float32 ``variable`` whose state ``slots`` are 8-bit: decode,
     update, re-encode, block by block in one pass (bit for bit the codec of ``adamkit.state``)."""
     scalars = tf.reshape(_scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon,
-                                  epsilon_mode, [decay]), [6])
+                                  epsilon_mode, [decay], rectify), [6])
     amsgrad = "velocity_hat" in slots
     m, v = slots["momentum"], slots["velocity"]
     h = slots["velocity_hat"] if amsgrad else v

@@ -5,19 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from adamkit import ops as adam_ops
-from adamkit import sparse
-from adamkit import state as state_storage
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
-from adamkit.state import PlainSlot, QuantizedSlot
+from adamkit.optimizers.fused import FusedAdamStep
 
 EPSILON_MODES = ("paper", "keras")
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
-class Adam(AdamFamily):
+class Adam(FusedAdamStep, AdamFamily):
     r"""Adam (Kingma & Ba, ICLR 2015, arXiv:1412.6980), a drop-in for ``keras.optimizers.Adam``.
 
     With gradient gₜ at step t = 1, 2, … and m₀ = v₀ = 0 (Algorithm 1 of the paper)::
@@ -74,31 +71,7 @@ class Adam(AdamFamily):
         super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
         self.amsgrad = check_bool("amsgrad", amsgrad)
         self.epsilon_mode = check_choice("epsilon_mode", epsilon_mode, EPSILON_MODES)
-        if fused is not None:
-            check_bool("fused", fused)
-        backend = keras.backend.backend()
-        if fused and backend not in ("tensorflow", "jax", "torch"):
-            raise ValueError(
-                f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
-                "Use fused=None (the fast path wherever it exists) or fused=False."
-            )
-        if fused and backend == "torch" and self.epsilon_mode != "paper":
-            raise ValueError("`fused=True` on PyTorch needs epsilon_mode='paper' (its fused kernel "
-                             "adds ε after bias correction); use fused=None or fused=False.")
-        self.fused = fused
-        self._kernel = None
-        if fused is not False and backend == "tensorflow":
-            from adamkit.kernels import tensorflow as kernel
-
-            self._kernel = kernel
-        elif fused is not False and backend == "jax":
-            from adamkit.kernels import jax as kernel
-
-            self._kernel = kernel
-        elif fused is not False and backend == "torch" and self.epsilon_mode == "paper":
-            from adamkit.kernels import pytorch as kernel
-
-            self._kernel = kernel
+        self.select_kernel(fused)
 
     def state_names(self) -> tuple[str, ...]:
         return ("momentum", "velocity", "velocity_hat") if self.amsgrad else ("momentum", "velocity")
@@ -114,62 +87,6 @@ class Adam(AdamFamily):
         )
         update = direction(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, new_state
-
-    def _hyperparameters(self, step, learning_rate) -> dict:
-        """The kernels' keyword arguments besides the tensors and the decay."""
-        return dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
-                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode)
-
-    def _kernel_state(self, variable, gradient, slots) -> dict | None:
-        """The state variables by name, where the kernel can take this variable with plain
-        (float or bfloat16) state; else None."""
-        if not all(isinstance(s, PlainSlot) for s in slots.values()):
-            return None
-        state = {name: slot.variable for name, slot in slots.items()}
-        return state if self._kernel.supports(variable, gradient, state) else None
-
-    def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
-        if self._kernel is None:
-            return False
-        hyper = self._hyperparameters(step, learning_rate)
-        if all(isinstance(s, QuantizedSlot) for s in slots.values()):
-            if not self._kernel.supports_8bit(variable):
-                return False
-            self._kernel.apply_adam_8bit(variable, gradient, slots, decay=decay, **hyper)
-            return True
-        state = self._kernel_state(variable, gradient, slots)
-        if state is None:
-            return False
-        self._kernel.apply_adam(variable, gradient, state, decay=decay, **hyper)
-        return True
-
-    def update_together(self, grads_and_variables, learning_rate):
-        # TensorFlow on one device, and JAX: every float variable with plain state, grouped by
-        # dtype and state dtype, in one kernel launch per group. Under a tf.distribute strategy
-        # Keras's per-variable loop does the cross-replica work, so the variables go there.
-        kernel = self._kernel
-        if kernel is None or self.masks_dense_gradients() or not kernel.can_apply_together():
-            return grads_and_variables
-        groups, rest = {}, []
-        for gradient, variable in grads_and_variables:
-            state = None
-            if gradient is not None and not sparse.is_sparse(gradient):
-                state = self._kernel_state(variable, gradient, self.slots_of(variable))
-            if state is None:
-                rest.append((gradient, variable))
-                continue
-            key = (variable.dtype, state["momentum"].dtype)
-            groups.setdefault(key, []).append((gradient, variable, state))
-        step = self.iterations + 1
-        for members in groups.values():
-            dtype = state_storage.compute_dtype(members[0][1])
-            rate = ops.cast(learning_rate, dtype)
-            decay = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
-            kernel.apply_adam_together(
-                [v for _, v, _ in members], [g for g, _, _ in members], [s for _, _, s in members],
-                decays=[decay if self._decays(v) else None for _, v, _ in members],
-                **self._hyperparameters(ops.cast(step, dtype), rate))
-        return rest
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -8,10 +8,11 @@ import keras
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule
+from adamkit.optimizers.fused import FusedAdamStep
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
-class RAdam(AdamFamily):
+class RAdam(FusedAdamStep, AdamFamily):
     r"""RAdam (Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020).
 
     Adam's moments, with the adaptive term switched on only once its variance is tractable::
@@ -24,7 +25,13 @@ class RAdam(AdamFamily):
     as ``torch.optim.RAdam`` (with default betas the rectified branch starts at t = 6). optax's
     ``radam`` uses the same threshold of 5 and puts ε on √v̂; Keras has no RAdam. Use it where Adam
     needs a warm-up or is sensitive to the learning rate.
+
+    ``fused`` as for ``Adam``: on TensorFlow and JAX adamkit's Adam kernel runs RAdam too, with
+    the step's scalars switched at ρₜ > 5 (``adamkit.optimizers.fused``); PyTorch has no fused
+    RAdam, so there the ops path runs.
     """
+
+    rectified = True
 
     def __init__(
         self,
@@ -32,12 +39,19 @@ class RAdam(AdamFamily):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
+        fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
+        self.select_kernel(fused)
 
     def compute_update(self, gradient, state, step, learning_rate):
         m = adam_ops.first_moment(state["momentum"], gradient, self.beta_1)
         v = adam_ops.second_moment(state["velocity"], gradient, self.beta_2)
         update = adam_ops.radam_update(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, {"momentum": m, "velocity": v}
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["fused"] = self.fused
+        return config

@@ -1,0 +1,114 @@
+"""The fused kernels' wiring, shared by the family members whose step has Adam's shape.
+
+Adam, AdamW, AMSGrad and RAdam all update θ ← θ·decay − a·m/(√v·s + ε) after Adam's two moment
+updates, with step-dependent scalars a, s, ε: Adam a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ); RAdam, once
+ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1, and before that a = α/(1 − β1ᵗ), s = 0, ε = 1
+(θ ← θ − α·m̂: its SGD-with-momentum phase). So one kernel per backend serves them all
+(``adamkit.kernels``); this mixin picks it, hands it the variables it can take and leaves the rest
+to ``update_step``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from adamkit import sparse
+from adamkit import state as state_storage
+from adamkit.optimizers.base import check_bool
+from adamkit.state import PlainSlot, QuantizedSlot
+
+
+class FusedAdamStep:
+    """Mixin for an ``AdamFamily`` optimizer with Adam's step shape (see the module docstring)."""
+
+    rectified = False  # RAdam's rule: the kernels' scalars switch on at ρₜ > 5
+    epsilon_mode = "paper"
+
+    def select_kernel(self, fused: bool | None) -> None:
+        """``fused``: None, the kernel wherever it applies; False, never; True, require one."""
+        if fused is not None:
+            check_bool("fused", fused)
+        backend = keras.backend.backend()
+        # PyTorch's fused kernel is Adam's, ε after bias correction: not RAdam, not the ε̂ form.
+        torch_applies = self.epsilon_mode == "paper" and not self.rectified
+        if fused and backend not in ("tensorflow", "jax", "torch"):
+            raise ValueError(
+                f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
+                "Use fused=None (the fast path wherever it exists) or fused=False."
+            )
+        if fused and backend == "torch" and not torch_applies:
+            what = "RAdam" if self.rectified else "epsilon_mode='keras'"
+            raise ValueError(f"`fused=True` on PyTorch cannot run {what} (its fused kernel is "
+                             "Adam's, ε after bias correction); use fused=None or fused=False.")
+        self.fused = fused
+        self._kernel = None
+        if fused is not False and backend == "tensorflow":
+            from adamkit.kernels import tensorflow as kernel
+
+            self._kernel = kernel
+        elif fused is not False and backend == "jax":
+            from adamkit.kernels import jax as kernel
+
+            self._kernel = kernel
+        elif fused is not False and backend == "torch" and torch_applies:
+            from adamkit.kernels import pytorch as kernel
+
+            self._kernel = kernel
+
+    def _hyperparameters(self, step, learning_rate) -> dict:
+        """The kernels' keyword arguments besides the tensors and the decay."""
+        return dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
+                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode, rectify=self.rectified)
+
+    def _kernel_state(self, variable, gradient, slots) -> dict | None:
+        """The state variables by name, where the kernel can take this variable with plain
+        (float or bfloat16) state; else None."""
+        if not all(isinstance(s, PlainSlot) for s in slots.values()):
+            return None
+        state = {name: slot.variable for name, slot in slots.items()}
+        supported = self._kernel.supports(variable, gradient, state, rectify=self.rectified)
+        return state if supported else None
+
+    def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
+        if self._kernel is None:
+            return False
+        hyper = self._hyperparameters(step, learning_rate)
+        if all(isinstance(s, QuantizedSlot) for s in slots.values()):
+            if not self._kernel.supports_8bit(variable):
+                return False
+            self._kernel.apply_adam_8bit(variable, gradient, slots, decay=decay, **hyper)
+            return True
+        state = self._kernel_state(variable, gradient, slots)
+        if state is None:
+            return False
+        self._kernel.apply_adam(variable, gradient, state, decay=decay, **hyper)
+        return True
+
+    def update_together(self, grads_and_variables, learning_rate):
+        # Every float variable with plain state, grouped by dtype and state dtype, in one kernel
+        # launch per group. Under a tf.distribute strategy Keras's per-variable loop does the
+        # cross-replica work, so the variables go there.
+        kernel = self._kernel
+        if kernel is None or self.masks_dense_gradients() or not kernel.can_apply_together():
+            return grads_and_variables
+        groups, rest = {}, []
+        for gradient, variable in grads_and_variables:
+            state = None
+            if gradient is not None and not sparse.is_sparse(gradient):
+                state = self._kernel_state(variable, gradient, self.slots_of(variable))
+            if state is None:
+                rest.append((gradient, variable))
+                continue
+            key = (variable.dtype, state["momentum"].dtype)
+            groups.setdefault(key, []).append((gradient, variable, state))
+        step = self.iterations + 1
+        for members in groups.values():
+            dtype = state_storage.compute_dtype(members[0][1])
+            rate = ops.cast(learning_rate, dtype)
+            decay = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
+            kernel.apply_adam_together(
+                [v for _, v, _ in members], [g for g, _, _ in members], [s for _, _, s in members],
+                decays=[decay if self._decays(v) else None for _, v, _ in members],
+                **self._hyperparameters(ops.cast(step, dtype), rate))
+        return rest
