@@ -4,9 +4,11 @@
 // 28 suffice); this handler is one pass over all the step's variables, like the TensorFlow op.
 //
 // Operands: θ₁…θₙ, m₁…mₙ, v₁…vₙ, [v̂max₁…v̂maxₙ with amsgrad], g₁…gₙ, scalars (n, 6) as in
-// adam_update.h. Results: θ, m, v, [v̂max], each aliased to its operand, so XLA updates the
-// buffers in place where it can; where it copied an operand first, the copy is taken here.
-// Attributes: n, amsgrad. Element type float32 or float64 (state in the parameters' dtype).
+// adam_update.h, the step t (int32, for the bfloat16 state's dither). Results: θ, m, v, [v̂max],
+// each aliased to its operand, so XLA updates the buffers in place where it can; where it copied
+// an operand first, the copy is taken here.
+// Attributes: n, amsgrad. Parameters float32 or float64 with state of their dtype, or float32
+// with bfloat16 state (stochastically rounded as adamkit.state does, bit for bit).
 //
 // Built twice from this file: against TensorFlow's headers with ADAMKIT_REGISTER_WITH_TENSORFLOW
 // (registered at load with TensorFlow's XLA), and against jaxlib's (registered from Python with
@@ -27,12 +29,12 @@ namespace ffi = xla::ffi;
 namespace adamkit {
 namespace {
 
-template <typename T>
+template <typename T, typename Stored>
 struct Variable {
   T* theta;
-  T* m;
-  T* v;
-  T* vhat;
+  Stored* m;
+  Stored* v;
+  Stored* vhat;
   const T* g;
   const T* scalars;
   int64_t size;
@@ -67,54 +69,66 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t total, const Body& body) {
   done.wait(lock, [&] { return running == 0; });
 }
 
-template <typename T>
+// The buffer an updated array is written in: XLA's result buffer, which is the operand itself
+// where XLA aliased them, else a fresh one that starts as a copy of the operand.
+void* Updated(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out) {
+  void* data = out->untyped_data();
+  if (in.untyped_data() != data) std::memcpy(data, in.untyped_data(), in.size_bytes());
+  return data;
+}
+
+template <typename T, typename Codec>
 ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
-                const ffi::RemainingRets& rets, int64_t n, bool amsgrad) {
+                const ffi::RemainingRets& rets, int64_t n, bool amsgrad, ffi::DataType param,
+                ffi::DataType state) {
+  using Stored = typename Codec::Stored;
   const int64_t arrays = amsgrad ? 4 : 3;  // updated per variable: θ, m, v, [v̂max]
-  if (n < 1 || args.size() != static_cast<size_t>((arrays + 1) * n + 1) ||
+  if (n < 1 || args.size() != static_cast<size_t>((arrays + 1) * n + 2) ||
       rets.size() != static_cast<size_t>(arrays * n)) {
     return ffi::Error::InvalidArgument("adamkit_adam: operand or result count does not match n");
   }
-  auto scalars = args.get<ffi::AnyBuffer>(args.size() - 1);
-  if (!scalars.has_value() || scalars->element_count() != static_cast<size_t>(6 * n)) {
-    return ffi::Error::InvalidArgument("adamkit_adam: scalars must be (n, 6)");
+  auto scalars = args.get<ffi::AnyBuffer>(args.size() - 2);
+  auto step = args.get<ffi::AnyBuffer>(args.size() - 1);
+  if (!scalars.has_value() || scalars->element_count() != static_cast<size_t>(6 * n) ||
+      !step.has_value() || step->element_type() != ffi::DataType::S32) {
+    return ffi::Error::InvalidArgument("adamkit_adam: scalars must be (n, 6), step an int32");
   }
   const T* s = static_cast<const T*>(scalars->untyped_data());
-  std::vector<Variable<T>> vars(n);
+  const uint32_t t = static_cast<uint32_t>(*static_cast<const int32_t*>(step->untyped_data()));
+  std::vector<Variable<T, Stored>> vars(n);
   std::vector<int64_t> start(n + 1, 0);  // variable i holds indices [start[i], start[i + 1])
   for (int64_t i = 0; i < n; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(arrays * n + i);
     if (!grad.has_value()) return ffi::Error::InvalidArgument("adamkit_adam: bad gradient");
-    const int64_t size = static_cast<int64_t>(grad->element_count());
-    T* updated[4] = {nullptr, nullptr, nullptr, nullptr};
+    void* updated[4] = {nullptr, nullptr, nullptr, nullptr};
     for (int64_t a = 0; a < arrays; ++a) {
       auto in = args.get<ffi::AnyBuffer>(a * n + i);
       auto out = rets.get<ffi::AnyBuffer>(a * n + i);
       if (!in.has_value() || !out.has_value() || in->element_count() != grad->element_count() ||
           (*out)->element_count() != grad->element_count() ||
-          in->element_type() != grad->element_type()) {
-        return ffi::Error::InvalidArgument("adamkit_adam: θ, m, v, v̂max and g must match");
+          in->element_type() != (a == 0 ? param : state) || grad->element_type() != param) {
+        return ffi::Error::InvalidArgument(
+            "adamkit_adam: θ, m, v, v̂max and g must match in size, the state in dtype");
       }
-      updated[a] = static_cast<T*>((*out)->untyped_data());
-      if (in->untyped_data() != updated[a]) {  // not aliased: start from a copy of the operand
-        std::memcpy(updated[a], in->untyped_data(), size * sizeof(T));
-      }
+      updated[a] = Updated(*in, *out);
     }
-    vars[i] = {updated[0], updated[1], updated[2], updated[3],
-               static_cast<const T*>(grad->untyped_data()), s + 6 * i, size};
-    start[i + 1] = start[i] + size;
+    vars[i] = {static_cast<T*>(updated[0]), static_cast<Stored*>(updated[1]),
+               static_cast<Stored*>(updated[2]), static_cast<Stored*>(updated[3]),
+               static_cast<const T*>(grad->untyped_data()), s + 6 * i,
+               static_cast<int64_t>(grad->element_count())};
+    start[i + 1] = start[i] + vars[i].size;
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
   ParallelFor(pool, start[n], [&](int64_t begin, int64_t end) {
     int64_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
     for (; i < n && start[i] < end; ++i) {
-      const Variable<T>& a = vars[i];
+      const Variable<T, Stored>& a = vars[i];
       const int64_t first = std::max(begin, start[i]) - start[i];
       const int64_t last = std::min(end, start[i + 1]) - start[i];
       if (amsgrad) {
-        Update<T, Plain<T>, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, 0);
+        Update<T, Codec, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
       } else {
-        Update<T, Plain<T>, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, 0);
+        Update<T, Codec, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
       }
     }
   });
@@ -123,16 +137,24 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
 
 ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
                     int64_t n, bool amsgrad) {
-  auto first = args.get<ffi::AnyBuffer>(0);
-  if (!first.has_value()) return ffi::Error::InvalidArgument("adamkit_adam: no operands");
-  switch (first->element_type()) {
-    case ffi::DataType::F32:
-      return Step<float>(pool, args, rets, n, amsgrad);
-    case ffi::DataType::F64:
-      return Step<double>(pool, args, rets, n, amsgrad);
-    default:
-      return ffi::Error::InvalidArgument("adamkit_adam: parameters must be float32 or float64");
+  auto theta = args.get<ffi::AnyBuffer>(0);
+  auto m = args.get<ffi::AnyBuffer>(n);
+  if (n < 1 || !theta.has_value() || !m.has_value()) {
+    return ffi::Error::InvalidArgument("adamkit_adam: no operands");
   }
+  const ffi::DataType param = theta->element_type(), state = m->element_type();
+  if (param == ffi::DataType::F32 && state == ffi::DataType::F32) {
+    return Step<float, Plain<float>>(pool, args, rets, n, amsgrad, param, state);
+  }
+  if (param == ffi::DataType::F64 && state == ffi::DataType::F64) {
+    return Step<double, Plain<double>>(pool, args, rets, n, amsgrad, param, state);
+  }
+  if (param == ffi::DataType::F32 && state == ffi::DataType::BF16) {
+    return Step<float, StochasticBfloat16>(pool, args, rets, n, amsgrad, param, state);
+  }
+  return ffi::Error::InvalidArgument(
+      "adamkit_adam: parameters float32 or float64 with state of their dtype, or float32 with "
+      "bfloat16 state");
 }
 
 }  // namespace

@@ -9,10 +9,11 @@ v (and v̂max) aliased to its results, so under ``jax.jit`` with the state donat
 trainer does) XLA updates them in place; one call covers every variable of a dtype, split across
 XLA's CPU threads as one index space.
 
-It covers float32 (float64 with ``jax_enable_x64``) parameters with state in the same dtype on
+It covers float32 (float64 with ``jax_enable_x64``) parameters with state in the same dtype, and
+float32 parameters with bfloat16 state (the same stochastic rounding as ``adamkit.state``), on
 the CPU, Algorithm 1 and the ``"keras"`` ε form alike (under ``keras.distribution.DataParallel``
-one call per variable); bfloat16/8-bit state, variables sharded across devices, and other device
-types take the ``adamkit.ops`` path. The scalars are formed in the parameters' dtype with
+one call per variable); 8-bit state, variables sharded across devices, and other device types
+take the ``adamkit.ops`` path. The scalars are formed in the parameters' dtype with
 the ops path's own functions. Where the kernel cannot be built (no compiler) adamkit says why once
 and runs the ops path; ``ADAMKIT_BUILD_KERNEL=0`` skips the build.
 """
@@ -65,11 +66,14 @@ def _dtype(x) -> str:
 
 
 def supports(variable, gradient, state, rectify: bool = False) -> bool:
-    """A float32 (or, with x64, float64) variable whose state tensors share its dtype, not sharded
-    across devices (no Keras distribution, or data parallel: every device holds all of it)."""
+    """A float32 (or, with x64, float64) variable whose state tensors share its dtype, or a
+    float32 one with bfloat16 state; not sharded across devices (no Keras distribution, or data
+    parallel: every device holds all of it)."""
     dtype = _dtype(variable)
+    stored = {_dtype(s) for s in state.values()}
     distribution = keras.distribution.distribution()
-    return (dtype in ("float32", "float64") and {_dtype(s) for s in state.values()} == {dtype}
+    return (dtype in ("float32", "float64")
+            and (stored == {dtype} or (dtype == "float32" and stored == {"bfloat16"}))
             and (distribution is None or isinstance(distribution, keras.distribution.DataParallel))
             and custom_kernel())
 
@@ -96,9 +100,9 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
                         epsilon, epsilon_mode, decays, rectify=False):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``,
-    see ``adamkit.optimizers.fused``) on variables of one dtype
-    with state in that dtype, as one custom call; each variable first decays by its factor in
-    ``decays`` (None: no decay)."""
+    see ``adamkit.optimizers.fused``) on variables of one dtype whose states share one storage
+    dtype, as one custom call; each variable first decays by its factor in ``decays`` (None: no
+    decay)."""
     dtype = _dtype(variables[0])
     amsgrad = "velocity_hat" in states[0]
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
@@ -109,7 +113,8 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
                        rectify)
     call = jax.ffi.ffi_call(TARGET, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
                             input_output_aliases={i: i for i in range(len(values))})
-    results = call(*values, *grads, scalars, n=np.int64(len(variables)), amsgrad=amsgrad)
+    results = call(*values, *grads, scalars, jnp.asarray(step, jnp.int32),
+                   n=np.int64(len(variables)), amsgrad=amsgrad)
     for variable, value in zip(updated, results):
         variable.assign(value)
 

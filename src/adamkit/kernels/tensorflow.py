@@ -9,8 +9,8 @@ XLA (``jit_compile=True``) cannot run a TensorFlow op; there the same loop runs 
 call (``adam_ffi.cc``, built the same way and registered with TensorFlow's XLA through its FFI),
 placed by an ``XlaCallModule`` op whose StableHLO module holds the one call: XLA hands it the
 buffers of θ, m, v to update in place, where XLA's own lowering of the ops path computes m, v and
-θ in three loops (40 bytes per parameter instead of 28). It covers float32/float64 state on the
-CPU; bfloat16 and 8-bit state take the ops path under XLA. ``ADAMKIT_BUILD_KERNEL=0`` skips both
+θ in three loops (40 bytes per parameter instead of 28). It covers float32/float64 and bfloat16
+state on the CPU; 8-bit state takes the ops path under XLA. ``ADAMKIT_BUILD_KERNEL=0`` skips both
 builds. With one device (no tf.distribute strategy) the
 optimizer hands it every float variable of a step at once (``apply_adam_together``): the scalars
 are formed once and one launch covers all, split across the CPU threads as one index space; under
@@ -78,7 +78,7 @@ def supports(variable, gradient, state, rectify: bool = False) -> bool:
     if dtype not in SUPPORTED_DTYPES:
         return False
     if stored == {tf.bfloat16} and dtype == tf.float32:
-        return not _in_xla() and custom_kernel() is not None
+        return _fused_here()
     if "velocity_hat" in state and _in_xla() and not xla_kernel():
         return False  # TensorFlow has no XLA kernel for ResourceApplyAdamWithAmsgrad
     return stored == {dtype}
@@ -184,14 +184,13 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     see ``adamkit.optimizers.fused``) on several variables of
     one dtype whose states share one storage dtype, in one launch of adamkit's kernel; each
     variable first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel
-    (under XLA its custom call, state in the variables' dtype); under a tf.distribute strategy,
-    one variable per call."""
+    (under XLA its custom call); under a tf.distribute strategy, one variable per call."""
     dtype = tf.as_dtype(variables[0].dtype)
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
                        rectify)
     amsgrad = "velocity_hat" in states[0]
     if _in_xla():
-        return _apply_adam_xla(variables, gradients, states, scalars, amsgrad)
+        return _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad)
     return custom_kernel().adamkit_apply_adam(
         [_handle(v) for v in variables], [_handle(s["momentum"]) for s in states],
         [_handle(s["velocity"]) for s in states],
@@ -200,35 +199,38 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
         tf.cast(step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), amsgrad=amsgrad)
 
 
-def _apply_adam_xla(variables, gradients, states, scalars, amsgrad):
+def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad):
     """The step as one XLA custom call (``adamkit_adam``) inside an ``XlaCallModule``: XLA hands
     it the buffers of θ, m, v (and v̂max) to update in place, then assigns the results back."""
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [tf_variable(v) for v in variables]
     updated += [tf_variable(s[name]) for name in names for s in states]
     dtype = tf.as_dtype(variables[0].dtype)
-    module = _xla_module(tuple(tuple(v.shape) for v in variables), dtype.name, amsgrad)
+    stored = tf.as_dtype(states[0]["momentum"].dtype)
+    module = _xla_module(tuple(tuple(v.shape) for v in variables), dtype.name, stored.name,
+                         amsgrad)
     results = gen_xla_ops.xla_call_module(
         [u.read_value() for u in updated] + [tf.cast(tf.convert_to_tensor(g), dtype)
-                                            for g in gradients] + [scalars],
-        version=9, module=module, Sout=[u.shape for u in updated], Tout=[dtype] * len(updated),
+                                            for g in gradients] + [scalars, tf.cast(step, tf.int32)],
+        version=9, module=module, Sout=[u.shape for u in updated], Tout=[u.dtype for u in updated],
         platforms=["CPU"])
     return tf.group([u.assign(r) for u, r in zip(updated, results)])
 
 
 @functools.lru_cache(maxsize=64)
-def _xla_module(shapes: tuple, dtype: str, amsgrad: bool) -> bytes:
+def _xla_module(shapes: tuple, dtype: str, state_dtype: str, amsgrad: bool) -> bytes:
     """The StableHLO module (portable artifact) whose one op is the ``adamkit_adam`` custom call
-    for variables of these shapes: operands θ…, m…, v…, [v̂max…], g…, scalars; results θ, m, v,
-    [v̂max], each aliased to its operand."""
-    element = {"float32": "f32", "float64": "f64"}[dtype]
+    for variables of these shapes: operands θ…, m…, v…, [v̂max…], g…, scalars, step; results θ,
+    m, v, [v̂max], each aliased to its operand."""
+    elements = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "int32": "i32"}
 
-    def tensor(shape):
-        return "tensor<" + "".join(f"{d}x" for d in shape) + element + ">"
+    def tensor(shape, dtype):
+        return "tensor<" + "".join(f"{d}x" for d in shape) + elements[dtype] + ">"
 
     n = len(shapes)
-    updated = [tensor(s) for s in shapes] * (4 if amsgrad else 3)
-    operands = [*updated, *(tensor(s) for s in shapes), tensor((n, 6))]
+    params = [tensor(s, dtype) for s in shapes]
+    updated = [*params, *[tensor(s, state_dtype) for s in shapes] * (3 if amsgrad else 2)]
+    operands = [*updated, *params, tensor((n, 6), dtype), tensor((), "int32")]
     arguments = [f"%a{i}" for i in range(len(operands))]
     aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{j}], "
                         f"operand_index = {j}, operand_tuple_indices = []>"
