@@ -201,7 +201,10 @@ def test_without_a_compiler_it_says_so_once_and_falls_back(tmp_path):
         "import numpy as np, tensorflow as tf, keras, adamkit\n"
         "v = keras.Variable(np.ones(4, np.float32)); o = adamkit.Adam(learning_rate=0.1)\n"
         "for _ in range(2): o.apply([tf.ones(4)], [v])\n"
-        "print('theta', float(v.numpy()[0]))\n"
+        "w = keras.Variable(np.ones(4, np.float32)); a = adamkit.Adam(0.1, amsgrad=True)\n"
+        "step = tf.function(lambda: a.apply([tf.ones(4)], [w]), jit_compile=True)\n"
+        "for _ in range(2): step()  # under XLA: the ops path (AMSGrad)\n"
+        "print('theta', float(v.numpy()[0]), float(w.numpy()[0]))\n"
     )
     env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), ADAMKIT_CACHE=str(tmp_path),
                TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
@@ -210,4 +213,6 @@ def test_without_a_compiler_it_says_so_once_and_falls_back(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("could not build the fused Adam kernel") == 1
     assert "ResourceApplyAdam" in result.stderr
-    assert abs(float(result.stdout.split()[-1]) - 0.8) < 1e-5  # two steps of α = 0.1
+    assert result.stderr.count("could not build the XLA Adam kernel") == 1
+    theta, theta_xla = (float(x) for x in result.stdout.split()[-2:])
+    assert abs(theta - 0.8) < 1e-5 and abs(theta_xla - 0.8) < 1e-5  # two steps of α = 0.1

@@ -112,3 +112,24 @@ def test_torch_runs_one_fused_call_for_all_variables(rng):
         optimizer.apply(grads, variables)
     calls = [e for e in profile.events() if e.name == "aten::_fused_adam_"]
     assert len(calls) == 1
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the JAX kernel's own fallback")
+def test_jax_without_a_compiler_says_so_once_and_runs_the_ops_path(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, keras, adamkit\n"
+        "v = keras.Variable(np.ones(4, np.float32)); o = adamkit.Adam(learning_rate=0.1)\n"
+        "for _ in range(2): o.apply([np.ones(4, np.float32)], [v])\n"
+        "print('theta', float(keras.ops.convert_to_numpy(v)[0]))\n"
+    )
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), ADAMKIT_CACHE=str(tmp_path),
+               KERAS_BACKEND="jax")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("could not build the fused Adam kernel for JAX") == 1
+    assert abs(float(result.stdout.split()[-1]) - 0.8) < 1e-5  # two steps of α = 0.1

@@ -55,7 +55,7 @@ def custom_kernel() -> bool:
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.AdamkitAdam),
                                             platform="cpu")
                 _LIBRARY["library"] = library
-            except (RuntimeError, OSError) as error:
+            except (RuntimeError, OSError, AttributeError) as error:  # AttributeError: no jax.ffi
                 print(f"adamkit: could not build the fused Adam kernel for JAX ({error}); using "
                       "the ops path instead (slower).", file=sys.stderr)
     return _LIBRARY["library"] is not None

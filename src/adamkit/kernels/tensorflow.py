@@ -42,8 +42,6 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-from tensorflow.compiler.mlir.stablehlo import stablehlo
-from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 from tensorflow.python.ops import control_flow_util
 
 from adamkit import ops as adam_ops
@@ -118,8 +116,10 @@ def xla_kernel() -> bool:
         if (os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0"
                 and not tf.config.list_logical_devices("GPU")):
             try:
-                _LIBRARY["xla"] = ctypes.CDLL(str(build_xla_library()))  # registers on load
-            except (RuntimeError, OSError) as error:
+                library = ctypes.CDLL(str(build_xla_library()))  # registers on load
+                _xla_module(((1,),), "float32", "float32", False)  # this TensorFlow can place it
+                _LIBRARY["xla"] = library
+            except (RuntimeError, OSError, ImportError, ValueError) as error:
                 print(f"adamkit: could not build the XLA Adam kernel ({error}); under XLA "
                       "adamkit runs the ops path (slower).", file=sys.stderr)
     return _LIBRARY["xla"] is not None
@@ -202,6 +202,8 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
 def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad):
     """The step as one XLA custom call (``adamkit_adam``) inside an ``XlaCallModule``: XLA hands
     it the buffers of θ, m, v (and v̂max) to update in place, then assigns the results back."""
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [tf_variable(v) for v in variables]
     updated += [tf_variable(s[name]) for name in names for s in states]
@@ -222,6 +224,8 @@ def _xla_module(shapes: tuple, dtype: str, state_dtype: str, amsgrad: bool) -> b
     """The StableHLO module (portable artifact) whose one op is the ``adamkit_adam`` custom call
     for variables of these shapes: operands θ…, m…, v…, [v̂max…], g…, scalars, step; results θ,
     m, v, [v̂max], each aliased to its operand."""
+    from tensorflow.compiler.mlir.stablehlo import stablehlo
+
     elements = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "int32": "i32"}
 
     def tensor(shape, dtype):
