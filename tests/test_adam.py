@@ -261,9 +261,12 @@ def test_torch_fused_matches_ops_path_each_step(options, dtype, rng):
     assert fused._kernel is not None and fused._kernel.__name__ == "adamkit.kernels.pytorch"
     stored = {name: slot.variable for name, slot in fused.slots_of(vars_fused[0]).items()}
     assert fused._kernel.supports(vars_fused[0], None, stored) == (dtype == "float32")
-    with pytest.raises(ValueError, match="epsilon_mode='paper'"):
+    with pytest.raises(ValueError, match="epsilon_mode='paper'.*not epsilon_mode='keras'"):
         adamkit.Adam(fused=True, epsilon_mode="keras")
     assert adamkit.Adam(epsilon_mode="keras")._kernel is None  # that form takes the ops path
+    with pytest.raises(ValueError, match="not RAdam"):  # torch has no fused RAdam
+        adamkit.RAdam(fused=True)
+    assert adamkit.RAdam()._kernel is None
 
 
 # -- saving --------------------------------------------------------------------------------------

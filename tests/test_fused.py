@@ -49,12 +49,9 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
         return tf.function(lambda grads: optimizer.apply(grads, variables), jit_compile=jit)
 
     # The reference is the ops path under tf.function: XLA may contract the ops path's a·b + c
-    # into one rounding (an FMA), which moves a bfloat16 state's stochastic rounding now and
-    # then; adamkit's kernel and custom call round each operation as tf.function does. Where the
-    # fused side itself takes the ops path under XLA (8-bit state), so does the reference.
-    reference_jit = jit and kwargs.get("state_dtype") == "int8"
-    step_fused, step_plain = compiled(fused, vars_fused, jit), compiled(plain, vars_plain,
-                                                                        reference_jit)
+    # into one rounding (an FMA), which moves a bfloat16 or 8-bit state's stochastic rounding now
+    # and then; adamkit's kernels and custom calls round each operation as tf.function does.
+    step_fused, step_plain = compiled(fused, vars_fused, jit), compiled(plain, vars_plain, False)
 
     # adamkit's kernel (its op, or under XLA its custom call) forms every scalar in double: float32
     # rounding only. Where it cannot be built TensorFlow's kernel runs; in float32 it forms 1 − β2
@@ -80,10 +77,11 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
             if a.dtype in ("int8", "bfloat16") or a.path.endswith("absmax"):
                 np.testing.assert_array_equal(a.numpy(), b.numpy(), f"{config} {a.path}")
     ops_run = {op.type for op in step_fused.get_concrete_function(grads).graph.get_operations()}
-    if own_kernel and jit:  # XLA: one custom call for the float and bfloat16-state variables
-        # (int8 state leaves the three small ones in float32 and takes the ops path for the last)
-        expected = [3] if kwargs.get("state_dtype") == "int8" else [4]
-        assert xla_launches(step_fused, grads) == expected
+    if own_kernel and jit:  # XLA: one custom call for the float and bfloat16-state variables;
+        # int8 state leaves the three small ones in float32 and has a call of its own for the last
+        int8 = kwargs.get("state_dtype") == "int8"
+        assert xla_launches(step_fused, grads) == ([3] if int8 else [4])
+        assert len(xla_launches(step_fused, grads, target="adamkit_adam8bit")) == int8
     elif own_kernel:  # the fast path really ran (and not the ops path twice)
         int8 = kwargs.get("state_dtype") == "int8"
         assert ("AdamkitApplyAdam8bit" if int8 else "AdamkitApplyAdam") in ops_run
@@ -100,11 +98,11 @@ def launches(step, *args) -> list[int]:
                   if op.type == "AdamkitApplyAdam")
 
 
-def xla_launches(step, *args) -> list[int]:
-    """How many variables each adamkit_adam custom call of a step compiled by XLA updates."""
+def xla_launches(step, *args, target="adamkit_adam") -> list[int]:
+    """How many variables each ``target`` custom call of a step compiled by XLA updates."""
     hlo = step.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
-    calls = [line for line in hlo.splitlines() if 'custom_call_target="adamkit_adam"' in line]
-    return sorted(int(re.search(r"\bn = (\d+)", line).group(1)) for line in calls)
+    calls = [line for line in hlo.splitlines() if f'custom_call_target="{target}"' in line]
+    return sorted(int((re.search(r"\bn = (\d+)", line) or [0, 1])[1]) for line in calls)
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "xla"])

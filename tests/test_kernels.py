@@ -18,10 +18,11 @@ CONFIGS = {
     "keras-epsilon": (adamkit.Adam, {"epsilon_mode": "keras", "epsilon": 1e-7}),
     "skip-nonfinite": (adamkit.Adam, {"skip_nonfinite": True}),
     "bfloat16-state": (adamkit.Adam, {"state_dtype": "bfloat16", "amsgrad": True}),
+    "int8-state": (adamkit.AdamW, {"state_dtype": "int8", "amsgrad": True, "weight_decay": 0.05}),
     "radam": (adamkit.RAdam, {}),  # the rectified branch from t = 6 (not on PyTorch: ops path)
     "radam-adamw": (adamkit.RAdam, {"weight_decay": 0.05}),
 }
-SHAPES = [(64,), (16, 9), (3, 4, 5), (70, 300)]
+SHAPES = [(64,), (16, 9), (3, 4, 5), (70, 300)]  # int8 state: the last one only (4096+ values)
 
 
 def gradients(rng, poison):

@@ -1,4 +1,5 @@
-// adamkit's fused Adam/AMSGrad step as an XLA FFI custom call ("adamkit_adam"), for code that XLA
+// adamkit's fused Adam/AMSGrad step as XLA FFI custom calls ("adamkit_adam"; "adamkit_adam8bit"
+// for one variable with 8-bit state, as adam_op.cc's AdamkitApplyAdam8bit), for code that XLA
 // compiles: TensorFlow under jit_compile=True (through an XlaCallModule op) and the JAX backend.
 // XLA's own lowering of the ops computes m, v and θ in three loops (40 bytes per parameter where
 // 28 suffice); this handler is one pass over all the step's variables, like the TensorFlow op.
@@ -44,14 +45,13 @@ struct Variable {
 // returns when every chunk is done. A shared counter hands out chunks, so a late or busy thread
 // costs nothing but its own share.
 template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t total, const Body& body) {
-  constexpr int64_t kChunk = 1 << 16;
-  const int64_t chunks = (total + kChunk - 1) / kChunk;
+void ParallelFor(ffi::ThreadPool& pool, int64_t total, int64_t chunk, const Body& body) {
+  const int64_t chunks = (total + chunk - 1) / chunk;
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
   std::atomic<int64_t> next{0};
   auto drain = [&] {
     for (int64_t c = next++; c < chunks; c = next++) {
-      body(c * kChunk, std::min(total, (c + 1) * kChunk));
+      body(c * chunk, std::min(total, (c + 1) * chunk));
     }
   };
   std::mutex mutex;
@@ -119,7 +119,7 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
     start[i + 1] = start[i] + vars[i].size;
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
-  ParallelFor(pool, start[n], [&](int64_t begin, int64_t end) {
+  ParallelFor(pool, start[n], /*chunk=*/1 << 16, [&](int64_t begin, int64_t end) {
     int64_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
     for (; i < n && start[i] < end; ++i) {
       const Variable<T, Stored>& a = vars[i];
@@ -157,6 +157,68 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
       "bfloat16 state");
 }
 
+// One variable with 8-bit state. Operands: θ, m codes, m absmax, v codes, v absmax, [v̂max codes,
+// v̂max absmax], g, scalars (6), step (int32), the signed and unsigned codec tables
+// (adamkit.state.codec_table); results: θ and the codes and absmax, aliased to their operands.
+ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                        bool amsgrad) {
+  const size_t updated = amsgrad ? 7 : 5;
+  if (args.size() != updated + 5 || rets.size() != updated) {
+    return ffi::Error::InvalidArgument("adamkit_adam8bit: operand or result count");
+  }
+  void* data[7] = {};
+  for (size_t a = 0; a < updated; ++a) {
+    auto in = args.get<ffi::AnyBuffer>(a);
+    auto out = rets.get<ffi::AnyBuffer>(a);
+    if (!in.has_value() || !out.has_value() || in->size_bytes() != (*out)->size_bytes()) {
+      return ffi::Error::InvalidArgument("adamkit_adam8bit: results must match the operands");
+    }
+    data[a] = Updated(*in, *out);
+  }
+  auto theta = args.get<ffi::AnyBuffer>(0);
+  auto grad = args.get<ffi::AnyBuffer>(updated);
+  auto scalars = args.get<ffi::AnyBuffer>(updated + 1);
+  auto step = args.get<ffi::AnyBuffer>(updated + 2);
+  auto signed_table = args.get<ffi::AnyBuffer>(updated + 3);
+  auto unsigned_table = args.get<ffi::AnyBuffer>(updated + 4);
+  const int64_t size = static_cast<int64_t>(theta->element_count());
+  const int64_t blocks = (size + kBlock - 1) / kBlock;
+  constexpr size_t kTable = 256 + 4 * kDecades;
+  bool ok = theta->element_type() == ffi::DataType::F32 &&
+            grad->element_type() == ffi::DataType::F32 &&
+            grad->element_count() == theta->element_count() && scalars->element_count() == 6 &&
+            step->element_type() == ffi::DataType::S32 &&
+            signed_table->element_count() == kTable && unsigned_table->element_count() == kTable;
+  for (size_t a = 1; a < updated; a += 2) {
+    ok = ok &&
+         args.get<ffi::AnyBuffer>(a)->element_count() == static_cast<size_t>(blocks * kBlock) &&
+         args.get<ffi::AnyBuffer>(a + 1)->element_count() == static_cast<size_t>(blocks);
+  }
+  if (!ok) {
+    return ffi::Error::InvalidArgument(
+        "adamkit_adam8bit: float32 θ and g of one size, codes (blocks, 256), absmax (blocks,), 6 "
+        "scalars, an int32 step and two codec tables expected");
+  }
+  Adam8bitStep p{static_cast<float*>(data[0]), static_cast<const float*>(grad->untyped_data()),
+                 size, {}, {}, static_cast<const float*>(scalars->untyped_data()),
+                 static_cast<uint32_t>(*static_cast<const int32_t*>(step->untyped_data())) *
+                     kStepMultiplier,
+                 CodecTable(static_cast<const float*>(signed_table->untyped_data())),
+                 CodecTable(static_cast<const float*>(unsigned_table->untyped_data()))};
+  for (size_t state = 0; 1 + 2 * state < updated; ++state) {
+    p.codes[state] = static_cast<int8_t*>(data[1 + 2 * state]);
+    p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
+  }
+  ParallelFor(pool, blocks, /*chunk=*/256, [&](int64_t begin, int64_t end) {
+    if (amsgrad) {
+      UpdateBlocks8bit<true>(p, begin, end);
+    } else {
+      UpdateBlocks8bit<false>(p, begin, end);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 }  // namespace adamkit
 
@@ -168,9 +230,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamkitAdam, adamkit::AdamStep,
                                   .Attr<int64_t>("n")
                                   .Attr<bool>("amsgrad"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamkitAdam8bit, adamkit::Adam8bitCall,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<bool>("amsgrad"));
+
 #ifdef ADAMKIT_REGISTER_WITH_TENSORFLOW
 namespace xla::ffi {
 const XLA_FFI_Api* GetXlaFfiApi();  // exported by TensorFlow's libtensorflow_cc
 }
 XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "adamkit_adam", "Host", AdamkitAdam);
+XLA_FFI_REGISTER_HANDLER(xla::ffi::GetXlaFfiApi(), "adamkit_adam8bit", "Host", AdamkitAdam8bit);
 #endif

@@ -1,11 +1,13 @@
-// The Adam/AMSGrad step's inner loop, shared by adamkit's TensorFlow op (adam_op.cc) and its
-// XLA FFI handler (adam_ffi.cc): no framework headers, just the arithmetic over plain arrays.
+// The Adam/AMSGrad step's inner loops — plain (float or bfloat16) state, and 8-bit block-wise
+// state — shared by adamkit's TensorFlow ops (adam_op.cc) and its XLA FFI handlers
+// (adam_ffi.cc): no framework headers, just the arithmetic over plain arrays.
 //
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
 //   θ ← θ·decay − (α/(1 − β1ᵗ))·m / (√v·(1/√(1 − β2ᵗ)) + ε)
 #ifndef ADAMKIT_ADAM_UPDATE_H_
 #define ADAMKIT_ADAM_UPDATE_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -67,6 +69,134 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
       vhat[i] = Codec::Store(vi, position, step_mix);
     }
     theta[i] = theta[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+  }
+}
+
+// -- 8-bit block-wise state (adamkit.state's codec, bit for bit) --------------------------------
+
+constexpr int kBlock = 256;
+constexpr int kDecades = 8;
+
+// The layout of adamkit.state.codec_table: decoded value of code c at c + 128, then per decade
+// the thresholds 10^-1…10^-F (padding −1), floor, spacing and point count.
+struct CodecTable {
+  const float* decode;
+  const float* threshold;
+  const float* floor;
+  const float* spacing;
+  const float* count;
+  float max_index;  // 2^(F+1) − 1
+  explicit CodecTable(const float* t)
+      : decode(t), threshold(t + 256), floor(t + 256 + kDecades),
+        spacing(t + 256 + 2 * kDecades), count(t + 256 + 3 * kDecades),
+        max_index(2.0f * count[0] - 1.0f) {}
+};
+
+// One block's values → codes, rounding stochastically on the map exactly as adamkit.state.quantize
+// does: the same float32 divisions and the same 24-bit dither, so both write the same codes.
+// Written to vectorise: the tables are copied to locals (int8 stores may alias anything else), the
+// decade's constants are picked by a chain of selects rather than gathered, and the absmax is an
+// integer max over the bits with the sign cleared (the same order as the floats' magnitudes).
+template <bool kSigned>
+void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
+                 float* __restrict__ absmax_out, const CodecTable& c, uint32_t first_position,
+                 uint32_t step_mix) {
+  float threshold[kDecades - 1], floor[kDecades], spacing[kDecades], count[kDecades];
+  for (int e = 0; e < kDecades; ++e) {
+    if (e < kDecades - 1) threshold[e] = c.threshold[e];
+    floor[e] = c.floor[e];
+    spacing[e] = c.spacing[e];
+    count[e] = c.count[e];
+  }
+  const float max_index = c.max_index;
+  int32_t top = 0;
+  for (int j = 0; j < kBlock; ++j) {
+    int32_t bits;
+    std::memcpy(&bits, x + j, sizeof bits);
+    top = std::max(top, bits & 0x7fffffff);
+  }
+  float absmax;
+  std::memcpy(&absmax, &top, sizeof absmax);
+  *absmax_out = absmax;
+  const float divisor = absmax > 0.0f ? absmax : 1.0f;
+  for (int j = 0; j < kBlock; ++j) {
+    const float normalised = x[j] / divisor;
+    const float a = std::fabs(normalised);
+    // decade e = how many thresholds 10^-1 > 10^-2 > … lie at or above a.
+    float low = floor[0], gap = spacing[0], points = count[0];
+    for (int e = 0; e < kDecades - 1; ++e) {
+      const bool below = a <= threshold[e];
+      low = below ? floor[e + 1] : low;
+      gap = below ? spacing[e + 1] : gap;
+      points = below ? count[e + 1] : points;
+    }
+    const uint32_t mixed = (first_position + static_cast<uint32_t>(j)) * kPositionMultiplier +
+                           step_mix;
+    const float dither = static_cast<float>(static_cast<int32_t>(mixed >> 8)) * 0x1p-24f;
+    const float position = (a - low) / gap;
+    const float k = std::floor(position + dither) - 1.0f;
+    const float index = std::min(std::max(points + k, 0.0f), max_index);
+    const float code = kSigned ? (normalised < 0.0f ? -index : index) : index - 128.0f;
+    codes[j] = static_cast<int8_t>(static_cast<int32_t>(code));
+  }
+}
+
+// Everything one 8-bit step needs; state s = 0 (m), 1 (v), 2 (v̂max).
+struct Adam8bitStep {
+  float* theta;
+  const float* g;
+  int64_t size;
+  int8_t* codes[3];
+  float* absmax[3];
+  const float* scalars;  // decay, 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε
+  uint32_t step_mix;
+  CodecTable signed_map, unsigned_map;
+};
+
+// Blocks [begin, end): decode, update θ, re-encode — each block's state stays in L1 between.
+template <bool kAmsgrad>
+void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
+  const float decay = p.scalars[0], one_minus_b1 = p.scalars[1], one_minus_b2 = p.scalars[2],
+              step_size = p.scalars[3], inv_sqrt_bc2 = p.scalars[4], eps = p.scalars[5];
+  const float* __restrict__ m_decode = p.signed_map.decode;
+  const float* __restrict__ v_decode = p.unsigned_map.decode;
+  alignas(64) float m[kBlock], v[kBlock], h[kBlock];
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t first = b * kBlock;
+    const int n = static_cast<int>(std::min<int64_t>(kBlock, p.size - first));
+    const int8_t* __restrict__ mc = p.codes[0] + first;
+    const int8_t* __restrict__ vc = p.codes[1] + first;
+    const float* __restrict__ g = p.g + first;
+    float* __restrict__ theta = p.theta + first;
+    const float ma = p.absmax[0][b], va = p.absmax[1][b];
+    for (int j = 0; j < n; ++j) {  // the new state, unrounded, for the update and the encoder
+      const float m_old = m_decode[mc[j] + 128] * ma;
+      const float v_old = v_decode[vc[j] + 128] * va;
+      m[j] = m_old + (g[j] - m_old) * one_minus_b1;
+      v[j] = v_old + (g[j] * g[j] - v_old) * one_minus_b2;
+    }
+    const float* denominator = v;
+    if (kAmsgrad) {
+      const int8_t* __restrict__ hc = p.codes[2] + first;
+      const float ha = p.absmax[2][b];
+      for (int j = 0; j < n; ++j) {
+        const float old = v_decode[hc[j] + 128] * ha;
+        h[j] = old > v[j] ? old : v[j];
+      }
+      denominator = h;
+    }
+    for (int j = 0; j < n; ++j) {
+      theta[j] = theta[j] * decay - step_size * m[j] / (std::sqrt(denominator[j]) * inv_sqrt_bc2 + eps);
+    }
+    for (int j = n; j < kBlock; ++j) m[j] = v[j] = h[j] = 0.0f;  // the padding, as quantize's
+    const uint32_t position = static_cast<uint32_t>(first);
+    EncodeBlock<true>(m, p.codes[0] + first, p.absmax[0] + b, p.signed_map, position, p.step_mix);
+    EncodeBlock<false>(v, p.codes[1] + first, p.absmax[1] + b, p.unsigned_map, position,
+                       p.step_mix);
+    if (kAmsgrad) {
+      EncodeBlock<false>(h, p.codes[2] + first, p.absmax[2] + b, p.unsigned_map, position,
+                         p.step_mix);
+    }
   }
 }
 

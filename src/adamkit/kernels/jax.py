@@ -9,13 +9,15 @@ v (and v̂max) aliased to its results, so under ``jax.jit`` with the state donat
 trainer does) XLA updates them in place; one call covers every variable of a dtype, split across
 XLA's CPU threads as one index space.
 
-It covers float32 (float64 with ``jax_enable_x64``) parameters with state in the same dtype, and
-float32 parameters with bfloat16 state (the same stochastic rounding as ``adamkit.state``), on
-the CPU, Algorithm 1 and the ``"keras"`` ε form alike (under ``keras.distribution.DataParallel``
-one call per variable); 8-bit state, variables sharded across devices, and other device types
-take the ``adamkit.ops`` path. The scalars are formed in the parameters' dtype with
-the ops path's own functions. Where the kernel cannot be built (no compiler) adamkit says why once
-and runs the ops path; ``ADAMKIT_BUILD_KERNEL=0`` skips the build.
+It covers, on the CPU, float32 (float64 with ``jax_enable_x64``) parameters with state in the
+same dtype, float32 parameters with bfloat16 state (the same stochastic rounding as
+``adamkit.state``), and float32 parameters with 8-bit state (one call per variable,
+``adamkit_adam8bit``, bit for bit adamkit.state's codes); Algorithm 1 and the ``"keras"`` ε form
+alike; under ``keras.distribution.DataParallel`` one call per variable (8-bit state: the ops
+path). Variables sharded across devices and other device types take the ``adamkit.ops`` path. The
+scalars are formed in the parameters' dtype with the ops path's own functions. Where the kernel
+cannot be built (no compiler) adamkit says why once and runs the ops path;
+``ADAMKIT_BUILD_KERNEL=0`` skips the build.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ import keras
 import numpy as np
 
 from adamkit import ops as adam_ops
+from adamkit import state as state_storage
 from adamkit.kernels.build import compile_library
 
 SOURCE = Path(__file__).with_name("adam_ffi.cc")
 TARGET = "adamkit_adam"
+TARGET_8BIT = "adamkit_adam8bit"  # one variable with adamkit.state's 8-bit block-wise state
 _LIBRARY: dict[str, object] = {}
 
 
@@ -52,8 +56,10 @@ def custom_kernel() -> bool:
         if os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0" and jax.default_backend() == "cpu":
             try:
                 library = ctypes.CDLL(str(build_library()))
-                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.AdamkitAdam),
-                                            platform="cpu")
+                for target, handler in ((TARGET, library.AdamkitAdam),
+                                        (TARGET_8BIT, library.AdamkitAdam8bit)):
+                    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler),
+                                                platform="cpu")
                 _LIBRARY["library"] = library
             except (RuntimeError, OSError, AttributeError) as error:  # AttributeError: no jax.ffi
                 print(f"adamkit: could not build the fused Adam kernel for JAX ({error}); using "
@@ -79,7 +85,30 @@ def supports(variable, gradient, state, rectify: bool = False) -> bool:
 
 
 def supports_8bit(variable) -> bool:
-    return False  # 8-bit state takes the portable path on this backend
+    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable, on one device."""
+    return (_dtype(variable) == "float32" and keras.distribution.distribution() is None
+            and custom_kernel())
+
+
+def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
+                    epsilon_mode, decay=None, rectify=False):
+    """One step of Adam/AMSGrad (RAdam with ``rectify``) on a float32 ``variable`` whose state
+    ``slots`` are 8-bit: decode, update, re-encode block by block in one custom call, bit for bit
+    the codec of ``adamkit.state``."""
+    amsgrad = "velocity_hat" in slots
+    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
+    values = [jnp.asarray(keras.ops.convert_to_tensor(u)) for u in updated]
+    scalars = _scalars("float32", step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
+                       [decay], rectify)[0]
+    tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
+    call = jax.ffi.ffi_call(TARGET_8BIT, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
+                            input_output_aliases={i: i for i in range(len(values))})
+    gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
+    results = call(*values, gradient, scalars, jnp.asarray(step, jnp.int32), *tables,
+                   amsgrad=amsgrad)
+    for target, value in zip(updated, results):
+        target.assign(value)
 
 
 def can_apply_together() -> bool:

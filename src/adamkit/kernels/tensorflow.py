@@ -9,8 +9,8 @@ XLA (``jit_compile=True``) cannot run a TensorFlow op; there the same loop runs 
 call (``adam_ffi.cc``, built the same way and registered with TensorFlow's XLA through its FFI),
 placed by an ``XlaCallModule`` op whose StableHLO module holds the one call: XLA hands it the
 buffers of θ, m, v to update in place, where XLA's own lowering of the ops path computes m, v and
-θ in three loops (40 bytes per parameter instead of 28). It covers float32/float64 and bfloat16
-state on the CPU; 8-bit state takes the ops path under XLA. ``ADAMKIT_BUILD_KERNEL=0`` skips both
+θ in three loops (40 bytes per parameter instead of 28). It covers float32/float64, bfloat16 and
+(one call per variable, ``adamkit_adam8bit``) 8-bit state on the CPU. ``ADAMKIT_BUILD_KERNEL=0`` skips both
 builds. With one device (no tf.distribute strategy) the
 optimizer hands it every float variable of a step at once (``apply_adam_together``): the scalars
 are formed once and one launch covers all, split across the CPU threads as one index space; under
@@ -117,7 +117,7 @@ def xla_kernel() -> bool:
                 and not tf.config.list_logical_devices("GPU")):
             try:
                 library = ctypes.CDLL(str(build_xla_library()))  # registers on load
-                _xla_module(((1,),), "float32", "float32", False)  # this TensorFlow can place it
+                _call_module("adamkit_adam", ("tensor<f32>",) * 5, 3, "")  # TF can place it
                 _LIBRARY["xla"] = library
             except (RuntimeError, OSError, ImportError, ValueError) as error:
                 print(f"adamkit: could not build the XLA Adam kernel ({error}); under XLA "
@@ -200,55 +200,61 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
 
 
 def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad):
-    """The step as one XLA custom call (``adamkit_adam``) inside an ``XlaCallModule``: XLA hands
-    it the buffers of θ, m, v (and v̂max) to update in place, then assigns the results back."""
-    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
-
+    """The step as one XLA custom call (``adamkit_adam``) for all the variables."""
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [tf_variable(v) for v in variables]
     updated += [tf_variable(s[name]) for name in names for s in states]
     dtype = tf.as_dtype(variables[0].dtype)
-    stored = tf.as_dtype(states[0]["momentum"].dtype)
-    module = _xla_module(tuple(tuple(v.shape) for v in variables), dtype.name, stored.name,
-                         amsgrad)
+    # reshaped to the variable's static shape (a densified sparse gradient's may be unknown)
+    inputs = [tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), v.shape)
+              for g, v in zip(gradients, variables)]
+    attributes = f"amsgrad = {str(amsgrad).lower()}, n = {len(variables)} : i64"
+    return _xla_call("adamkit_adam", updated, [*inputs, scalars, tf.cast(step, tf.int32)],
+                     attributes)
+
+
+def _xla_call(target, updated, inputs, attributes):
+    """Custom call ``target`` inside an ``XlaCallModule``: XLA hands it the buffers of the
+    ``updated`` variables (the first operands, each result aliased to its operand) to update in
+    place, and the ``inputs`` after them; the results are assigned back."""
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+    operands = [*(u.read_value() for u in updated), *inputs]
+    module = _call_module(target, tuple(_tensor_type(x) for x in operands), len(updated),
+                          attributes)
     results = gen_xla_ops.xla_call_module(
-        [u.read_value() for u in updated] + [tf.cast(tf.convert_to_tensor(g), dtype)
-                                            for g in gradients] + [scalars, tf.cast(step, tf.int32)],
-        version=9, module=module, Sout=[u.shape for u in updated], Tout=[u.dtype for u in updated],
-        platforms=["CPU"])
+        operands, version=9, module=module, Sout=[u.shape for u in updated],
+        Tout=[u.dtype for u in updated], platforms=["CPU"])
     return tf.group([u.assign(r) for u, r in zip(updated, results)])
 
 
-@functools.lru_cache(maxsize=64)
-def _xla_module(shapes: tuple, dtype: str, state_dtype: str, amsgrad: bool) -> bytes:
-    """The StableHLO module (portable artifact) whose one op is the ``adamkit_adam`` custom call
-    for variables of these shapes: operands θ…, m…, v…, [v̂max…], g…, scalars, step; results θ,
-    m, v, [v̂max], each aliased to its operand."""
+def _tensor_type(x) -> str:
+    elements = {tf.float32: "f32", tf.float64: "f64", tf.bfloat16: "bf16", tf.int32: "i32",
+                tf.int8: "i8"}
+    return "tensor<" + "".join(f"{d}x" for d in x.shape) + elements[tf.as_dtype(x.dtype)] + ">"
+
+
+@functools.lru_cache(maxsize=256)
+def _call_module(target: str, operands: tuple, updated: int, attributes: str) -> bytes:
+    """The StableHLO module (portable artifact) whose one op is custom call ``target`` (XLA's
+    typed FFI) over operands of these types, the first ``updated`` of them returned, each
+    result aliased to its operand; ``attributes``: the handler's, as MLIR."""
     from tensorflow.compiler.mlir.stablehlo import stablehlo
 
-    elements = {"float32": "f32", "float64": "f64", "bfloat16": "bf16", "int32": "i32"}
-
-    def tensor(shape, dtype):
-        return "tensor<" + "".join(f"{d}x" for d in shape) + elements[dtype] + ">"
-
-    n = len(shapes)
-    params = [tensor(s, dtype) for s in shapes]
-    updated = [*params, *[tensor(s, state_dtype) for s in shapes] * (3 if amsgrad else 2)]
-    operands = [*updated, *params, tensor((n, 6), dtype), tensor((), "int32")]
+    results = ", ".join(operands[:updated])
     arguments = [f"%a{i}" for i in range(len(operands))]
-    aliases = ", ".join(f"#stablehlo.output_operand_alias<output_tuple_indices = [{j}], "
-                        f"operand_index = {j}, operand_tuple_indices = []>"
-                        for j in range(len(updated)))
-    results = ", ".join(updated)
     signature = ", ".join(f"{a}: {t}" for a, t in zip(arguments, operands))
-    attributes = (f"api_version = 4 : i32, backend_config = {{amsgrad = {str(amsgrad).lower()}, "
-                  f"n = {n} : i64}}, output_operand_aliases = [{aliases}]")
+    aliases = ", ".join(  # one result is not a tuple: no index into it
+        f"#stablehlo.output_operand_alias<output_tuple_indices = [{j if updated > 1 else ''}], "
+        f"operand_index = {j}, operand_tuple_indices = []>" for j in range(updated))
+    options = (f"api_version = 4 : i32, backend_config = {{{attributes}}}, "
+               f"output_operand_aliases = [{aliases}]")
     text = "\n".join([
         "module @adamkit attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {",
         f"  func.func public @main({signature}) -> ({results}) {{",
-        f"    %r:{len(updated)} = stablehlo.custom_call @adamkit_adam({', '.join(arguments)}) "
-        f"{{{attributes}}} : ({', '.join(operands)}) -> ({results})",
-        f"    return {', '.join(f'%r#{j}' for j in range(len(updated)))} : {results}",
+        f"    %r:{updated} = stablehlo.custom_call @{target}({', '.join(arguments)}) "
+        f"{{{options}}} : ({', '.join(operands)}) -> ({results})",
+        f"    return {', '.join(f'%r#{j}' for j in range(updated))} : {results}",
         "  }",
         "}",
     ])
@@ -280,9 +286,9 @@ def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, 
 
 
 def supports_8bit(variable) -> bool:
-    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable: adamkit's kernel only."""
-    return (tf.as_dtype(variable.dtype) == tf.float32 and not _in_xla()
-            and custom_kernel() is not None)
+    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable: adamkit's kernel only
+    (under XLA its custom call)."""
+    return tf.as_dtype(variable.dtype) == tf.float32 and _fused_here()
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
@@ -294,9 +300,17 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     amsgrad = "velocity_hat" in slots
     m, v = slots["momentum"], slots["velocity"]
     h = slots["velocity_hat"] if amsgrad else v
+    tables = [tf.constant(state_storage.codec_table(signed)) for signed in (True, False)]
+    if _in_xla():  # custom call adamkit_adam8bit: θ, codes and absmax updated in place
+        updated = [tf_variable(variable)]
+        updated += [tf_variable(x) for s in (m, v, h)[:3 if amsgrad else 2]
+                    for x in (s.codes, s.absmax)]
+        return _xla_call("adamkit_adam8bit", updated,
+                         [tf.reshape(tf.cast(tf.convert_to_tensor(gradient), tf.float32),
+                                     variable.shape), scalars,
+                          tf.cast(step, tf.int32), *tables], f"amsgrad = {str(amsgrad).lower()}")
     return custom_kernel().adamkit_apply_adam8bit(
         _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
         _handle(v.absmax), _handle(h.codes), _handle(h.absmax),
         tf.cast(tf.convert_to_tensor(gradient), tf.float32), scalars, tf.cast(step, tf.int32),
-        tf.constant(state_storage.codec_table(True)), tf.constant(state_storage.codec_table(False)),
-        amsgrad=amsgrad)
+        *tables, amsgrad=amsgrad)

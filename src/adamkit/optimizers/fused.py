@@ -39,8 +39,9 @@ class FusedAdamStep:
             )
         if fused and backend == "torch" and not torch_applies:
             what = "RAdam" if self.rectified else "epsilon_mode='keras'"
-            raise ValueError(f"`fused=True` on PyTorch cannot run {what} (its fused kernel is "
-                             "Adam's, ε after bias correction); use fused=None or fused=False.")
+            raise ValueError(f"`fused=True` on PyTorch needs Adam with epsilon_mode='paper' (its "
+                             f"fused kernel adds ε after bias correction), not {what}; use "
+                             "fused=None or fused=False.")
         self.fused = fused
         self._kernel = None
         if fused is not False and backend == "tensorflow":
