@@ -30,17 +30,6 @@ namespace ffi = xla::ffi;
 namespace adamkit {
 namespace {
 
-template <typename T, typename Stored>
-struct Variable {
-  T* theta;
-  Stored* m;
-  Stored* v;
-  Stored* vhat;
-  const T* g;
-  const T* scalars;
-  int64_t size;
-};
-
 // Runs body(begin, end) over [0, total) in chunks, on the caller and the pool's threads together;
 // returns when every chunk is done. A shared counter hands out chunks, so a late or busy thread
 // costs nothing but its own share.
@@ -95,7 +84,7 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
   }
   const T* s = static_cast<const T*>(scalars->untyped_data());
   const uint32_t t = static_cast<uint32_t>(*static_cast<const int32_t*>(step->untyped_data()));
-  std::vector<Variable<T, Stored>> vars(n);
+  std::vector<Arrays<T, Stored>> vars(n);
   std::vector<int64_t> start(n + 1, 0);  // variable i holds indices [start[i], start[i + 1])
   for (int64_t i = 0; i < n; ++i) {
     auto grad = args.get<ffi::AnyBuffer>(arrays * n + i);
@@ -114,23 +103,12 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
     }
     vars[i] = {static_cast<T*>(updated[0]), static_cast<Stored*>(updated[1]),
                static_cast<Stored*>(updated[2]), static_cast<Stored*>(updated[3]),
-               static_cast<const T*>(grad->untyped_data()), s + 6 * i,
-               static_cast<int64_t>(grad->element_count())};
-    start[i + 1] = start[i] + vars[i].size;
+               static_cast<const T*>(grad->untyped_data()), s + 6 * i};
+    start[i + 1] = start[i] + static_cast<int64_t>(grad->element_count());
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
   ParallelFor(pool, start[n], /*chunk=*/1 << 16, [&](int64_t begin, int64_t end) {
-    int64_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
-    for (; i < n && start[i] < end; ++i) {
-      const Variable<T, Stored>& a = vars[i];
-      const int64_t first = std::max(begin, start[i]) - start[i];
-      const int64_t last = std::min(end, start[i + 1]) - start[i];
-      if (amsgrad) {
-        Update<T, Codec, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
-      } else {
-        Update<T, Codec, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
-      }
-    }
+    UpdateRange<T, Codec>(vars, start, amsgrad, t, begin, end);
   });
   return ffi::Error::Success();
 }

@@ -36,10 +36,11 @@ using adamkit::kStepMultiplier;
 using adamkit::Plain;
 using adamkit::StochasticBfloat16;
 using adamkit::Adam8bitStep;
+using adamkit::Arrays;
 using adamkit::CodecTable;
 using adamkit::kBlock;
 using adamkit::kDecades;
-using adamkit::Update;
+using adamkit::UpdateRange;
 using adamkit::UpdateBlocks8bit;
 
 REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
@@ -65,17 +66,6 @@ class AmsgradOpKernel : public OpKernel {
 
  protected:
   bool amsgrad_ = false;
-};
-
-// One variable's arrays, as the kernel sees them.
-template <typename T, typename Stored>
-struct Arrays {
-  T* theta;
-  Stored* m;
-  Stored* v;
-  Stored* vhat;
-  const T* g;
-  const T* scalars;
 };
 
 // All N variables are one index space [0, Σ sizes), split across the CPU threads as a whole: one
@@ -124,18 +114,7 @@ class AdamkitApplyAdamOp : public AmsgradOpKernel {
     }
     const uint32_t t = static_cast<uint32_t>(ctx->input(5 * n + 1).scalar<int32>()());
     auto work = [&](int64_t begin, int64_t end) {
-      // The variables this range overlaps, each from its own index 0 (the dither's position).
-      int i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
-      for (; i < n && start[i] < end; ++i) {
-        const Arrays<T, Stored>& a = arrays[i];
-        const int64_t first = std::max(begin, start[i]) - start[i];
-        const int64_t last = std::min(end, start[i + 1]) - start[i];
-        if (amsgrad_) {
-          Update<T, Codec, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
-        } else {
-          Update<T, Codec, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, t);
-        }
-      }
+      UpdateRange<T, Codec>(arrays, start, amsgrad_, t, begin, end);
     };
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
     Shard(threads->num_threads, threads->workers, start[n], /*cost_per_unit=*/20, work);

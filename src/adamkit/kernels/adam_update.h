@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace adamkit {
 
@@ -69,6 +70,38 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
       vhat[i] = Codec::Store(vi, position, step_mix);
     }
     theta[i] = theta[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+  }
+}
+
+// One variable's arrays, as the kernels see them.
+template <typename T, typename Stored>
+struct Arrays {
+  T* theta;
+  Stored* m;
+  Stored* v;
+  Stored* vhat;
+  const T* g;
+  const T* scalars;
+};
+
+// The indices [begin, end) of variables laid end to end — variable i holds [start[i],
+// start[i + 1]) — each updated from its own index 0 (the dither's position): how the kernels
+// treat all of a step's variables as one index space, one launch and one wait however many.
+template <typename T, typename Codec>
+void UpdateRange(const std::vector<Arrays<T, typename Codec::Stored>>& arrays,
+                 const std::vector<int64_t>& start, bool amsgrad, uint32_t step, int64_t begin,
+                 int64_t end) {
+  const int64_t n = static_cast<int64_t>(arrays.size());
+  int64_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
+  for (; i < n && start[i] < end; ++i) {
+    const auto& a = arrays[i];
+    const int64_t first = std::max(begin, start[i]) - start[i];
+    const int64_t last = std::min(end, start[i + 1]) - start[i];
+    if (amsgrad) {
+      Update<T, Codec, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, step);
+    } else {
+      Update<T, Codec, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, step);
+    }
   }
 }
 
