@@ -98,17 +98,12 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     amsgrad = "velocity_hat" in slots
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
-    values = [jnp.asarray(keras.ops.convert_to_tensor(u)) for u in updated]
     scalars = _scalars("float32", step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
                        [decay], rectify)[0]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
-    call = jax.ffi.ffi_call(TARGET_8BIT, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
-                            input_output_aliases={i: i for i in range(len(values))})
     gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
-    results = call(*values, gradient, scalars, jnp.asarray(step, jnp.int32), *tables,
-                   amsgrad=amsgrad)
-    for target, value in zip(updated, results):
-        target.assign(value)
+    _call_in_place(TARGET_8BIT, updated,
+                   [gradient, scalars, jnp.asarray(step, jnp.int32), *tables], amsgrad=amsgrad)
 
 
 def can_apply_together() -> bool:
@@ -136,15 +131,21 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     amsgrad = "velocity_hat" in states[0]
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [*variables, *(s[name] for name in names for s in states)]
-    values = [jnp.asarray(keras.ops.convert_to_tensor(u)) for u in updated]
     grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
                        rectify)
-    call = jax.ffi.ffi_call(TARGET, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
-                            input_output_aliases={i: i for i in range(len(values))})
-    results = call(*values, *grads, scalars, jnp.asarray(step, jnp.int32),
+    _call_in_place(TARGET, updated, [*grads, scalars, jnp.asarray(step, jnp.int32)],
                    n=np.int64(len(variables)), amsgrad=amsgrad)
-    for variable, value in zip(updated, results):
+
+
+def _call_in_place(target, updated, inputs, **attributes):
+    """Custom call ``target`` with the ``updated`` variables' values as its first operands, each
+    result aliased to its operand (XLA updates them in place where the buffers are donated),
+    ``inputs`` after them; the results are assigned back."""
+    values = [jnp.asarray(keras.ops.convert_to_tensor(u)) for u in updated]
+    call = jax.ffi.ffi_call(target, [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values],
+                            input_output_aliases={i: i for i in range(len(values))})
+    for variable, value in zip(updated, call(*values, *inputs, **attributes)):
         variable.assign(value)
 
 
