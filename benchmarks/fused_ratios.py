@@ -6,9 +6,11 @@
 
 1. adamkit (Adam, AdamW, AMSGrad, RAdam; under tf.function its own op, under XLA its custom
    call) against torch.optim's fused counterpart (for RAdam, which has none, its foreach one):
-   adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (an Adam step's bytes
-   streamed, ``adamkit.bench.stream_step``): adamkit / limit (1 = at the limit).
-2. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
+   adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (the step's own bytes
+   streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36): adamkit / limit (1 = at it).
+2. The framework's call overhead: the same step over as many one-element variables (the same
+   graph and captures, next to no bytes), as a share of the real step's time; torch fused alike.
+3. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from adamkit.bench import compiled_apply, median_seconds, parameter_shapes, stre
 def alternate(ours, theirs, rounds: int) -> list[float]:
     """Per-round ratio time(theirs) / time(ours), the two timed back to back each round."""
     return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+
+
+def tiny(shapes) -> list[tuple[int]]:
+    """As many variables as ``shapes``, one element each: a step that is all overhead."""
+    return [(1,)] * len(shapes)
 
 
 def report(label: str, ratios: list[float]) -> None:
@@ -62,16 +69,25 @@ def main() -> None:
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
         grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
-        limit = stream_step(sum(int(np.prod(s)) for s in shapes))
+        count = sum(int(np.prod(s)) for s in shapes)
+        limits = {False: stream_step(count), True: stream_step(count, amsgrad=True)}
+        tiny_grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in tiny(shapes)]
         for path in args.paths:
             for name, make in ours.items():
                 step = compiled_apply(make(), shapes, grads, jit=PATHS[path])
                 label = f"{millions}M {name:8} {path:11} adamkit"
                 report(f"{label} / torch fused",
                        alternate(step, torch_fused(name, shapes), args.rounds))
-                report(f"{label} / limit", alternate(step, limit, args.rounds))
+                report(f"{label} / limit",
+                       alternate(step, limits[name == "AMSGrad"], args.rounds))
+                if name == "Adam":
+                    overhead = compiled_apply(make(), tiny(shapes), tiny_grads, jit=PATHS[path])
+                    report(f"{label}: call overhead / step", alternate(step, overhead, args.rounds))
         report(f"{millions}M torch fused Adam / limit",
-               alternate(torch_fused("Adam", shapes), limit, args.rounds))
+               alternate(torch_fused("Adam", shapes), limits[False], args.rounds))
+        report(f"{millions}M torch fused Adam: call overhead / step",
+               alternate(torch_fused("Adam", shapes), torch_fused("Adam", tiny(shapes)),
+                         args.rounds))
         float32 = compiled_apply(adamkit.Adam(), shapes, grads)
         for state_dtype in ("bfloat16", "int8"):
             lean = compiled_apply(adamkit.Adam(state_dtype=state_dtype), shapes, grads)

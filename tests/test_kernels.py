@@ -99,20 +99,25 @@ def test_jax_jit_runs_one_custom_call_in_place(rng):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused kernel")
-def test_torch_runs_one_fused_call_for_all_variables(rng):
-    """All four float32 variables in one torch._fused_adam_ call (as torch.optim.Adam(fused=True)
-    does), counted by PyTorch's profiler; AdamW's decay applies to each variable first."""
+@pytest.mark.parametrize(("exclude_1d", "expected"), [
+    (False, {"aten::_fused_adamw_": 1, "aten::_fused_adam_": 0, "aten::mul_": 0}),
+    (True, {"aten::_fused_adamw_": 1, "aten::_fused_adam_": 1, "aten::mul_": 0}),
+])
+def test_torch_runs_one_fused_call_per_decay_factor(rng, exclude_1d, expected):
+    """All float32 variables in one call of PyTorch's fused kernel (as torch.optim.AdamW(fused=True)
+    does), the decay inside it (no separate pass over θ); with ``exclude_1d`` the undecayed
+    vectors in a second, plain Adam call. Counted by PyTorch's profiler."""
     import torch
 
     variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES]
-    optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05)
+    optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, exclude_1d=exclude_1d)
     optimizer.build(variables)
     grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
     optimizer.apply(grads, variables)  # first step outside the profile (builds nothing new)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         optimizer.apply(grads, variables)
-    calls = [e for e in profile.events() if e.name == "aten::_fused_adam_"]
-    assert len(calls) == 1
+    names = [e.name for e in profile.events()]
+    assert {name: names.count(name) for name in expected} == expected
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX kernel's own fallback")

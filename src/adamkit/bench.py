@@ -218,10 +218,11 @@ def backend_child(millions: int, repeats: int) -> None:
     print(json.dumps(speeds))
 
 
-def stream_step(count: int):
+def stream_step(count: int, amsgrad: bool = False):
     """A function that streams an Adam step's bytes for ``count`` parameters — read θ, g, m, v;
-    write θ, m, v: 28 bytes each — with next to no arithmetic, on every core
-    (``kernels/stream.cc``): the memory-bandwidth limit of a step."""
+    write θ, m, v: 28 bytes each; with ``amsgrad`` v̂max read and written too, 36 bytes — with
+    next to no arithmetic, on every core (``kernels/stream.cc``): the memory-bandwidth limit of a
+    step."""
     import ctypes
     from pathlib import Path
 
@@ -229,9 +230,11 @@ def stream_step(count: int):
 
     source = Path(__file__).with_name("kernels") / "stream.cc"
     stream = ctypes.CDLL(str(compile_library(source, ["-fopenmp"]))).adamkit_stream
-    arrays = [np.ones(count, np.float32) for _ in range(4)]  # written: no page shared with zeros
-    pointers = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in arrays]
-    return lambda: stream(*pointers, ctypes.c_int64(count), ctypes.c_float(0.0))
+    arrays = [np.ones(count, np.float32) for _ in range(5 if amsgrad else 4)]  # written: no page
+    pointers = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in arrays]  # shared with 0s
+    theta, m, v, g = pointers[0], pointers[1], pointers[2], pointers[-1]
+    vhat = pointers[3] if amsgrad else None
+    return lambda: stream(theta, m, v, vhat, g, ctypes.c_int64(count), ctypes.c_float(0.0))
 
 
 LIMIT = "bandwidth limit (best of stream, torch fused)"

@@ -5,7 +5,7 @@ fused kernel.
 θ ← θ − α·m̂/(√v̂ + ε), with AMSGrad's max taken over the raw v as adamkit does, in one vectorised
 multi-threaded pass over a list of tensors. It serves adamkit's ``epsilon_mode="paper"`` (the default); the
 ``"keras"`` form (ε added before bias correction) takes the ``adamkit.ops`` path. Decoupled weight
-decay is applied first as θ ← θ·(1 − αₜλ), the factor adamkit computes for every backend.
+decay, θ ← θ·(1 − αₜλ) first, runs inside the same pass (``torch._fused_adamw_``).
 
 On this backend Keras's own Adam runs PyTorch's ``_foreach`` ops (several passes over the state);
 the fused kernel makes one.
@@ -53,19 +53,26 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
                         epsilon, epsilon_mode, decays, rectify=False):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``) on float32 variables, in
-    place, in one call of PyTorch's fused kernel; each variable first decays by its factor in
-    ``decays`` (None: no decay)."""
+    place, each first decayed by its factor in ``decays`` (None: no decay): one call of PyTorch's
+    fused kernel per distinct factor (AdamW's decayed and excluded variables: two)."""
     if epsilon_mode != "paper" or rectify:
         raise ValueError("PyTorch's fused kernel computes Adam with epsilon_mode='paper' only")
-    thetas = [_tensor(v) for v in variables]
-    for theta, decay in zip(thetas, decays):
-        if decay is not None:
-            theta.mul_(decay)
+    rate = float(learning_rate)
+    groups: dict[float, list[int]] = {}
+    for i, decay in enumerate(decays):
+        groups.setdefault(1.0 if decay is None else float(decay), []).append(i)
     amsgrad = "velocity_hat" in states[0]
     step = torch.as_tensor(step, dtype=torch.float32)  # the step t, already advanced
-    torch._fused_adam_(
-        thetas, [torch.as_tensor(g, dtype=t.dtype) for g, t in zip(gradients, thetas)],
-        [_tensor(s["momentum"]) for s in states], [_tensor(s["velocity"]) for s in states],
-        [_tensor(s["velocity_hat"]) for s in states] if amsgrad else [], [step] * len(thetas),
-        lr=torch.as_tensor(learning_rate, dtype=torch.float32), beta1=beta_1, beta2=beta_2,
-        weight_decay=0.0, eps=epsilon, amsgrad=amsgrad, maximize=False)
+    for factor, members in groups.items():
+        # torch's AdamW kernel decays by 1 − α·λ formed in double; with λ = (1 − factor)/α that
+        # rounds back to adamkit's float32 factor (1 − factor is exact).
+        weight_decay = (1.0 - factor) / rate if factor != 1.0 else 0.0
+        kernel = torch._fused_adamw_ if weight_decay else torch._fused_adam_
+        thetas = [_tensor(variables[i]) for i in members]
+        kernel(
+            thetas, [torch.as_tensor(gradients[i], dtype=torch.float32) for i in members],
+            [_tensor(states[i]["momentum"]) for i in members],
+            [_tensor(states[i]["velocity"]) for i in members],
+            [_tensor(states[i]["velocity_hat"]) for i in members] if amsgrad else [],
+            [step] * len(members), lr=rate, beta1=beta_1, beta2=beta_2,
+            weight_decay=weight_decay, eps=epsilon, amsgrad=amsgrad, maximize=False)
