@@ -264,9 +264,10 @@ def test_torch_fused_matches_ops_path_each_step(options, dtype, rng):
     with pytest.raises(ValueError, match="epsilon_mode='paper'.*not epsilon_mode='keras'"):
         adamkit.Adam(fused=True, epsilon_mode="keras")
     assert adamkit.Adam(epsilon_mode="keras")._kernel is None  # that form takes the ops path
-    with pytest.raises(ValueError, match="not RAdam"):  # torch has no fused RAdam
-        adamkit.RAdam(fused=True)
-    assert adamkit.RAdam()._kernel is None
+    for cls in (adamkit.RAdam, adamkit.Nadam):  # torch has no fused RAdam or NAdam
+        with pytest.raises(ValueError, match=f"not {cls.__name__.replace('Nadam', 'NAdam')}"):
+            cls(fused=True)
+        assert cls()._kernel is None
 
 
 # -- saving --------------------------------------------------------------------------------------

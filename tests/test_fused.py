@@ -141,16 +141,18 @@ def test_one_launch_per_dtype_and_per_variable_where_it_must(jit, rng):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "xla"])
-def test_radam_runs_the_kernel_with_its_own_scalars(jit, rng):
-    """RAdam through adamkit's kernel (θ·decay − a·m/(√v·s + ε) with RAdam's a, s, ε, switching
-    at ρₜ > 5, i.e. t = 6) against RAdam's ops path, every step, in one launch."""
+@pytest.mark.parametrize("cls", [adamkit.RAdam, adamkit.Nadam], ids=["radam", "nadam"])
+def test_radam_and_nadam_run_the_kernel_with_their_own_scalars(cls, jit, rng):
+    """RAdam and NAdam through adamkit's kernel, θ·decay − (a·m + b·g)/(√v·s + ε) with their own
+    a, b, s, ε (RAdam's switching at ρₜ > 5, i.e. t = 6; NAdam's b ≠ 0 and its μ product
+    advancing) against their ops paths, every step, in one launch."""
     import tensorflow as tf
 
     shapes = [(64,), (16, 9), (70, 30)]
     initial = [rng.normal(size=s) for s in shapes]
 
     def setup(fused):
-        optimizer = adamkit.RAdam(learning_rate=0.01, weight_decay=0.05, fused=fused)
+        optimizer = cls(learning_rate=0.01, weight_decay=0.05, fused=fused)
         variables = [keras.Variable(x, dtype="float32") for x in initial]
         optimizer.build(variables)
         step = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=jit)
@@ -162,7 +164,7 @@ def test_radam_runs_the_kernel_with_its_own_scalars(jit, rng):
         step_fused(grads)
         step_plain(grads)
         for a, b in zip([*vars_fused, *fused.variables], [*vars_plain, *plain.variables]):
-            assert_close(a.numpy(), b.numpy(), 2e-6, f"RAdam at step {t + 1}")
+            assert_close(a.numpy(), b.numpy(), 2e-6, f"{cls.__name__} at step {t + 1}")
     assert (xla_launches if jit else launches)(step_fused, grads) == [3]
 
 

@@ -97,6 +97,13 @@ def adamax_update(m, u, step, learning_rate, beta_1):
     return m * (learning_rate / bias_correction(beta_1, step)) / u
 
 
+def nadam_coefficients(learning_rate, mu, mu_next, mu_product):
+    """NAdam's step as a·m + b·g over the denominator: (a, b) = (α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁),
+    α·(1 − μₜ)/(1 − Πμ₁..ₜ)), with ``mu_product`` = Πμ₁..ₜ (already including μₜ)."""
+    return (learning_rate * mu_next / (1.0 - mu_product * mu_next),
+            learning_rate * (1.0 - mu) / (1.0 - mu_product))
+
+
 def nadam_update(g, m, v, step, learning_rate, mu, mu_next, mu_product, beta_2, epsilon):
     """NAdam's Nesterov look-ahead, as in ``torch.optim.NAdam``.
 
@@ -104,9 +111,8 @@ def nadam_update(g, m, v, step, learning_rate, mu, mu_next, mu_product, beta_2, 
     ``mu_product`` = Πμ₁..ₜ (already including μₜ).
     """
     denominator = ops.sqrt(v / bias_correction(beta_2, step)) + epsilon
-    gradient_part = g * (learning_rate * (1.0 - mu) / (1.0 - mu_product))
-    momentum_part = m * (learning_rate * mu_next / (1.0 - mu_product * mu_next))
-    return (gradient_part + momentum_part) / denominator
+    momentum_step, gradient_step = nadam_coefficients(learning_rate, mu, mu_next, mu_product)
+    return (g * gradient_step + m * momentum_step) / denominator
 
 
 def radam_rectifier(step, beta_2):

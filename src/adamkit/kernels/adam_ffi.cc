@@ -4,7 +4,7 @@
 // XLA's own lowering of the ops computes m, v and θ in three loops (40 bytes per parameter where
 // 28 suffice); this handler is one pass over all the step's variables, like the TensorFlow op.
 //
-// Operands: θ₁…θₙ, m₁…mₙ, v₁…vₙ, [v̂max₁…v̂maxₙ with amsgrad], g₁…gₙ, scalars (n, 6) as in
+// Operands: θ₁…θₙ, m₁…mₙ, v₁…vₙ, [v̂max₁…v̂maxₙ with amsgrad], g₁…gₙ, scalars (n, 7) as in
 // adam_update.h, the step t (int32, for the bfloat16 state's dither). Results: θ, m, v, [v̂max],
 // each aliased to its operand, so XLA updates the buffers in place where it can; where it copied
 // an operand first, the copy is taken here.
@@ -78,9 +78,10 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
   }
   auto scalars = args.get<ffi::AnyBuffer>(args.size() - 2);
   auto step = args.get<ffi::AnyBuffer>(args.size() - 1);
-  if (!scalars.has_value() || scalars->element_count() != static_cast<size_t>(6 * n) ||
-      !step.has_value() || step->element_type() != ffi::DataType::S32) {
-    return ffi::Error::InvalidArgument("adamkit_adam: scalars must be (n, 6), step an int32");
+  const size_t scalar_count = static_cast<size_t>(adamkit::kScalars * n);
+  if (!scalars.has_value() || scalars->element_count() != scalar_count || !step.has_value() ||
+      step->element_type() != ffi::DataType::S32) {
+    return ffi::Error::InvalidArgument("adamkit_adam: scalars must be (n, 7), step an int32");
   }
   const T* s = static_cast<const T*>(scalars->untyped_data());
   const uint32_t t = static_cast<uint32_t>(*static_cast<const int32_t*>(step->untyped_data()));
@@ -103,7 +104,7 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
     }
     vars[i] = {static_cast<T*>(updated[0]), static_cast<Stored*>(updated[1]),
                static_cast<Stored*>(updated[2]), static_cast<Stored*>(updated[3]),
-               static_cast<const T*>(grad->untyped_data()), s + 6 * i};
+               static_cast<const T*>(grad->untyped_data()), s + adamkit::kScalars * i};
     start[i + 1] = start[i] + static_cast<int64_t>(grad->element_count());
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
@@ -136,7 +137,7 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
 }
 
 // One variable with 8-bit state. Operands: θ, m codes, m absmax, v codes, v absmax, [v̂max codes,
-// v̂max absmax], g, scalars (6), step (int32), the signed and unsigned codec tables
+// v̂max absmax], g, scalars (7), step (int32), the signed and unsigned codec tables
 // (adamkit.state.codec_table); results: θ and the codes and absmax, aliased to their operands.
 ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
                         bool amsgrad) {
@@ -164,7 +165,8 @@ ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
   constexpr size_t kTable = 256 + 4 * kDecades;
   bool ok = theta->element_type() == ffi::DataType::F32 &&
             grad->element_type() == ffi::DataType::F32 &&
-            grad->element_count() == theta->element_count() && scalars->element_count() == 6 &&
+            grad->element_count() == theta->element_count() &&
+            scalars->element_count() == adamkit::kScalars &&
             step->element_type() == ffi::DataType::S32 &&
             signed_table->element_count() == kTable && unsigned_table->element_count() == kTable;
   for (size_t a = 1; a < updated; a += 2) {
@@ -174,7 +176,7 @@ ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
   }
   if (!ok) {
     return ffi::Error::InvalidArgument(
-        "adamkit_adam8bit: float32 θ and g of one size, codes (blocks, 256), absmax (blocks,), 6 "
+        "adamkit_adam8bit: float32 θ and g of one size, codes (blocks, 256), absmax (blocks,), 7 "
         "scalars, an int32 step and two codec tables expected");
   }
   Adam8bitStep p{static_cast<float*>(data[0]), static_cast<const float*>(grad->untyped_data()),

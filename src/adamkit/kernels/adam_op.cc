@@ -5,14 +5,14 @@
 // -fno-trapping-math: no floating-point traps are used, and it lets floor() vectorise).
 //
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
-//   θ ← θ·decay − (α/(1 − β1ᵗ))·m / (√v·(1/√(1 − β2ᵗ)) + ε)
+//   θ ← θ·decay − (a·m + b·g) / (√v·s + ε)        (Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0)
 //
 // Two ops: AdamkitApplyAdam updates any number of variables in one launch, keeping m, v, v̂max as
 // T or (float parameters) bfloat16; AdamkitApplyAdam8bit (one variable) keeps them as
 // adamkit.state's 8-bit block-wise codes, decoding, updating and re-encoding one block of 256 at a
 // time while it sits in L1.
 //
-// The six scalars arrive already formed in double precision and rounded once to T, so 1 − β2 is
+// The seven scalars arrive already formed in double precision and rounded once to T, so 1 − β2 is
 // exact to T's precision (TensorFlow's own kernel forms it from T-rounded β2). Compiled with
 // -ffp-contract=off so that m and v round exactly as the ops path's separate operations do.
 #define EIGEN_USE_THREADS
@@ -40,6 +40,7 @@ using adamkit::Arrays;
 using adamkit::CodecTable;
 using adamkit::kBlock;
 using adamkit::kDecades;
+using adamkit::kScalars;
 using adamkit::UpdateRange;
 using adamkit::UpdateBlocks8bit;
 
@@ -49,7 +50,7 @@ REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
     .Input("v: N * resource")
     .Input("vhat: N * resource")  // read only with amsgrad (pass v otherwise)
     .Input("grad: N * T")
-    .Input("scalars: T")  // (N, 6): decay, 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε
+    .Input("scalars: T")  // (N, 7): decay, 1 − β1, 1 − β2, a, s, ε, b (adam_update.h)
     .Input("step: int32")  // the iteration t, for the bfloat16 state's dither
     .Attr("N: int >= 1")
     .Attr("T: {float, double}")
@@ -86,8 +87,8 @@ class AdamkitApplyAdamOp : public AmsgradOpKernel {
     for (int i = 0; i < (amsgrad_ ? 4 : 3) * n; ++i) resources.push_back(i);
     auto locks = MaybeLockVariableInputMutexesInOrder<Device, T>(ctx, true, false, resources);
     const Tensor& scalars = ctx->input(5 * n);
-    OP_REQUIRES(ctx, scalars.NumElements() == 6 * n,
-                absl::InvalidArgumentError("scalars must be (N, 6)"));
+    OP_REQUIRES(ctx, scalars.NumElements() == kScalars * n,
+                absl::InvalidArgumentError("scalars must be (N, 7)"));
     std::vector<Arrays<T, Stored>> arrays(n);
     std::vector<int64_t> start(n + 1, 0);  // variable i holds indices [start[i], start[i + 1])
     for (int i = 0; i < n; ++i) {
@@ -109,7 +110,7 @@ class AdamkitApplyAdamOp : public AmsgradOpKernel {
                    reinterpret_cast<Stored*>(v.flat<S>().data()),
                    amsgrad_ ? reinterpret_cast<Stored*>(vhat.flat<S>().data()) : nullptr,
                    grad.flat<T>().data(),
-                   scalars.flat<T>().data() + 6 * i};
+                   scalars.flat<T>().data() + kScalars * i};
       start[i + 1] = start[i] + grad.NumElements();
     }
     const uint32_t t = static_cast<uint32_t>(ctx->input(5 * n + 1).scalar<int32>()());
@@ -172,9 +173,9 @@ class AdamkitApplyAdam8bitOp : public AmsgradOpKernel {
                   absl::InvalidArgumentError("codes must be (blocks, 256), absmax (blocks,)"));
     }
     constexpr int kTable = 256 + 4 * kDecades;
-    OP_REQUIRES(ctx, scalars.NumElements() == 6 && ctx->input(10).NumElements() == kTable &&
+    OP_REQUIRES(ctx, scalars.NumElements() == kScalars && ctx->input(10).NumElements() == kTable &&
                          ctx->input(11).NumElements() == kTable,
-                absl::InvalidArgumentError("6 scalars and two codec tables expected"));
+                absl::InvalidArgumentError("7 scalars and two codec tables expected"));
     Adam8bitStep step{var.flat<float>().data(), grad.flat<float>().data(), size, {}, {},
                       scalars.flat<float>().data(),
                       static_cast<uint32_t>(ctx->input(9).scalar<int32>()()) * kStepMultiplier,

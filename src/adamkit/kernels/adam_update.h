@@ -3,7 +3,11 @@
 // (adam_ffi.cc): no framework headers, just the arithmetic over plain arrays.
 //
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
-//   θ ← θ·decay − (α/(1 − β1ᵗ))·m / (√v·(1/√(1 − β2ᵗ)) + ε)
+//   θ ← θ·decay − (a·m + b·g) / (√v·s + ε)
+//
+// with the step's scalars per variable, kScalars of them: decay, 1 − β1, 1 − β2, a, s, ε, b.
+// Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0; RAdam and NAdam (its look-ahead on g: b ≠ 0)
+// only choose other values (adamkit/optimizers/fused.py).
 #ifndef ADAMKIT_ADAM_UPDATE_H_
 #define ADAMKIT_ADAM_UPDATE_H_
 
@@ -14,6 +18,8 @@
 #include <vector>
 
 namespace adamkit {
+
+constexpr int kScalars = 7;
 
 // The stochastic-rounding dither of adamkit.state.dither_bits, bit for bit: a Weyl sequence,
 // position·φ + step·(√2 − 1) in 32-bit fixed point (mod 2³²).
@@ -53,7 +59,7 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
             typename Codec::Stored* __restrict__ v, typename Codec::Stored* __restrict__ vhat,
             const T* __restrict__ g, int64_t begin, int64_t end, const T* s, uint32_t step) {
   const T decay = s[0], one_minus_b1 = s[1], one_minus_b2 = s[2], step_size = s[3],
-          inv_sqrt_bc2 = s[4], eps = s[5];
+          inv_sqrt_bc2 = s[4], eps = s[5], gradient_step = s[6];
   const uint32_t step_mix = step * kStepMultiplier;
   for (int64_t i = begin; i < end; ++i) {
     const uint32_t position = static_cast<uint32_t>(i);
@@ -69,7 +75,8 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
       vi = h > vi ? h : vi;
       vhat[i] = Codec::Store(vi, position, step_mix);
     }
-    theta[i] = theta[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+    theta[i] = theta[i] * decay -
+               (step_size * mi + gradient_step * gi) / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
   }
 }
 
@@ -181,7 +188,7 @@ struct Adam8bitStep {
   int64_t size;
   int8_t* codes[3];
   float* absmax[3];
-  const float* scalars;  // decay, 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε
+  const float* scalars;  // kScalars, as Update's
   uint32_t step_mix;
   CodecTable signed_map, unsigned_map;
 };
@@ -190,7 +197,8 @@ struct Adam8bitStep {
 template <bool kAmsgrad>
 void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
   const float decay = p.scalars[0], one_minus_b1 = p.scalars[1], one_minus_b2 = p.scalars[2],
-              step_size = p.scalars[3], inv_sqrt_bc2 = p.scalars[4], eps = p.scalars[5];
+              step_size = p.scalars[3], inv_sqrt_bc2 = p.scalars[4], eps = p.scalars[5],
+              gradient_step = p.scalars[6];
   const float* __restrict__ m_decode = p.signed_map.decode;
   const float* __restrict__ v_decode = p.unsigned_map.decode;
   alignas(64) float m[kBlock], v[kBlock], h[kBlock];
@@ -219,7 +227,8 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
       denominator = h;
     }
     for (int j = 0; j < n; ++j) {
-      theta[j] = theta[j] * decay - step_size * m[j] / (std::sqrt(denominator[j]) * inv_sqrt_bc2 + eps);
+      theta[j] = theta[j] * decay - (step_size * m[j] + gradient_step * g[j]) /
+                                        (std::sqrt(denominator[j]) * inv_sqrt_bc2 + eps);
     }
     for (int j = n; j < kBlock; ++j) m[j] = v[j] = h[j] = 0.0f;  // the padding, as quantize's
     const uint32_t position = static_cast<uint32_t>(first);

@@ -71,7 +71,7 @@ def _dtype(x) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
-def supports(variable, gradient, state, rectify: bool = False) -> bool:
+def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
     """A float32 (or, with x64, float64) variable whose state tensors share its dtype, or a
     float32 one with bfloat16 state; not sharded across devices (no Keras distribution, or data
     parallel: every device holds all of it)."""
@@ -91,15 +91,16 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None, rectify=False):
-    """One step of Adam/AMSGrad (RAdam with ``rectify``) on a float32 ``variable`` whose state
+                    epsilon_mode, decay=None, rectify=False, look_ahead=None):
+    """One step of Adam/AMSGrad (RAdam with ``rectify``, NAdam with ``look_ahead``, an (a, b)
+    pair) on a float32 ``variable`` whose state
     ``slots`` are 8-bit: decode, update, re-encode block by block in one custom call, bit for bit
     the codec of ``adamkit.state``."""
     amsgrad = "velocity_hat" in slots
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
     scalars = _scalars("float32", step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
-                       [decay], rectify)[0]
+                       [decay], rectify, None if look_ahead is None else [look_ahead])[0]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
     gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
     _call_in_place(TARGET_8BIT, updated,
@@ -113,27 +114,28 @@ def can_apply_together() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``) on
-    ``variable``."""
+               epsilon_mode, decay=None, rectify=False, look_ahead=None):
+    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``;
+    NAdam with ``look_ahead``) on ``variable``."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay], rectify=rectify)
+                        decays=[decay], rectify=rectify,
+                        look_ahead=None if look_ahead is None else [look_ahead])
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False):
-    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``,
-    see ``adamkit.optimizers.fused``) on variables of one dtype whose states share one storage
-    dtype, as one custom call; each variable first decays by its factor in ``decays`` (None: no
-    decay)."""
+                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None):
+    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``;
+    NAdam with ``look_ahead``, see ``adamkit.optimizers.fused``) on variables of one dtype whose
+    states share one storage dtype, as one custom call; each variable first decays by its factor
+    in ``decays`` (None: no decay)."""
     dtype = _dtype(variables[0])
     amsgrad = "velocity_hat" in states[0]
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [*variables, *(s[name] for name in names for s in states)]
     grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-                       rectify)
+                       rectify, look_ahead)
     _call_in_place(TARGET, updated, [*grads, scalars, jnp.asarray(step, jnp.int32)],
                    n=np.int64(len(variables)), amsgrad=amsgrad)
 
@@ -150,10 +152,11 @@ def _call_in_place(target, updated, inputs, **attributes):
 
 
 def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-             rectify=False):
-    """The kernel's six scalars per variable, (len(decays), 6), in ``dtype``: the decay factor
-    (1 where None), 1 − β1, 1 − β2, α/(1 − β1ᵗ), 1/√(1 − β2ᵗ), ε (the ``"keras"`` ε̂ as the ε it
-    amounts to after correction, ε̂/√(1 − β2ᵗ)); with ``rectify``, RAdam's (as TensorFlow's)."""
+             rectify=False, look_ahead=None):
+    """The kernel's seven scalars per variable, (len(decays), 7), in ``dtype``: the decay factor
+    (1 where None), 1 − β1, 1 − β2, a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), ε (the ``"keras"`` ε̂ as the
+    ε it amounts to after correction, ε̂/√(1 − β2ᵗ)), b = 0; with ``rectify``, RAdam's; with
+    ``look_ahead``, NAdam's per-variable (a, b) (as TensorFlow's)."""
     t = jnp.asarray(step, dtype)
     step_size = jnp.asarray(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
     inverse_root = jax.lax.rsqrt(adam_ops.bias_correction(beta_2, t))
@@ -164,7 +167,11 @@ def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, 
         inverse_root = jnp.where(rectified, 1.0, 0.0).astype(dtype)
         eps = jnp.where(rectified, eps, 1.0).astype(dtype)
     shared = jnp.stack([jnp.asarray(1.0 - beta_1, dtype), jnp.asarray(1.0 - beta_2, dtype),
-                        step_size, inverse_root, eps])
+                        step_size, inverse_root, eps, jnp.zeros((), dtype)])
     decay = jnp.stack([jnp.asarray(1.0 if d is None else d, dtype) for d in decays])
-    return jnp.concatenate([decay[:, None], jnp.tile(shared[None], (len(decays), 1))], axis=1)
+    rows = jnp.concatenate([decay[:, None], jnp.tile(shared[None], (len(decays), 1))], axis=1)
+    if look_ahead is not None:
+        a, b = (jnp.stack([jnp.asarray(pair[k], dtype) for pair in look_ahead]) for k in (0, 1))
+        rows = rows.at[:, 3].set(a).at[:, 6].set(b)
+    return rows
 

@@ -25,11 +25,12 @@ def _tensor(variable) -> torch.Tensor:
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def supports(variable, gradient, state, rectify: bool = False) -> bool:
-    """A float32 variable with float32 state."""
+def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
+    """A float32 variable with float32 state, for Adam's own rule (not RAdam's or NAdam's:
+    ``own_kernel_only``)."""
     dtype = keras.backend.standardize_dtype(variable.dtype)
     stored = {keras.backend.standardize_dtype(s.dtype) for s in state.values()}
-    return dtype in SUPPORTED_DTYPES and stored == {dtype} and not rectify
+    return dtype in SUPPORTED_DTYPES and stored == {dtype} and not own_kernel_only
 
 
 def can_apply_together() -> bool:
@@ -41,21 +42,21 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False):
+               epsilon_mode, decay=None, rectify=False, look_ahead=None):
     """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place,
     after θ ← θ·decay when ``decay`` is given."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay], rectify=rectify)
+                        decays=[decay], rectify=rectify, look_ahead=look_ahead)
 
 
 @torch.no_grad()
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False):
+                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``) on float32 variables, in
     place, each first decayed by its factor in ``decays`` (None: no decay): one call of PyTorch's
     fused kernel per distinct factor (AdamW's decayed and excluded variables: two)."""
-    if epsilon_mode != "paper" or rectify:
+    if epsilon_mode != "paper" or rectify or look_ahead is not None:
         raise ValueError("PyTorch's fused kernel computes Adam with epsilon_mode='paper' only")
     rate = float(learning_rate)
     groups: dict[float, list[int]] = {}

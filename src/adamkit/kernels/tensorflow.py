@@ -65,12 +65,13 @@ def _handle(variable):
     return tf_variable(variable).handle
 
 
-def supports(variable, gradient, state, rectify: bool = False) -> bool:
+def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
     """A float32/float64 variable whose state tensors share its dtype, or (adamkit's kernel only)
     a float32 variable with bfloat16 state. A sparse gradient is densified first: without
-    ``lazy=True`` every row's moments decay anyway. ``rectify`` (RAdam): adamkit's kernel only."""
+    ``lazy=True`` every row's moments decay anyway. ``own_kernel_only`` (RAdam, NAdam): a rule
+    TensorFlow's own Adam kernel cannot run."""
     dtype = tf.as_dtype(variable.dtype)
-    if rectify and not _fused_here():
+    if own_kernel_only and not _fused_here():
         return False
     stored = {tf.as_dtype(s.dtype) for s in state.values()}
     if dtype not in SUPPORTED_DTYPES:
@@ -131,15 +132,16 @@ def _in_xla() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``) on
-    ``variable``, in place, after θ ← θ·decay when ``decay`` (the decoupled weight decay's
-    factor) is given."""
+               epsilon_mode, decay=None, rectify=False, look_ahead=None):
+    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``;
+    NAdam with ``look_ahead``) on ``variable``, in place, after θ ← θ·decay when ``decay`` (the
+    decoupled weight decay's factor) is given."""
     if _fused_here():  # the decay happens inside the same pass
         return apply_adam_together([variable], [gradient], [state], step=step,
                                    learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                                    epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay],
-                                   rectify=rectify)
+                                   rectify=rectify,
+                                   look_ahead=None if look_ahead is None else [look_ahead])
     dtype = tf.as_dtype(variable.dtype)
     if decay is not None:
         tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
@@ -179,15 +181,15 @@ def _fused_here() -> bool:
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False):
-    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``,
-    see ``adamkit.optimizers.fused``) on several variables of
-    one dtype whose states share one storage dtype, in one launch of adamkit's kernel; each
-    variable first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel
-    (under XLA its custom call); under a tf.distribute strategy, one variable per call."""
+                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None):
+    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``;
+    NAdam with ``look_ahead``, see ``adamkit.optimizers.fused``) on several variables of one
+    dtype whose states share one storage dtype, in one launch of adamkit's kernel; each variable
+    first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel (under XLA
+    its custom call); under a tf.distribute strategy, one variable per call."""
     dtype = tf.as_dtype(variables[0].dtype)
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-                       rectify)
+                       rectify, look_ahead)
     amsgrad = "velocity_hat" in states[0]
     if _in_xla():
         return _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad)
@@ -262,10 +264,11 @@ def _call_module(target: str, operands: tuple, updated: int, attributes: str) ->
 
 
 def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-             rectify=False):
-    """The kernels' six scalars per variable, (len(decays), 6), formed in double and rounded once
-    to ``dtype``: the decay factor (1 where None), then five shared by all (RAdam's with
-    ``rectify``)."""
+             rectify=False, look_ahead=None):
+    """The kernels' seven scalars per variable, (len(decays), 7), formed in double and rounded
+    once to ``dtype``: the decay factor (1 where None), 1 − β1, 1 − β2, a, s, ε, b
+    (``adam_update.h``): Adam's, RAdam's with ``rectify``; with ``look_ahead``, NAdam's
+    per-variable (a, b) pairs."""
     t = tf.cast(step, tf.float64)
     step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
     inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
@@ -277,11 +280,15 @@ def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, 
         step_size = tf.where(rectified, step_size * r / inverse_root, step_size)
         inverse_root = tf.where(rectified, tf.constant(1.0, tf.float64), 0.0)
         eps = tf.where(rectified, eps, 1.0)
+    zero = tf.constant(0.0, tf.float64)
     shared = tf.stack([tf.constant(1.0 - beta_1, tf.float64), tf.constant(1.0 - beta_2, tf.float64),
-                       step_size, inverse_root, eps])
+                       step_size, inverse_root, eps, zero])
     one = tf.constant(1.0, tf.float64)
     decay = tf.stack([one if d is None else tf.cast(d, tf.float64) for d in decays])
     rows = tf.concat([decay[:, None], tf.tile(shared[None], [len(decays), 1])], axis=1)
+    if look_ahead is not None:
+        a, b = (tf.stack([tf.cast(pair[k], tf.float64) for pair in look_ahead]) for k in (0, 1))
+        rows = tf.concat([rows[:, :3], a[:, None], rows[:, 4:6], b[:, None]], axis=1)
     return tf.cast(rows, dtype)
 
 
@@ -292,11 +299,13 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None, rectify=False):
-    """One step of Adam/AMSGrad on a float32 ``variable`` whose state ``slots`` are 8-bit: decode,
-    update, re-encode, block by block in one pass (bit for bit the codec of ``adamkit.state``)."""
+                    epsilon_mode, decay=None, rectify=False, look_ahead=None):
+    """One step of Adam/AMSGrad (RAdam, NAdam as ``apply_adam``) on a float32 ``variable`` whose
+    state ``slots`` are 8-bit: decode, update, re-encode, block by block in one pass (bit for bit
+    the codec of ``adamkit.state``)."""
     scalars = tf.reshape(_scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon,
-                                  epsilon_mode, [decay], rectify), [6])
+                                  epsilon_mode, [decay], rectify,
+                                  None if look_ahead is None else [look_ahead]), [-1])
     amsgrad = "velocity_hat" in slots
     m, v = slots["momentum"], slots["velocity"]
     h = slots["velocity_hat"] if amsgrad else v

@@ -1,11 +1,12 @@
 """The fused kernels' wiring, shared by the family members whose step has Adam's shape.
 
-Adam, AdamW, AMSGrad and RAdam all update θ ← θ·decay − a·m/(√v·s + ε) after Adam's two moment
-updates, with step-dependent scalars a, s, ε: Adam a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ); RAdam, once
-ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1, and before that a = α/(1 − β1ᵗ), s = 0, ε = 1
-(θ ← θ − α·m̂: its SGD-with-momentum phase). So one kernel per backend serves them all
-(``adamkit.kernels``); this mixin picks it, hands it the variables it can take and leaves the rest
-to ``update_step``.
+Adam, AdamW, AMSGrad, RAdam and NAdam all update θ ← θ·decay − (a·m + b·g)/(√v·s + ε) after
+Adam's two moment updates, with step-dependent scalars a, b, s, ε: Adam a = α/(1 − β1ᵗ),
+s = 1/√(1 − β2ᵗ), b = 0; RAdam, once ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1, and before that
+a = α/(1 − β1ᵗ), s = 0, ε = 1 (θ ← θ − α·m̂: its SGD-with-momentum phase); NAdam (Dozat's
+look-ahead) a = α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁), b = α·(1 − μₜ)/(1 − Πμ₁..ₜ), Adam's s. So one kernel per
+backend serves them all (``adamkit.kernels``); this mixin picks it, hands it the variables it can
+take and leaves the rest to ``update_step``.
 """
 
 from __future__ import annotations
@@ -23,22 +24,30 @@ class FusedAdamStep:
     """Mixin for an ``AdamFamily`` optimizer with Adam's step shape (see the module docstring)."""
 
     rectified = False  # RAdam's rule: the kernels' scalars switch on at ρₜ > 5
+    nesterov = False  # NAdam's rule: per-variable (a, b) from ``look_ahead``
     epsilon_mode = "paper"
+
+    def look_ahead(self, slots, step, learning_rate):
+        """NAdam's (a, b) for this variable's step, advancing its scalar state; None for the
+        others (the kernels form Adam's or RAdam's scalars themselves)."""
+        return None
 
     def select_kernel(self, fused: bool | None) -> None:
         """``fused``: None, the kernel wherever it applies; False, never; True, require one."""
         if fused is not None:
             check_bool("fused", fused)
         backend = keras.backend.backend()
-        # PyTorch's fused kernel is Adam's, ε after bias correction: not RAdam, not the ε̂ form.
-        torch_applies = self.epsilon_mode == "paper" and not self.rectified
+        # PyTorch's fused kernel is Adam's, ε after bias correction: not RAdam's or NAdam's rule,
+        # not the ε̂ form.
+        torch_applies = self.epsilon_mode == "paper" and not self.rectified and not self.nesterov
         if fused and backend not in ("tensorflow", "jax", "torch"):
             raise ValueError(
                 f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
                 "Use fused=None (the fast path wherever it exists) or fused=False."
             )
         if fused and backend == "torch" and not torch_applies:
-            what = "RAdam" if self.rectified else "epsilon_mode='keras'"
+            what = ("RAdam" if self.rectified else "NAdam" if self.nesterov
+                    else "epsilon_mode='keras'")
             raise ValueError(f"`fused=True` on PyTorch needs Adam with epsilon_mode='paper' (its "
                              f"fused kernel adds ε after bias correction), not {what}; use "
                              "fused=None or fused=False.")
@@ -62,28 +71,38 @@ class FusedAdamStep:
         return dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
                     epsilon=self.epsilon, epsilon_mode=self.epsilon_mode, rectify=self.rectified)
 
+    def _per_parameter(self, slots) -> dict:
+        """The slots shaped like the parameter (the kernels' m, v, v̂max), without scalar state."""
+        return {name: slots[name] for name in slots if name not in self.scalar_state()}
+
     def _kernel_state(self, variable, gradient, slots) -> dict | None:
         """The state variables by name, where the kernel can take this variable with plain
         (float or bfloat16) state; else None."""
+        slots = self._per_parameter(slots)
         if not all(isinstance(s, PlainSlot) for s in slots.values()):
             return None
         state = {name: slot.variable for name, slot in slots.items()}
-        supported = self._kernel.supports(variable, gradient, state, rectify=self.rectified)
+        supported = self._kernel.supports(variable, gradient, state,
+                                          own_kernel_only=self.rectified or self.nesterov)
         return state if supported else None
 
     def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
         if self._kernel is None:
             return False
         hyper = self._hyperparameters(step, learning_rate)
-        if all(isinstance(s, QuantizedSlot) for s in slots.values()):
+        if all(isinstance(s, QuantizedSlot) for s in self._per_parameter(slots).values()):
             if not self._kernel.supports_8bit(variable):
                 return False
-            self._kernel.apply_adam_8bit(variable, gradient, slots, decay=decay, **hyper)
+            self._kernel.apply_adam_8bit(variable, gradient, self._per_parameter(slots),
+                                         decay=decay,
+                                         look_ahead=self.look_ahead(slots, step, learning_rate),
+                                         **hyper)
             return True
         state = self._kernel_state(variable, gradient, slots)
         if state is None:
             return False
-        self._kernel.apply_adam(variable, gradient, state, decay=decay, **hyper)
+        self._kernel.apply_adam(variable, gradient, state, decay=decay,
+                                look_ahead=self.look_ahead(slots, step, learning_rate), **hyper)
         return True
 
     def update_together(self, grads_and_variables, learning_rate):
@@ -106,10 +125,13 @@ class FusedAdamStep:
         step = self.iterations + 1
         for members in groups.values():
             dtype = state_storage.compute_dtype(members[0][1])
-            rate = ops.cast(learning_rate, dtype)
+            rate, t = ops.cast(learning_rate, dtype), ops.cast(step, dtype)
             decay = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
+            look_ahead = ([self.look_ahead(self.slots_of(v), t, rate) for _, v, _ in members]
+                          if self.nesterov else None)
             kernel.apply_adam_together(
                 [v for _, v, _ in members], [g for g, _, _ in members], [s for _, _, s in members],
                 decays=[decay if self._decays(v) else None for _, v, _ in members],
-                **self._hyperparameters(ops.cast(step, dtype), rate))
+                look_ahead=look_ahead,
+                **self._hyperparameters(t, rate))
         return rest

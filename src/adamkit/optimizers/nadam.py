@@ -9,10 +9,11 @@ from keras import ops
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_real
+from adamkit.optimizers.fused import FusedAdamStep
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
-class Nadam(AdamFamily):
+class Nadam(FusedAdamStep, AdamFamily):
     r"""NAdam (Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop).
 
     Adam whose first moment looks one step ahead, with Dozat's warming momentum schedule::
@@ -24,7 +25,13 @@ class Nadam(AdamFamily):
     as ``torch.optim.NAdam`` (ψ = ``momentum_decay`` = 0.004, α = 0.002 by default). Keras's
     ``Nadam`` uses 0.96ᵗ (no ψ, so μ warms up within a few dozen steps) and ε̂; optax's ``nadam``
     has no μ schedule at all.
+
+    ``fused`` as for ``Adam``: on TensorFlow and JAX adamkit's Adam kernel runs NAdam too — the
+    step is a·m + b·g over Adam's denominator (``adamkit.optimizers.fused``); PyTorch has no fused
+    NAdam, so there the ops path runs.
     """
+
+    nesterov = True
 
     def __init__(
         self,
@@ -33,18 +40,29 @@ class Nadam(AdamFamily):
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
         momentum_decay: float = 0.004,
+        fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
         self.momentum_decay = check_real("momentum_decay", momentum_decay, low=0.0)
+        self.select_kernel(fused)
 
     def scalar_state(self) -> dict[str, float]:
         return {"mu_product": 1.0}
 
-    def compute_update(self, gradient, state, step, learning_rate):
+    def _momenta(self, mu_product, step):
+        """μₜ, μₜ₊₁ and the product Πμ₁..ₜ advanced from ``mu_product`` (Πμ₁..ₜ₋₁)."""
         mu = adam_ops.nadam_momentum(self.beta_1, step, self.momentum_decay)
         mu_next = adam_ops.nadam_momentum(self.beta_1, step + 1.0, self.momentum_decay)
-        mu_product = ops.cast(state["mu_product"], gradient.dtype) * mu
+        return mu, mu_next, ops.cast(mu_product, keras.backend.standardize_dtype(step.dtype)) * mu
+
+    def look_ahead(self, slots, step, learning_rate):
+        mu, mu_next, mu_product = self._momenta(slots["mu_product"].read(), step)
+        slots["mu_product"].write(self, mu_product, ops.cast(self.iterations + 1, "int32"))
+        return adam_ops.nadam_coefficients(learning_rate, mu, mu_next, mu_product)
+
+    def compute_update(self, gradient, state, step, learning_rate):
+        mu, mu_next, mu_product = self._momenta(state["mu_product"], step)
         m = adam_ops.first_moment(state["momentum"], gradient, self.beta_1)
         v = adam_ops.second_moment(state["velocity"], gradient, self.beta_2)
         update = adam_ops.nadam_update(
@@ -54,5 +72,5 @@ class Nadam(AdamFamily):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config["momentum_decay"] = self.momentum_decay
+        config.update(momentum_decay=self.momentum_decay, fused=self.fused)
         return config
