@@ -4,8 +4,9 @@
     python benchmarks/fused_ratios.py [--sizes 10 50] [--rounds 7]
                                       [--paths tf.function XLA]
 
-1. adamkit (Adam, AdamW, AMSGrad, RAdam; under tf.function its own op, under XLA its custom
-   call) against torch.optim's fused counterpart (for RAdam, which has none, its foreach one):
+1. adamkit (Adam, AdamW, AMSGrad, RAdam, NAdam; under tf.function its own op, under XLA its
+   custom call) against torch.optim's fused counterpart (for RAdam and NAdam, which have none,
+   their foreach ones):
    adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (the step's own bytes
    streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36): adamkit / limit (1 = at it).
 2. The framework's call overhead: the same step over as many one-element variables (the same
@@ -47,8 +48,8 @@ def torch_fused(name: str, shapes):
         p.grad = torch.randn(p.shape)
     if name == "AdamW":
         return torch.optim.AdamW(params, weight_decay=0.01, fused=True).step
-    if name == "RAdam":  # torch has no fused RAdam: its fastest, foreach
-        return torch.optim.RAdam(params, foreach=True).step
+    if name in ("RAdam", "NAdam"):  # torch has no fused RAdam or NAdam: its fastest, foreach
+        return getattr(torch.optim, name)(params, foreach=True).step
     return torch.optim.Adam(params, amsgrad=name == "AMSGrad", fused=True).step
 
 
@@ -65,7 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     ours = {"Adam": adamkit.Adam, "AdamW": lambda: adamkit.AdamW(weight_decay=0.01),
-            "AMSGrad": lambda: adamkit.Adam(amsgrad=True), "RAdam": adamkit.RAdam}
+            "AMSGrad": lambda: adamkit.Adam(amsgrad=True), "RAdam": adamkit.RAdam,
+            "NAdam": adamkit.Nadam}
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
         grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]

@@ -4,25 +4,24 @@
 // writes v̂max: 36 B/param. Whatever a step does beyond this is arithmetic or overhead.
 #include <cstdint>
 
-extern "C" void adamkit_stream(float* __restrict__ theta, float* __restrict__ m,
-                               float* __restrict__ v, float* __restrict__ vhat,
-                               const float* __restrict__ g, int64_t n, float c) {
-  if (vhat == nullptr) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const float x = c * g[i];
-      theta[i] += x;
-      m[i] += x;
-      v[i] += x;
-    }
-    return;
-  }
+template <bool kAmsgrad>
+void Stream(float* __restrict__ theta, float* __restrict__ m, float* __restrict__ v,
+            float* __restrict__ vhat, const float* __restrict__ g, int64_t n, float c) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float x = c * g[i];
     theta[i] += x;
     m[i] += x;
     v[i] += x;
-    vhat[i] += x;
+    if (kAmsgrad) vhat[i] += x;
+  }
+}
+
+extern "C" void adamkit_stream(float* theta, float* m, float* v, float* vhat, const float* g,
+                               int64_t n, float c) {
+  if (vhat == nullptr) {
+    Stream<false>(theta, m, v, vhat, g, n, c);
+  } else {
+    Stream<true>(theta, m, v, vhat, g, n, c);
   }
 }
