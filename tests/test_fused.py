@@ -216,3 +216,37 @@ def test_without_a_compiler_it_says_so_once_and_falls_back(tmp_path):
     assert result.stderr.count("could not build the XLA Adam kernel") == 1
     theta, theta_xla = (float(x) for x in result.stdout.split()[-2:])
     assert abs(theta - 0.8) < 1e-5 and abs(theta_xla - 0.8) < 1e-5  # two steps of α = 0.1
+
+
+def test_many_8bit_custom_calls_in_one_xla_step_finish():
+    """40 variables with 8-bit state under XLA: 40 custom calls, each spreading its blocks over
+    XLA's thread pool. Before the calls stopped waiting on helpers that had not started, this
+    hung (every pool thread idle, the call waiting for a task that never ran); a subprocess with a
+    timeout, so that a hang fails the test instead of stopping the run."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, tensorflow as tf, keras, adamkit\n"
+        "rng = np.random.default_rng(0)\n"
+        "shapes = [(300, 300)] * 40  # 352 blocks each: two chunks, one helper per call\n"
+        "grads = [tf.constant(rng.normal(size=s).astype('float32')) for s in shapes]\n"
+        "ends = []\n"
+        "for jit in (True, False):\n"
+        "    variables = [keras.Variable(np.ones(s, 'float32')) for s in shapes]\n"
+        "    optimizer = adamkit.Adam(state_dtype='int8', learning_rate=0.01)\n"
+        "    optimizer.build(variables)\n"
+        "    step = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)\n"
+        "    for _ in range(3): step()\n"
+        "    ends.append(np.stack([v.numpy() for v in variables]))\n"
+        "print('max difference', float(np.abs(ends[0] - ends[1]).max()))\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                env=env, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("40 8-bit custom calls in one XLA step did not finish within 240 s (a hang)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) <= 2e-6  # the same step as the tf.function op's

@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -32,30 +33,42 @@ namespace {
 
 // Runs body(begin, end) over [0, total) in chunks, on the caller and the pool's threads together;
 // returns when every chunk is done. A shared counter hands out chunks, so a late or busy thread
-// costs nothing but its own share.
+// costs nothing but its own share. The caller waits only for helpers that have joined (and so
+// may be inside body): XLA's pool under TensorFlow was seen leaving a scheduled task unrun, all
+// its threads idle, while the caller waited for it (a hang, 8-bit state at 50M parameters); a
+// helper that starts after the caller took the last chunk finds nothing to do and leaves
+// without touching body, on state it shares with the caller by ownership.
 template <typename Body>
 void ParallelFor(ffi::ThreadPool& pool, int64_t total, int64_t chunk, const Body& body) {
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    std::mutex mutex;
+    std::condition_variable done;
+    int64_t joined = 0;  // helpers inside body
+  };
   const int64_t chunks = (total + chunk - 1) / chunk;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
-  std::atomic<int64_t> next{0};
-  auto drain = [&] {
-    for (int64_t c = next++; c < chunks; c = next++) {
+  const auto shared = std::make_shared<Shared>();
+  auto drain = [&body, chunks, chunk, total](Shared& state) {
+    for (int64_t c = state.next++; c < chunks; c = state.next++) {
       body(c * chunk, std::min(total, (c + 1) * chunk));
     }
   };
-  std::mutex mutex;
-  std::condition_variable done;
-  int64_t running = helpers;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
   for (int64_t i = 0; i < helpers; ++i) {
-    pool.Schedule([&] {
-      drain();
-      std::lock_guard<std::mutex> lock(mutex);
-      if (--running == 0) done.notify_one();
+    pool.Schedule([shared, drain, chunks] {
+      {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        if (shared->next.load() >= chunks) return;  // all taken: body may be gone
+        ++shared->joined;
+      }
+      drain(*shared);
+      std::lock_guard<std::mutex> lock(shared->mutex);
+      if (--shared->joined == 0) shared->done.notify_all();
     });
   }
-  drain();
-  std::unique_lock<std::mutex> lock(mutex);
-  done.wait(lock, [&] { return running == 0; });
+  drain(*shared);
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->done.wait(lock, [&] { return shared->joined == 0; });
 }
 
 // The buffer an updated array is written in: XLA's result buffer, which is the operand itself
