@@ -14,7 +14,7 @@ from pathlib import Path
 # For this CPU (-march=native), with what else the compiler knows of these (each dropped where it
 # does not): no AVX512-FP16, as TensorFlow's bundled Eigen does not compile with it (GCC 12:
 # "expected initializer before '<'" in PacketMathFP16.h) and no kernel computes in float16; and
-# 512-bit vectors where there are any (the 8-bit state's encode is compute-bound: 1.12–1.2× with
+# 512-bit vectors where there are any (the 8-bit state's encode is compute-bound: 1.12–1.15× with
 # them on an AVX-512 Xeon; the memory-bound float loop is unchanged).
 NATIVE = "-march=native"
 NATIVE_EXTRAS = ["-mno-avx512fp16", "-mprefer-vector-width=512"]
