@@ -168,6 +168,55 @@ def test_radam_and_nadam_run_the_kernel_with_their_own_scalars(cls, jit, rng):
     assert (xla_launches if jit else launches)(step_fused, grads) == [3]
 
 
+ADAMAX_CONFIGS = {
+    "adamax": {},
+    "adamax-weight-decay": {"weight_decay": 0.05},
+    "adamax-bfloat16-state": {"state_dtype": "bfloat16"},
+    "adamax-int8-state": {"state_dtype": "int8", "weight_decay": 0.05},
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "xla"])
+@pytest.mark.parametrize("config", list(ADAMAX_CONFIGS))
+def test_adamax_runs_the_kernel_with_its_infinity_norm(config, jit, rng):
+    """AdaMax through adamkit's kernel: u ← max(β2·u, |g| + ε) in v's place and as the
+    denominator, θ ← θ·decay − a·m/u, against its ops path (under tf.function) every step,
+    zero-gradient steps included (u decays towards ε); compressed state bit for bit; one launch
+    for the float variables."""
+    import tensorflow as tf
+
+    kwargs = {"learning_rate": 0.01, **ADAMAX_CONFIGS[config]}
+    shapes = [(64,), (16, 9), (70, 300)]  # (70, 300): the one with 8-bit state, 82 blocks
+    initial = [rng.normal(size=s) for s in shapes]
+
+    def setup(fused, jit):
+        optimizer = adamkit.Adamax(fused=fused, **kwargs)
+        variables = [keras.Variable(x, dtype="float32") for x in initial]
+        optimizer.build(variables)
+        step = tf.function(lambda g: optimizer.apply(g, variables), jit_compile=jit)
+        return optimizer, variables, step
+
+    (fused, vars_fused, step_fused), (plain, vars_plain, step_plain) = (setup(True, jit),
+                                                                        setup(False, False))
+    for t in range(20):
+        grads = [tf.constant(rng.normal(size=s) * (t % 5 != 4), tf.float32) for s in shapes]
+        step_fused(grads)
+        step_plain(grads)
+        for a, b in zip([*vars_fused, *fused.variables], [*vars_plain, *plain.variables]):
+            if a.dtype in ("int8", "bfloat16") or a.path.endswith("absmax"):
+                np.testing.assert_array_equal(a.numpy(), b.numpy(), f"{config} {a.path}")
+            else:
+                assert_close(a.numpy(), b.numpy(), 2e-6, f"{config} {a.path} at step {t + 1}")
+    int8 = kwargs.get("state_dtype") == "int8"
+    if jit:
+        assert xla_launches(step_fused, grads) == ([2] if int8 else [3])
+        assert len(xla_launches(step_fused, grads, target="adamkit_adam8bit")) == int8
+    else:
+        assert launches(step_fused, grads) == ([2] if int8 else [3])
+        ops_run = [op.type for op in step_fused.get_concrete_function(grads).graph.get_operations()]
+        assert ops_run.count("AdamkitApplyAdam8bit") == int8
+
+
 def test_sixteen_bit_variables_take_the_float32_ops_path(rng):
     optimizer = adamkit.Adam(fused=True)
     (variable,) = make_variables([rng.normal(size=(8,))])

@@ -24,6 +24,9 @@ CONFIGS = {
     "nadam": (adamkit.Nadam, {}),  # a·m + b·g per variable (not on PyTorch: ops path)
     "nadam-adamw-bfloat16": (adamkit.Nadam, {"weight_decay": 0.05, "state_dtype": "bfloat16"}),
     "nadam-int8": (adamkit.Nadam, {"state_dtype": "int8"}),
+    "adamax": (adamkit.Adamax, {}),  # u in v's place, no √ (not on PyTorch: ops path)
+    "adamax-adamw-bfloat16": (adamkit.Adamax, {"weight_decay": 0.05, "state_dtype": "bfloat16"}),
+    "adamax-int8": (adamkit.Adamax, {"state_dtype": "int8"}),
 }
 SHAPES = [(64,), (16, 9), (3, 4, 5), (70, 300)]  # int8 state: the last one only (4096+ values)
 
@@ -58,7 +61,7 @@ def test_fused_path_matches_ops_path_each_step(config, rng):
     initial = [rng.normal(size=s).astype("float32") for s in SHAPES]
     fused, history_fused = run(make, None, initial, 12, seed=7, poisoned_step=poisoned_step)
     _, history_plain = run(make, False, initial, 12, seed=7, poisoned_step=poisoned_step)
-    torch_has_none = config == "keras-epsilon" or config.startswith(("radam", "nadam"))
+    torch_has_none = config == "keras-epsilon" or config.startswith(("radam", "nadam", "adamax"))
     assert (fused._kernel is None) == (BACKEND == "torch" and torch_has_none)
     for t, (ours, plain) in enumerate(zip(history_fused, history_plain)):
         for a, b in zip(ours, plain):

@@ -1,4 +1,4 @@
-// adamkit's fused Adam/AMSGrad step as XLA FFI custom calls ("adamkit_adam"; "adamkit_adam8bit"
+// adamkit's fused Adam/AMSGrad/AdaMax step as XLA FFI custom calls ("adamkit_adam"; "adamkit_adam8bit"
 // for one variable with 8-bit state, as adam_op.cc's AdamkitApplyAdam8bit), for code that XLA
 // compiles: TensorFlow under jit_compile=True (through an XlaCallModule op) and the JAX backend.
 // XLA's own lowering of the ops computes m, v and θ in three loops (40 bytes per parameter where
@@ -8,8 +8,9 @@
 // adam_update.h, the step t (int32, for the bfloat16 state's dither). Results: θ, m, v, [v̂max],
 // each aliased to its operand, so XLA updates the buffers in place where it can; where it copied
 // an operand first, the copy is taken here.
-// Attributes: n, amsgrad. Parameters float32 or float64 with state of their dtype, or float32
-// with bfloat16 state (stochastically rounded as adamkit.state does, bit for bit).
+// Attributes: n, amsgrad, adamax (v is AdaMax's infinity norm u; adam_update.h). Parameters
+// float32 or float64 with state of their dtype, or float32 with bfloat16 state (stochastically
+// rounded as adamkit.state does, bit for bit).
 //
 // Built twice from this file: against TensorFlow's headers with ADAMKIT_REGISTER_WITH_TENSORFLOW
 // (registered at load with TensorFlow's XLA), and against jaxlib's (registered from Python with
@@ -81,8 +82,9 @@ void* Updated(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out) {
 
 template <typename T, typename Codec>
 ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
-                const ffi::RemainingRets& rets, int64_t n, bool amsgrad, ffi::DataType param,
+                const ffi::RemainingRets& rets, int64_t n, Rule rule, ffi::DataType param,
                 ffi::DataType state) {
+  const bool amsgrad = rule == Rule::kAmsgrad;
   using Stored = typename Codec::Stored;
   const int64_t arrays = amsgrad ? 4 : 3;  // updated per variable: θ, m, v, [v̂max]
   if (n < 1 || args.size() != static_cast<size_t>((arrays + 1) * n + 2) ||
@@ -122,13 +124,15 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
   ParallelFor(pool, start[n], /*chunk=*/1 << 16, [&](int64_t begin, int64_t end) {
-    UpdateRange<T, Codec>(vars, start, amsgrad, t, begin, end);
+    UpdateRange<T, Codec>(vars, start, rule, t, begin, end);
   });
   return ffi::Error::Success();
 }
 
 ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t n, bool amsgrad) {
+                    int64_t n, bool amsgrad, bool adamax) {
+  if (amsgrad && adamax) return ffi::Error::InvalidArgument("adamkit_adam: amsgrad or adamax");
+  const Rule rule = RuleOf(amsgrad, adamax);
   auto theta = args.get<ffi::AnyBuffer>(0);
   auto m = args.get<ffi::AnyBuffer>(n);
   if (n < 1 || !theta.has_value() || !m.has_value()) {
@@ -136,13 +140,13 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
   }
   const ffi::DataType param = theta->element_type(), state = m->element_type();
   if (param == ffi::DataType::F32 && state == ffi::DataType::F32) {
-    return Step<float, Plain<float>>(pool, args, rets, n, amsgrad, param, state);
+    return Step<float, Plain<float>>(pool, args, rets, n, rule, param, state);
   }
   if (param == ffi::DataType::F64 && state == ffi::DataType::F64) {
-    return Step<double, Plain<double>>(pool, args, rets, n, amsgrad, param, state);
+    return Step<double, Plain<double>>(pool, args, rets, n, rule, param, state);
   }
   if (param == ffi::DataType::F32 && state == ffi::DataType::BF16) {
-    return Step<float, StochasticBfloat16>(pool, args, rets, n, amsgrad, param, state);
+    return Step<float, StochasticBfloat16>(pool, args, rets, n, rule, param, state);
   }
   return ffi::Error::InvalidArgument(
       "adamkit_adam: parameters float32 or float64 with state of their dtype, or float32 with "
@@ -153,7 +157,9 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
 // v̂max absmax], g, scalars (7), step (int32), the signed and unsigned codec tables
 // (adamkit.state.codec_table); results: θ and the codes and absmax, aliased to their operands.
 ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                        bool amsgrad) {
+                        bool amsgrad, bool adamax) {
+  if (amsgrad && adamax) return ffi::Error::InvalidArgument("adamkit_adam8bit: amsgrad or adamax");
+  const Rule rule = RuleOf(amsgrad, adamax);
   const size_t updated = amsgrad ? 7 : 5;
   if (args.size() != updated + 5 || rets.size() != updated) {
     return ffi::Error::InvalidArgument("adamkit_adam8bit: operand or result count");
@@ -203,11 +209,7 @@ ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
     p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
   }
   ParallelFor(pool, blocks, /*chunk=*/256, [&](int64_t begin, int64_t end) {
-    if (amsgrad) {
-      UpdateBlocks8bit<true>(p, begin, end);
-    } else {
-      UpdateBlocks8bit<false>(p, begin, end);
-    }
+    UpdateBlocks8bit(p, rule, begin, end);
   });
   return ffi::Error::Success();
 }
@@ -221,14 +223,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamkitAdam, adamkit::AdamStep,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("n")
-                                  .Attr<bool>("amsgrad"));
+                                  .Attr<bool>("amsgrad")
+                                  .Attr<bool>("adamax"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamkitAdam8bit, adamkit::Adam8bitCall,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
-                                  .Attr<bool>("amsgrad"));
+                                  .Attr<bool>("amsgrad")
+                                  .Attr<bool>("adamax"));
 
 #ifdef ADAMKIT_REGISTER_WITH_TENSORFLOW
 namespace xla::ffi {

@@ -1,6 +1,6 @@
-// adamkit's fused Adam/AMSGrad step for TensorFlow on the CPU: one multi-threaded pass that reads
-// θ, g, m, v (and v̂max) and writes θ, m, v (and v̂max): the 28 (32) bytes per parameter an Adam step
-// must move, nothing more. Built against the installed TensorFlow on first use
+// adamkit's fused Adam/AMSGrad/AdaMax step for TensorFlow on the CPU: one multi-threaded pass that
+// reads θ, g, m, v (and v̂max) and writes θ, m, v (and v̂max): the 28 (36) bytes per parameter an
+// Adam step must move, nothing more (AdaMax: v is its infinity norm u, adam_update.h). Built against the installed TensorFlow on first use
 // (adamkit/kernels/tensorflow.py); the plain loops below vectorise (-O3, -fno-math-errno, and
 // -fno-trapping-math: no floating-point traps are used, and it lets floor() vectorise).
 //
@@ -32,6 +32,8 @@
 namespace tensorflow {
 
 using adamkit::kPositionMultiplier;
+using adamkit::Rule;
+using adamkit::RuleOf;
 using adamkit::kStepMultiplier;
 using adamkit::Plain;
 using adamkit::StochasticBfloat16;
@@ -56,26 +58,33 @@ REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
     .Attr("T: {float, double}")
     .Attr("S: {float, double, bfloat16}")  // how m, v (and v̂max) are stored
     .Attr("amsgrad: bool = false")
+    .Attr("adamax: bool = false")  // v is AdaMax's infinity norm u (scalars: β2 for 1 − β2)
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
-// Both ops' one attribute: whether to keep AMSGrad's running maximum.
-class AmsgradOpKernel : public OpKernel {
+// Both ops' attributes: whether to keep AMSGrad's running maximum, or run AdaMax's rule.
+class RuleOpKernel : public OpKernel {
  public:
-  explicit AmsgradOpKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit RuleOpKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    bool adamax = false;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("amsgrad", &amsgrad_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("adamax", &adamax));
+    OP_REQUIRES(ctx, !(amsgrad_ && adamax),
+                absl::InvalidArgumentError("amsgrad and adamax cannot both be set"));
+    rule_ = RuleOf(amsgrad_, adamax);
   }
 
  protected:
   bool amsgrad_ = false;
+  Rule rule_ = Rule::kAdam;
 };
 
 // All N variables are one index space [0, Σ sizes), split across the CPU threads as a whole: one
 // launch and one wait per step however many variables there are (per-variable ops cost the
 // executor ~20 µs each, 6% of a 10M-parameter step over 20 variables).
 template <typename T, typename S, typename Codec>
-class AdamkitApplyAdamOp : public AmsgradOpKernel {
+class AdamkitApplyAdamOp : public RuleOpKernel {
  public:
-  explicit AdamkitApplyAdamOp(OpKernelConstruction* ctx) : AmsgradOpKernel(ctx) {
+  explicit AdamkitApplyAdamOp(OpKernelConstruction* ctx) : RuleOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
   }
 
@@ -115,7 +124,7 @@ class AdamkitApplyAdamOp : public AmsgradOpKernel {
     }
     const uint32_t t = static_cast<uint32_t>(ctx->input(5 * n + 1).scalar<int32>()());
     auto work = [&](int64_t begin, int64_t end) {
-      UpdateRange<T, Codec>(arrays, start, amsgrad_, t, begin, end);
+      UpdateRange<T, Codec>(arrays, start, rule_, t, begin, end);
     };
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
     Shard(threads->num_threads, threads->workers, start[n], /*cost_per_unit=*/20, work);
@@ -141,11 +150,12 @@ REGISTER_OP("AdamkitApplyAdam8bit")
     .Input("signed_codec: float")  // adamkit.state.codec_table(True): decode and encode tables
     .Input("unsigned_codec: float")
     .Attr("amsgrad: bool = false")
+    .Attr("adamax: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
-class AdamkitApplyAdam8bitOp : public AmsgradOpKernel {
+class AdamkitApplyAdam8bitOp : public RuleOpKernel {
  public:
-  using AmsgradOpKernel::AmsgradOpKernel;
+  using RuleOpKernel::RuleOpKernel;
 
   void Compute(OpKernelContext* ctx) override {
     using Device = Eigen::ThreadPoolDevice;
@@ -186,11 +196,7 @@ class AdamkitApplyAdam8bitOp : public AmsgradOpKernel {
       step.absmax[s] = absmax[s].flat<float>().data();
     }
     auto work = [&step, this](int64_t begin, int64_t end) {
-      if (amsgrad_) {
-        UpdateBlocks8bit<true>(step, begin, end);
-      } else {
-        UpdateBlocks8bit<false>(step, begin, end);
-      }
+      UpdateBlocks8bit(step, rule_, begin, end);
     };
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
     Shard(threads->num_threads, threads->workers, blocks, /*cost_per_unit=*/kBlock * 60, work);

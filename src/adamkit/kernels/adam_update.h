@@ -7,7 +7,10 @@
 //
 // with the step's scalars per variable, kScalars of them: decay, 1 − β1, 1 − β2, a, s, ε, b.
 // Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0; RAdam and NAdam (its look-ahead on g: b ≠ 0)
-// only choose other values (adamkit/optimizers/fused.py).
+// only choose other values (adamkit/optimizers/fused.py). AdaMax (Rule::kAdamax) keeps the
+// infinity norm u in v's place, with the third scalar β2 itself and ε inside the max:
+//
+//   u ← max(β2·u, |g| + ε)           θ ← θ·decay − (a·m + b·g) / u
 #ifndef ADAMKIT_ADAM_UPDATE_H_
 #define ADAMKIT_ADAM_UPDATE_H_
 
@@ -20,6 +23,9 @@
 namespace adamkit {
 
 constexpr int kScalars = 7;
+
+// Which second-moment rule a step runs: Adam's, AMSGrad's (Adam's with v̂max), AdaMax's.
+enum class Rule { kAdam, kAmsgrad, kAdamax };
 
 // The stochastic-rounding dither of adamkit.state.dither_bits, bit for bit: a Weyl sequence,
 // position·φ + step·(√2 − 1) in 32-bit fixed point (mod 2³²).
@@ -52,6 +58,21 @@ struct StochasticBfloat16 {
   }
 };
 
+// v's update (b2_term: 1 − β2; AdaMax, β2) and the step's denominator, by rule.
+template <Rule kRule, typename T>
+inline T SecondMoment(T v, T g, T b2_term, T eps) {
+  if (kRule == Rule::kAdamax) {
+    const T decayed = v * b2_term, bound = std::fabs(g) + eps;
+    return decayed > bound ? decayed : bound;
+  }
+  return v + (g * g - v) * b2_term;
+}
+
+template <Rule kRule, typename T>
+inline T Denominator(T v, T inv_sqrt_bc2, T eps) {
+  return kRule == Rule::kAdamax ? v : std::sqrt(v) * inv_sqrt_bc2 + eps;
+}
+
 // Hardware prefetchers stop at each 4 KB page, and with five streams a core keeps stalling on
 // memory there: Update prefetches each array kAhead elements ahead of the chunk of kChunk it
 // works on (measured with 2 threads, float32: 0.83–0.88× → 0.93–0.97× the bare streaming of
@@ -69,11 +90,12 @@ inline void Prefetch(const X* array, int64_t begin, int64_t end) {
 
 // __restrict__: the five arrays never overlap, which lets the compiler vectorise without
 // run-time overlap checks (with five pointers it otherwise gives up on the AMSGrad loop).
-template <typename T, typename Codec, bool kAmsgrad>
+template <typename T, typename Codec, Rule kRule>
 void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
             typename Codec::Stored* __restrict__ v, typename Codec::Stored* __restrict__ vhat,
             const T* __restrict__ g, int64_t begin, int64_t end, const T* s, uint32_t step) {
-  const T decay = s[0], one_minus_b1 = s[1], one_minus_b2 = s[2], step_size = s[3],
+  constexpr bool kAmsgrad = kRule == Rule::kAmsgrad;
+  const T decay = s[0], one_minus_b1 = s[1], b2_term = s[2], step_size = s[3],
           inv_sqrt_bc2 = s[4], eps = s[5], gradient_step = s[6];
   const uint32_t step_mix = step * kStepMultiplier;
   for (int64_t chunk = begin; chunk < end; chunk += kChunk) {
@@ -90,7 +112,7 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
       const T m_old = Codec::Load(m[i]);
       const T v_old = Codec::Load(v[i]);
       const T mi = m_old + (gi - m_old) * one_minus_b1;
-      T vi = v_old + (gi * gi - v_old) * one_minus_b2;
+      T vi = SecondMoment<kRule>(v_old, gi, b2_term, eps);
       m[i] = Codec::Store(mi, position, step_mix);
       v[i] = Codec::Store(vi, position, step_mix);
       if (kAmsgrad) {
@@ -98,8 +120,8 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
         vi = h > vi ? h : vi;
         vhat[i] = Codec::Store(vi, position, step_mix);
       }
-      theta[i] = theta[i] * decay -
-                 (step_size * mi + gradient_step * gi) / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+      theta[i] = theta[i] * decay - (step_size * mi + gradient_step * gi) /
+                                        Denominator<kRule>(vi, inv_sqrt_bc2, eps);
     }
   }
 }
@@ -120,7 +142,7 @@ struct Arrays {
 // treat all of a step's variables as one index space, one launch and one wait however many.
 template <typename T, typename Codec>
 void UpdateRange(const std::vector<Arrays<T, typename Codec::Stored>>& arrays,
-                 const std::vector<int64_t>& start, bool amsgrad, uint32_t step, int64_t begin,
+                 const std::vector<int64_t>& start, Rule rule, uint32_t step, int64_t begin,
                  int64_t end) {
   const int64_t n = static_cast<int64_t>(arrays.size());
   int64_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
@@ -128,10 +150,18 @@ void UpdateRange(const std::vector<Arrays<T, typename Codec::Stored>>& arrays,
     const auto& a = arrays[i];
     const int64_t first = std::max(begin, start[i]) - start[i];
     const int64_t last = std::min(end, start[i + 1]) - start[i];
-    if (amsgrad) {
-      Update<T, Codec, true>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, step);
-    } else {
-      Update<T, Codec, false>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, step);
+    switch (rule) {
+      case Rule::kAdam:
+        Update<T, Codec, Rule::kAdam>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars, step);
+        break;
+      case Rule::kAmsgrad:
+        Update<T, Codec, Rule::kAmsgrad>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars,
+                                         step);
+        break;
+      case Rule::kAdamax:
+        Update<T, Codec, Rule::kAdamax>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars,
+                                        step);
+        break;
     }
   }
 }
@@ -218,9 +248,10 @@ struct Adam8bitStep {
 };
 
 // Blocks [begin, end): decode, update θ, re-encode — each block's state stays in L1 between.
-template <bool kAmsgrad>
+template <Rule kRule>
 void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
-  const float decay = p.scalars[0], one_minus_b1 = p.scalars[1], one_minus_b2 = p.scalars[2],
+  constexpr bool kAmsgrad = kRule == Rule::kAmsgrad;
+  const float decay = p.scalars[0], one_minus_b1 = p.scalars[1], b2_term = p.scalars[2],
               step_size = p.scalars[3], inv_sqrt_bc2 = p.scalars[4], eps = p.scalars[5],
               gradient_step = p.scalars[6];
   const float* __restrict__ m_decode = p.signed_map.decode;
@@ -238,7 +269,7 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
       const float m_old = m_decode[mc[j] + 128] * ma;
       const float v_old = v_decode[vc[j] + 128] * va;
       m[j] = m_old + (g[j] - m_old) * one_minus_b1;
-      v[j] = v_old + (g[j] * g[j] - v_old) * one_minus_b2;
+      v[j] = SecondMoment<kRule>(v_old, g[j], b2_term, eps);
     }
     const float* denominator = v;
     if (kAmsgrad) {
@@ -252,7 +283,7 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
     }
     for (int j = 0; j < n; ++j) {
       theta[j] = theta[j] * decay - (step_size * m[j] + gradient_step * g[j]) /
-                                        (std::sqrt(denominator[j]) * inv_sqrt_bc2 + eps);
+                                        Denominator<kRule>(denominator[j], inv_sqrt_bc2, eps);
     }
     for (int j = n; j < kBlock; ++j) m[j] = v[j] = h[j] = 0.0f;  // the padding, as quantize's
     const uint32_t position = static_cast<uint32_t>(first);
@@ -264,6 +295,20 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
                          p.step_mix);
     }
   }
+}
+
+// Blocks [begin, end) under ``rule``.
+inline void UpdateBlocks8bit(const Adam8bitStep& p, Rule rule, int64_t begin, int64_t end) {
+  switch (rule) {
+    case Rule::kAdam: UpdateBlocks8bit<Rule::kAdam>(p, begin, end); break;
+    case Rule::kAmsgrad: UpdateBlocks8bit<Rule::kAmsgrad>(p, begin, end); break;
+    case Rule::kAdamax: UpdateBlocks8bit<Rule::kAdamax>(p, begin, end); break;
+  }
+}
+
+// The rule an op's attributes ask for (amsgrad and adamax: both true is refused by the callers).
+inline Rule RuleOf(bool amsgrad, bool adamax) {
+  return adamax ? Rule::kAdamax : amsgrad ? Rule::kAmsgrad : Rule::kAdam;
 }
 
 }  // namespace adamkit

@@ -91,20 +91,22 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None, rectify=False, look_ahead=None):
+                    epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
     """One step of Adam/AMSGrad (RAdam with ``rectify``, NAdam with ``look_ahead``, an (a, b)
-    pair) on a float32 ``variable`` whose state
+    pair; AdaMax with ``infinity_norm``) on a float32 ``variable`` whose state
     ``slots`` are 8-bit: decode, update, re-encode block by block in one custom call, bit for bit
     the codec of ``adamkit.state``."""
     amsgrad = "velocity_hat" in slots
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
     scalars = _scalars("float32", step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
-                       [decay], rectify, None if look_ahead is None else [look_ahead])[0]
+                       [decay], rectify, None if look_ahead is None else [look_ahead],
+                       infinity_norm)[0]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
     gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
     _call_in_place(TARGET_8BIT, updated,
-                   [gradient, scalars, jnp.asarray(step, jnp.int32), *tables], amsgrad=amsgrad)
+                   [gradient, scalars, jnp.asarray(step, jnp.int32), *tables], amsgrad=amsgrad,
+                   adamax=infinity_norm)
 
 
 def can_apply_together() -> bool:
@@ -114,19 +116,22 @@ def can_apply_together() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False, look_ahead=None):
+               epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
     """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``) on ``variable``."""
+    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``) on ``variable``."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
                         decays=[decay], rectify=rectify,
-                        look_ahead=None if look_ahead is None else [look_ahead])
+                        look_ahead=None if look_ahead is None else [look_ahead],
+                        infinity_norm=infinity_norm)
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None):
+                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None,
+                        infinity_norm=False):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``, see ``adamkit.optimizers.fused``) on variables of one dtype whose
+    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``, see ``adamkit.optimizers.fused``)
+    on variables of one dtype whose
     states share one storage dtype, as one custom call; each variable first decays by its factor
     in ``decays`` (None: no decay)."""
     dtype = _dtype(variables[0])
@@ -135,9 +140,9 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     updated = [*variables, *(s[name] for name in names for s in states)]
     grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-                       rectify, look_ahead)
+                       rectify, look_ahead, infinity_norm)
     _call_in_place(TARGET, updated, [*grads, scalars, jnp.asarray(step, jnp.int32)],
-                   n=np.int64(len(variables)), amsgrad=amsgrad)
+                   n=np.int64(len(variables)), amsgrad=amsgrad, adamax=infinity_norm)
 
 
 def _call_in_place(target, updated, inputs, **attributes):
@@ -152,11 +157,12 @@ def _call_in_place(target, updated, inputs, **attributes):
 
 
 def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-             rectify=False, look_ahead=None):
+             rectify=False, look_ahead=None, infinity_norm=False):
     """The kernel's seven scalars per variable, (len(decays), 7), in ``dtype``: the decay factor
     (1 where None), 1 − β1, 1 − β2, a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), ε (the ``"keras"`` ε̂ as the
     ε it amounts to after correction, ε̂/√(1 − β2ᵗ)), b = 0; with ``rectify``, RAdam's; with
-    ``look_ahead``, NAdam's per-variable (a, b) (as TensorFlow's)."""
+    ``look_ahead``, NAdam's per-variable (a, b); with ``infinity_norm``, AdaMax's (β2 for
+    1 − β2, ε inside the max, s unused; as TensorFlow's)."""
     t = jnp.asarray(step, dtype)
     step_size = jnp.asarray(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
     inverse_root = jax.lax.rsqrt(adam_ops.bias_correction(beta_2, t))
@@ -166,7 +172,10 @@ def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, 
         step_size = jnp.where(rectified, step_size * r / inverse_root, step_size)
         inverse_root = jnp.where(rectified, 1.0, 0.0).astype(dtype)
         eps = jnp.where(rectified, eps, 1.0).astype(dtype)
-    shared = jnp.stack([jnp.asarray(1.0 - beta_1, dtype), jnp.asarray(1.0 - beta_2, dtype),
+    if infinity_norm:
+        inverse_root, eps = jnp.ones((), dtype), jnp.asarray(epsilon, dtype)
+    b2_term = beta_2 if infinity_norm else 1.0 - beta_2
+    shared = jnp.stack([jnp.asarray(1.0 - beta_1, dtype), jnp.asarray(b2_term, dtype),
                         step_size, inverse_root, eps, jnp.zeros((), dtype)])
     decay = jnp.stack([jnp.asarray(1.0 if d is None else d, dtype) for d in decays])
     rows = jnp.concatenate([decay[:, None], jnp.tile(shared[None], (len(decays), 1))], axis=1)

@@ -42,21 +42,23 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False, look_ahead=None):
+               epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
     """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``) on ``variable``, in place,
     after θ ← θ·decay when ``decay`` is given."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay], rectify=rectify, look_ahead=look_ahead)
+                        decays=[decay], rectify=rectify, look_ahead=look_ahead,
+                        infinity_norm=infinity_norm)
 
 
 @torch.no_grad()
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None):
+                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None,
+                        infinity_norm=False):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``) on float32 variables, in
     place, each first decayed by its factor in ``decays`` (None: no decay): one call of PyTorch's
     fused kernel per distinct factor (AdamW's decayed and excluded variables: two)."""
-    if epsilon_mode != "paper" or rectify or look_ahead is not None:
+    if epsilon_mode != "paper" or rectify or look_ahead is not None or infinity_norm:
         raise ValueError("PyTorch's fused kernel computes Adam with epsilon_mode='paper' only")
     rate = float(learning_rate)
     groups: dict[float, list[int]] = {}

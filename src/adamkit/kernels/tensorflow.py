@@ -132,16 +132,18 @@ def _in_xla() -> bool:
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False, look_ahead=None):
+               epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
     """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``) on ``variable``, in place, after θ ← θ·decay when ``decay`` (the
-    decoupled weight decay's factor) is given."""
+    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``, its u as ``velocity``) on
+    ``variable``, in place, after θ ← θ·decay when ``decay`` (the decoupled weight decay's factor)
+    is given."""
     if _fused_here():  # the decay happens inside the same pass
         return apply_adam_together([variable], [gradient], [state], step=step,
                                    learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                                    epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay],
                                    rectify=rectify,
-                                   look_ahead=None if look_ahead is None else [look_ahead])
+                                   look_ahead=None if look_ahead is None else [look_ahead],
+                                   infinity_norm=infinity_norm)
     dtype = tf.as_dtype(variable.dtype)
     if decay is not None:
         tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
@@ -181,27 +183,36 @@ def _fused_here() -> bool:
 
 
 def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None):
+                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None,
+                        infinity_norm=False):
     """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``, see ``adamkit.optimizers.fused``) on several variables of one
-    dtype whose states share one storage dtype, in one launch of adamkit's kernel; each variable
-    first decays by its factor in ``decays`` (None: no decay). Needs adamkit's kernel (under XLA
-    its custom call); under a tf.distribute strategy, one variable per call."""
+    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``, see ``adamkit.optimizers.fused``)
+    on several variables of one dtype whose states share one storage dtype, in one launch of
+    adamkit's kernel; each variable first decays by its factor in ``decays`` (None: no decay).
+    Needs adamkit's kernel (under XLA its custom call); under a tf.distribute strategy, one
+    variable per call."""
     dtype = tf.as_dtype(variables[0].dtype)
     scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-                       rectify, look_ahead)
+                       rectify, look_ahead, infinity_norm)
     amsgrad = "velocity_hat" in states[0]
     if _in_xla():
-        return _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad)
+        return _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad,
+                               infinity_norm)
     return custom_kernel().adamkit_apply_adam(
         [_handle(v) for v in variables], [_handle(s["momentum"]) for s in states],
         [_handle(s["velocity"]) for s in states],
         [_handle(s["velocity_hat"] if amsgrad else s["velocity"]) for s in states],
         [tf.cast(tf.convert_to_tensor(g), dtype) for g in gradients], scalars,
-        tf.cast(step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), amsgrad=amsgrad)
+        tf.cast(step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), amsgrad=amsgrad,
+        adamax=infinity_norm)
 
 
-def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad):
+def _rule(amsgrad: bool, adamax: bool) -> str:
+    """The custom calls' rule attributes, as MLIR."""
+    return f"amsgrad = {str(amsgrad).lower()}, adamax = {str(adamax).lower()}"
+
+
+def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad, adamax):
     """The step as one XLA custom call (``adamkit_adam``) for all the variables."""
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [tf_variable(v) for v in variables]
@@ -210,7 +221,7 @@ def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad):
     # reshaped to the variable's static shape (a densified sparse gradient's may be unknown)
     inputs = [tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), v.shape)
               for g, v in zip(gradients, variables)]
-    attributes = f"amsgrad = {str(amsgrad).lower()}, n = {len(variables)} : i64"
+    attributes = f"{_rule(amsgrad, adamax)}, n = {len(variables)} : i64"
     return _xla_call("adamkit_adam", updated, [*inputs, scalars, tf.cast(step, tf.int32)],
                      attributes)
 
@@ -264,11 +275,12 @@ def _call_module(target: str, operands: tuple, updated: int, attributes: str) ->
 
 
 def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-             rectify=False, look_ahead=None):
+             rectify=False, look_ahead=None, infinity_norm=False):
     """The kernels' seven scalars per variable, (len(decays), 7), formed in double and rounded
     once to ``dtype``: the decay factor (1 where None), 1 − β1, 1 − β2, a, s, ε, b
     (``adam_update.h``): Adam's, RAdam's with ``rectify``; with ``look_ahead``, NAdam's
-    per-variable (a, b) pairs."""
+    per-variable (a, b) pairs; with ``infinity_norm``, AdaMax's (β2 for 1 − β2, ε inside the
+    max, s unused)."""
     t = tf.cast(step, tf.float64)
     step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
     inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
@@ -280,8 +292,11 @@ def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, 
         step_size = tf.where(rectified, step_size * r / inverse_root, step_size)
         inverse_root = tf.where(rectified, tf.constant(1.0, tf.float64), 0.0)
         eps = tf.where(rectified, eps, 1.0)
+    if infinity_norm:
+        inverse_root, eps = tf.constant(1.0, tf.float64), tf.constant(epsilon, tf.float64)
     zero = tf.constant(0.0, tf.float64)
-    shared = tf.stack([tf.constant(1.0 - beta_1, tf.float64), tf.constant(1.0 - beta_2, tf.float64),
+    b2_term = beta_2 if infinity_norm else 1.0 - beta_2
+    shared = tf.stack([tf.constant(1.0 - beta_1, tf.float64), tf.constant(b2_term, tf.float64),
                        step_size, inverse_root, eps, zero])
     one = tf.constant(1.0, tf.float64)
     decay = tf.stack([one if d is None else tf.cast(d, tf.float64) for d in decays])
@@ -299,13 +314,14 @@ def supports_8bit(variable) -> bool:
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None, rectify=False, look_ahead=None):
-    """One step of Adam/AMSGrad (RAdam, NAdam as ``apply_adam``) on a float32 ``variable`` whose
-    state ``slots`` are 8-bit: decode, update, re-encode, block by block in one pass (bit for bit
-    the codec of ``adamkit.state``)."""
+                    epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
+    """One step of Adam/AMSGrad (RAdam, NAdam, AdaMax as ``apply_adam``) on a float32
+    ``variable`` whose state ``slots`` are 8-bit: decode, update, re-encode, block by block in one
+    pass (bit for bit the codec of ``adamkit.state``)."""
     scalars = tf.reshape(_scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon,
                                   epsilon_mode, [decay], rectify,
-                                  None if look_ahead is None else [look_ahead]), [-1])
+                                  None if look_ahead is None else [look_ahead], infinity_norm),
+                         [-1])
     amsgrad = "velocity_hat" in slots
     m, v = slots["momentum"], slots["velocity"]
     h = slots["velocity_hat"] if amsgrad else v
@@ -317,9 +333,9 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
         return _xla_call("adamkit_adam8bit", updated,
                          [tf.reshape(tf.cast(tf.convert_to_tensor(gradient), tf.float32),
                                      variable.shape), scalars,
-                          tf.cast(step, tf.int32), *tables], f"amsgrad = {str(amsgrad).lower()}")
+                          tf.cast(step, tf.int32), *tables], _rule(amsgrad, infinity_norm))
     return custom_kernel().adamkit_apply_adam8bit(
         _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
         _handle(v.absmax), _handle(h.codes), _handle(h.absmax),
         tf.cast(tf.convert_to_tensor(gradient), tf.float32), scalars, tf.cast(step, tf.int32),
-        *tables, amsgrad=amsgrad)
+        *tables, amsgrad=amsgrad, adamax=infinity_norm)

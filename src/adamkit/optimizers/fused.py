@@ -4,9 +4,11 @@ Adam, AdamW, AMSGrad, RAdam and NAdam all update θ ← θ·decay − (a·m + b�
 Adam's two moment updates, with step-dependent scalars a, b, s, ε: Adam a = α/(1 − β1ᵗ),
 s = 1/√(1 − β2ᵗ), b = 0; RAdam, once ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1, and before that
 a = α/(1 − β1ᵗ), s = 0, ε = 1 (θ ← θ − α·m̂: its SGD-with-momentum phase); NAdam (Dozat's
-look-ahead) a = α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁), b = α·(1 − μₜ)/(1 − Πμ₁..ₜ), Adam's s. So one kernel per
-backend serves them all (``adamkit.kernels``); this mixin picks it, hands it the variables it can
-take and leaves the rest to ``update_step``.
+look-ahead) a = α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁), b = α·(1 − μₜ)/(1 − Πμ₁..ₜ), Adam's s. AdaMax differs
+only in the second moment, its infinity norm u ← max(β2·u, |g| + ε) kept where v is and used as
+the denominator itself, θ ← θ·decay − a·m/u with Adam's a: the kernels' one other rule. So one
+kernel per backend serves them all (``adamkit.kernels``); this mixin picks it, hands it the
+variables it can take and leaves the rest to ``update_step``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class FusedAdamStep:
 
     rectified = False  # RAdam's rule: the kernels' scalars switch on at ρₜ > 5
     nesterov = False  # NAdam's rule: per-variable (a, b) from ``look_ahead``
+    infinity_norm = False  # AdaMax's rule: u ← max(β2·u, |g| + ε) in v's place, no square root
     epsilon_mode = "paper"
 
     def look_ahead(self, slots, step, learning_rate):
@@ -37,9 +40,10 @@ class FusedAdamStep:
         if fused is not None:
             check_bool("fused", fused)
         backend = keras.backend.backend()
-        # PyTorch's fused kernel is Adam's, ε after bias correction: not RAdam's or NAdam's rule,
-        # not the ε̂ form.
-        torch_applies = self.epsilon_mode == "paper" and not self.rectified and not self.nesterov
+        # PyTorch's fused kernel is Adam's, ε after bias correction: not RAdam's, NAdam's or
+        # AdaMax's rule, not the ε̂ form.
+        torch_applies = (self.epsilon_mode == "paper" and not self.rectified and not self.nesterov
+                         and not self.infinity_norm)
         if fused and backend not in ("tensorflow", "jax", "torch"):
             raise ValueError(
                 f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
@@ -47,7 +51,7 @@ class FusedAdamStep:
             )
         if fused and backend == "torch" and not torch_applies:
             what = ("RAdam" if self.rectified else "NAdam" if self.nesterov
-                    else "epsilon_mode='keras'")
+                    else "AdaMax" if self.infinity_norm else "epsilon_mode='keras'")
             raise ValueError(f"`fused=True` on PyTorch needs Adam with epsilon_mode='paper' (its "
                              f"fused kernel adds ε after bias correction), not {what}; use "
                              "fused=None or fused=False.")
@@ -69,11 +73,15 @@ class FusedAdamStep:
     def _hyperparameters(self, step, learning_rate) -> dict:
         """The kernels' keyword arguments besides the tensors and the decay."""
         return dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,
-                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode, rectify=self.rectified)
+                    epsilon=self.epsilon, epsilon_mode=self.epsilon_mode, rectify=self.rectified,
+                    infinity_norm=self.infinity_norm)
 
     def _per_parameter(self, slots) -> dict:
-        """The slots shaped like the parameter (the kernels' m, v, v̂max), without scalar state."""
-        return {name: slots[name] for name in slots if name not in self.scalar_state()}
+        """The slots shaped like the parameter, without scalar state, by the kernels' names: m,
+        v, v̂max as ``momentum``, ``velocity``, ``velocity_hat`` (AdaMax's ``norm`` as v)."""
+        kernel_name = {"norm": "velocity"}
+        return {kernel_name.get(name, name): slots[name] for name in slots
+                if name not in self.scalar_state()}
 
     def _kernel_state(self, variable, gradient, slots) -> dict | None:
         """The state variables by name, where the kernel can take this variable with plain
@@ -82,8 +90,8 @@ class FusedAdamStep:
         if not all(isinstance(s, PlainSlot) for s in slots.values()):
             return None
         state = {name: slot.variable for name, slot in slots.items()}
-        supported = self._kernel.supports(variable, gradient, state,
-                                          own_kernel_only=self.rectified or self.nesterov)
+        own_kernel_only = self.rectified or self.nesterov or self.infinity_norm
+        supported = self._kernel.supports(variable, gradient, state, own_kernel_only=own_kernel_only)
         return state if supported else None
 
     def fused_update(self, gradient, variable, slots, step, learning_rate, decay) -> bool:
