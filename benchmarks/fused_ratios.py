@@ -4,9 +4,9 @@
     python benchmarks/fused_ratios.py [--sizes 10 50] [--rounds 7]
                                       [--paths tf.function XLA]
 
-1. adamkit (Adam, AdamW, AMSGrad, RAdam, NAdam; under tf.function its own op, under XLA its
-   custom call) against torch.optim's fused counterpart (for RAdam and NAdam, which have none,
-   their foreach ones):
+1. adamkit (Adam, AdamW, AMSGrad, RAdam, NAdam, AdaMax; under tf.function its own op, under XLA
+   its custom call) against torch.optim's fused counterpart (for RAdam, NAdam and AdaMax, which
+   have none, their foreach ones):
    adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (the step's own bytes
    streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36): adamkit / limit (1 = at it).
 2. The framework's call overhead: the same step over as many one-element variables (the same
@@ -48,7 +48,7 @@ def torch_fused(name: str, shapes):
         p.grad = torch.randn(p.shape)
     if name == "AdamW":
         return torch.optim.AdamW(params, weight_decay=0.01, fused=True).step
-    if name in ("RAdam", "NAdam"):  # torch has no fused RAdam or NAdam: its fastest, foreach
+    if name in ("RAdam", "NAdam", "Adamax"):  # torch has no fused form of these: foreach
         return getattr(torch.optim, name)(params, foreach=True).step
     return torch.optim.Adam(params, amsgrad=name == "AMSGrad", fused=True).step
 
@@ -67,7 +67,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ours = {"Adam": adamkit.Adam, "AdamW": lambda: adamkit.AdamW(weight_decay=0.01),
             "AMSGrad": lambda: adamkit.Adam(amsgrad=True), "RAdam": adamkit.RAdam,
-            "NAdam": adamkit.Nadam}
+            "NAdam": adamkit.Nadam, "Adamax": adamkit.Adamax}
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
         grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
