@@ -5,11 +5,11 @@ timing of each can be off by ±30% on a shared machine; the median of per-round 
 
 Each optimizer runs as Keras's trainer on that backend runs it (on JAX ``stateless_apply`` under
 ``jax.jit`` with the state donated; ``adamkit.bench.backend_stepper``). Rows, > 1 meaning the first
-is faster: adamkit (Adam, AdamW, AMSGrad; on JAX its XLA custom call, on PyTorch one call of
-torch's fused kernel) / the ``keras.optimizers`` counterpart, adamkit / adamkit's ops path
-(``fused=False``), adamkit Adam / the backend's own library (optax under jit; torch.optim.Adam
-fused), and adamkit / the bandwidth limit (the step's own bytes streamed,
-``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36; 1 = at the limit).
+is faster: adamkit (Adam, AdamW, AMSGrad, Adamax; on JAX its XLA custom call, on PyTorch one
+call of torch's fused kernel, Adamax there its ops path) / the ``keras.optimizers`` counterpart,
+adamkit / adamkit's ops path (``fused=False``), adamkit Adam / the backend's own library (optax
+under jit; torch.optim.Adam fused), and adamkit / the bandwidth limit (the step's own bytes
+streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36; 1 = at the limit).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ OURS = {  # name → (adamkit's, Keras's counterpart)
     "AdamW": (lambda **k: adamkit.AdamW(**k), lambda: keras.optimizers.AdamW()),
     "AMSGrad": (lambda **k: adamkit.Adam(amsgrad=True, **k),
                 lambda: keras.optimizers.Adam(amsgrad=True)),
+    "Adamax": (lambda **k: adamkit.Adamax(**k), lambda: keras.optimizers.Adamax()),
 }
 
 

@@ -11,23 +11,50 @@
    streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36): adamkit / limit (1 = at it).
 2. The framework's call overhead: the same step over as many one-element variables (the same
    graph and captures, next to no bytes), as a share of the real step's time; torch fused alike.
-3. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
+   Each such call is timed right after a pass that streams the step's bytes, as in training,
+   where the step before has just swept the caches ("cold"); back to back, it costs a third to a
+   half of that ("warm", the row before session 8).
+3. adamkit's Adam loop alone (``adamkit.bench.kernel_loop_step``: the kernels' loop on plain
+   arrays, no framework) / limit: what the step costs apart from the framework's call.
+4. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import numpy as np
 
 import adamkit
-from adamkit.bench import compiled_apply, median_seconds, parameter_shapes, stream_step
+from adamkit.bench import (
+    compiled_apply,
+    kernel_loop_step,
+    median_seconds,
+    parameter_shapes,
+    stream_step,
+)
 
 
 def alternate(ours, theirs, rounds: int) -> list[float]:
     """Per-round ratio time(theirs) / time(ours), the two timed back to back each round."""
     return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+
+
+def overhead_shares(step, tiny_step, flush, rounds: int) -> list[float]:
+    """Per round: the median time of ``tiny_step`` called right after ``flush`` (a pass over the
+    step's bytes, leaving the caches as a real step does), over the median time of ``step``."""
+    shares = []
+    for _ in range(rounds):
+        cold = []
+        for _ in range(5):
+            flush()
+            start = time.perf_counter()
+            tiny_step()
+            cold.append(time.perf_counter() - start)
+        shares.append(statistics.median(cold) / median_seconds(step, 5))
+    return shares
 
 
 def tiny(shapes) -> list[tuple[int]]:
@@ -84,12 +111,16 @@ def main() -> None:
                        alternate(step, limits[name == "AMSGrad"], args.rounds))
                 if name == "Adam":
                     overhead = compiled_apply(make(), tiny(shapes), tiny_grads, jit=PATHS[path])
-                    report(f"{label}: call overhead / step", alternate(step, overhead, args.rounds))
+                    report(f"{label}: call overhead / step (cold)",
+                           overhead_shares(step, overhead, limits[False], args.rounds))
+        torch_step = torch_fused("Adam", shapes)
         report(f"{millions}M torch fused Adam / limit",
-               alternate(torch_fused("Adam", shapes), limits[False], args.rounds))
-        report(f"{millions}M torch fused Adam: call overhead / step",
-               alternate(torch_fused("Adam", shapes), torch_fused("Adam", tiny(shapes)),
-                         args.rounds))
+               alternate(torch_step, limits[False], args.rounds))
+        report(f"{millions}M torch fused Adam: call overhead / step (cold)",
+               overhead_shares(torch_step, torch_fused("Adam", tiny(shapes)), limits[False],
+                               args.rounds))
+        report(f"{millions}M adamkit's Adam loop alone / limit",
+               alternate(kernel_loop_step(count), limits[False], args.rounds))
         float32 = compiled_apply(adamkit.Adam(), shapes, grads)
         for state_dtype in ("bfloat16", "int8"):
             lean = compiled_apply(adamkit.Adam(state_dtype=state_dtype), shapes, grads)

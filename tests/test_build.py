@@ -43,3 +43,32 @@ def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(RuntimeError, match="no-such-compiler"):
         build.compile_library(STREAM, [])
+
+
+def test_the_benchmarks_loop_alone_is_adams_step(rng):
+    """``adamkit.bench.kernel_loop_step`` times the kernels' own loop outside any framework
+    (``adamkit_adam_loop`` in stream.cc): three steps of it equal the float64 oracle's Adam."""
+    import ctypes
+    import math
+
+    import numpy as np
+
+    import reference
+    from adamkit.bench import _stream_library
+
+    loop = _stream_library().adamkit_adam_loop
+    n, lr, b1, b2, eps = 100_003, 1e-2, 0.9, 0.999, 1e-8
+    theta0 = rng.normal(size=n)
+    grads = [rng.normal(size=n) for _ in range(3)]
+    theta, m, v = theta0.astype(np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    pointer = ctypes.POINTER(ctypes.c_float)
+    for t, g in enumerate(grads, start=1):
+        g32 = g.astype(np.float32)
+        scalars = np.array([1.0, 1 - b1, 1 - b2, lr / (1 - b1**t), 1 / math.sqrt(1 - b2**t), eps,
+                            0.0], np.float32)
+        loop(*(a.ctypes.data_as(pointer) for a in (theta, m, v, g32)), ctypes.c_int64(n),
+             scalars.ctypes.data_as(pointer), ctypes.c_int32(t))
+    expected, state = reference.adam(theta0, [g.astype(np.float32) for g in grads], lr=lr)
+    np.testing.assert_allclose(theta, expected, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(m, state["momentum"], rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(v, state["velocity"], rtol=2e-6, atol=1e-9)

@@ -218,23 +218,47 @@ def backend_child(millions: int, repeats: int) -> None:
     print(json.dumps(speeds))
 
 
-def stream_step(count: int, amsgrad: bool = False):
-    """A function that streams an Adam step's bytes for ``count`` parameters — read θ, g, m, v;
-    write θ, m, v: 28 bytes each; with ``amsgrad`` v̂max read and written too, 36 bytes — with
-    next to no arithmetic, on every core (``kernels/stream.cc``): the memory-bandwidth limit of a
-    step."""
+def _stream_library():
+    """``kernels/stream.cc`` built (once, cached) and loaded."""
     import ctypes
     from pathlib import Path
 
     from adamkit.kernels.build import compile_library
 
     source = Path(__file__).with_name("kernels") / "stream.cc"
-    stream = ctypes.CDLL(str(compile_library(source, ["-fopenmp"]))).adamkit_stream
+    return ctypes.CDLL(str(compile_library(source, ["-fopenmp", "-ffp-contract=off"])))
+
+
+def stream_step(count: int, amsgrad: bool = False):
+    """A function that streams an Adam step's bytes for ``count`` parameters — read θ, g, m, v;
+    write θ, m, v: 28 bytes each; with ``amsgrad`` v̂max read and written too, 36 bytes — with
+    next to no arithmetic, on every core (``kernels/stream.cc``): the memory-bandwidth limit of a
+    step."""
+    import ctypes
+
+    stream = _stream_library().adamkit_stream
     arrays = [np.ones(count, np.float32) for _ in range(5 if amsgrad else 4)]  # written: no page
     pointers = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in arrays]  # shared with 0s
     theta, m, v, g = pointers[0], pointers[1], pointers[2], pointers[-1]
     vhat = pointers[3] if amsgrad else None
     return lambda: stream(theta, m, v, vhat, g, ctypes.c_int64(count), ctypes.c_float(0.0))
+
+
+def kernel_loop_step(count: int):
+    """A function that runs adamkit's own Adam loop (``adam_update.h``, float32, as the kernels
+    do) over ``count`` parameters in plain arrays, on every core, with no framework around it
+    (``kernels/stream.cc``): what the kernel costs apart from a framework's call."""
+    import ctypes
+
+    loop = _stream_library()
+    arrays = [np.ones(count, np.float32) for _ in range(4)]  # θ, m, v, g
+    # decay, 1 − β1, 1 − β2, a, s, ε, b: Adam's defaults at step 10
+    scalars = np.array([1.0, 0.1, 0.001, 1e-3 / (1 - 0.9**10), (1 - 0.999**10) ** -0.5, 1e-8, 0],
+                       np.float32)
+    pointers = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) for a in [*arrays, scalars]]
+    theta, m, v, g, s = pointers
+    return lambda: loop.adamkit_adam_loop(theta, m, v, g, ctypes.c_int64(count), s,
+                                          ctypes.c_int32(10))
 
 
 LIMIT = "bandwidth limit (best of stream, torch fused)"
