@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from adamkit import ops as adam_ops
 from adamkit import state as state_storage
 from adamkit.kernels.build import compile_library
+from adamkit.kernels.scalars import kernel_scalars
 
 SOURCE = Path(__file__).with_name("adam_ffi.cc")
 TARGET = "adamkit_adam"
@@ -99,9 +99,9 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     amsgrad = "velocity_hat" in slots
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
-    scalars = _scalars("float32", step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
-                       [decay], rectify, None if look_ahead is None else [look_ahead],
-                       infinity_norm)[0]
+    scalars = kernel_scalars("float32", step, learning_rate, beta_1, beta_2, epsilon,
+                             epsilon_mode, [decay], rectify,
+                             None if look_ahead is None else [look_ahead], infinity_norm)[0]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
     gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
     _call_in_place(TARGET_8BIT, updated,
@@ -139,8 +139,8 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
     updated = [*variables, *(s[name] for name in names for s in states)]
     grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
-    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-                       rectify, look_ahead, infinity_norm)
+    scalars = kernel_scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
+                             decays, rectify, look_ahead, infinity_norm)
     _call_in_place(TARGET, updated, [*grads, scalars, jnp.asarray(step, jnp.int32)],
                    n=np.int64(len(variables)), amsgrad=amsgrad, adamax=infinity_norm)
 
@@ -154,33 +154,3 @@ def _call_in_place(target, updated, inputs, **attributes):
                             input_output_aliases={i: i for i in range(len(values))})
     for variable, value in zip(updated, call(*values, *inputs, **attributes)):
         variable.assign(value)
-
-
-def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-             rectify=False, look_ahead=None, infinity_norm=False):
-    """The kernel's seven scalars per variable, (len(decays), 7), in ``dtype``: the decay factor
-    (1 where None), 1 − β1, 1 − β2, a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), ε (the ``"keras"`` ε̂ as the
-    ε it amounts to after correction, ε̂/√(1 − β2ᵗ)), b = 0; with ``rectify``, RAdam's; with
-    ``look_ahead``, NAdam's per-variable (a, b); with ``infinity_norm``, AdaMax's (β2 for
-    1 − β2, ε inside the max, s unused; as TensorFlow's)."""
-    t = jnp.asarray(step, dtype)
-    step_size = jnp.asarray(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
-    inverse_root = jax.lax.rsqrt(adam_ops.bias_correction(beta_2, t))
-    eps = jnp.asarray(epsilon, dtype) * (inverse_root if epsilon_mode == "keras" else 1.0)
-    if rectify:  # RAdam: α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε) once ρₜ > 5, else α·m̂
-        rectified, r = adam_ops.radam_rectifier(t, beta_2)
-        step_size = jnp.where(rectified, step_size * r / inverse_root, step_size)
-        inverse_root = jnp.where(rectified, 1.0, 0.0).astype(dtype)
-        eps = jnp.where(rectified, eps, 1.0).astype(dtype)
-    if infinity_norm:
-        inverse_root, eps = jnp.ones((), dtype), jnp.asarray(epsilon, dtype)
-    b2_term = beta_2 if infinity_norm else 1.0 - beta_2
-    shared = jnp.stack([jnp.asarray(1.0 - beta_1, dtype), jnp.asarray(b2_term, dtype),
-                        step_size, inverse_root, eps, jnp.zeros((), dtype)])
-    decay = jnp.stack([jnp.asarray(1.0 if d is None else d, dtype) for d in decays])
-    rows = jnp.concatenate([decay[:, None], jnp.tile(shared[None], (len(decays), 1))], axis=1)
-    if look_ahead is not None:
-        a, b = (jnp.stack([jnp.asarray(pair[k], dtype) for pair in look_ahead]) for k in (0, 1))
-        rows = rows.at[:, 3].set(a).at[:, 6].set(b)
-    return rows
-

@@ -44,9 +44,9 @@ import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from adamkit import ops as adam_ops
 from adamkit import state as state_storage
 from adamkit.kernels.build import compile_library
+from adamkit.kernels.scalars import kernel_scalars
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
 FFI_SOURCE = Path(__file__).with_name("adam_ffi.cc")  # the XLA custom call
@@ -274,37 +274,10 @@ def _call_module(target: str, operands: tuple, updated: int, attributes: str) ->
     return stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
 
 
-def _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-             rectify=False, look_ahead=None, infinity_norm=False):
-    """The kernels' seven scalars per variable, (len(decays), 7), formed in double and rounded
-    once to ``dtype``: the decay factor (1 where None), 1 − β1, 1 − β2, a, s, ε, b
-    (``adam_update.h``): Adam's, RAdam's with ``rectify``; with ``look_ahead``, NAdam's
-    per-variable (a, b) pairs; with ``infinity_norm``, AdaMax's (β2 for 1 − β2, ε inside the
-    max, s unused)."""
-    t = tf.cast(step, tf.float64)
-    step_size = tf.cast(learning_rate, tf.float64) / adam_ops.bias_correction(beta_1, t)
-    inverse_root = tf.math.rsqrt(adam_ops.bias_correction(beta_2, t))
-    eps = tf.constant(epsilon, tf.float64)
-    if epsilon_mode == "keras":  # ε̂ added to √v before correction: ε = ε̂/√(1 − β2ᵗ)
-        eps = eps * inverse_root
-    if rectify:  # RAdam: α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε) once ρₜ > 5, else α·m̂
-        rectified, r = adam_ops.radam_rectifier(t, beta_2)
-        step_size = tf.where(rectified, step_size * r / inverse_root, step_size)
-        inverse_root = tf.where(rectified, tf.constant(1.0, tf.float64), 0.0)
-        eps = tf.where(rectified, eps, 1.0)
-    if infinity_norm:
-        inverse_root, eps = tf.constant(1.0, tf.float64), tf.constant(epsilon, tf.float64)
-    zero = tf.constant(0.0, tf.float64)
-    b2_term = beta_2 if infinity_norm else 1.0 - beta_2
-    shared = tf.stack([tf.constant(1.0 - beta_1, tf.float64), tf.constant(b2_term, tf.float64),
-                       step_size, inverse_root, eps, zero])
-    one = tf.constant(1.0, tf.float64)
-    decay = tf.stack([one if d is None else tf.cast(d, tf.float64) for d in decays])
-    rows = tf.concat([decay[:, None], tf.tile(shared[None], [len(decays), 1])], axis=1)
-    if look_ahead is not None:
-        a, b = (tf.stack([tf.cast(pair[k], tf.float64) for pair in look_ahead]) for k in (0, 1))
-        rows = tf.concat([rows[:, :3], a[:, None], rows[:, 4:6], b[:, None]], axis=1)
-    return tf.cast(rows, dtype)
+def _scalars(dtype, *args, **kwargs):
+    """The kernels' seven scalars per variable (``adamkit.kernels.scalars``), formed in double and
+    rounded once to ``dtype``."""
+    return tf.cast(kernel_scalars("float64", *args, **kwargs), dtype)
 
 
 def supports_8bit(variable) -> bool:

@@ -1,0 +1,58 @@
+"""The fused kernels' per-variable scalars, formed once for every backend (``keras.ops``).
+
+Every kernel (``adam_update.h``) computes θ ← θ·decay − (a·m + b·g)/(√v·s + ε) after the moment
+updates m ← m + (g − m)(1 − β1), v ← v + (g² − v)(1 − β2), from seven scalars per variable:
+decay, 1 − β1, 1 − β2, a, s, ε, b. The rules differ only in these:
+
+- Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0; the ``"keras"`` ε̂ (added to √v before the
+  correction) as the ε it amounts to after it, ε̂/√(1 − β2ᵗ);
+- RAdam (``rectify``): once ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1; before, a = α/(1 − β1ᵗ),
+  s = 0, ε = 1, so that θ ← θ − α·m̂;
+- NAdam (``look_ahead``): each variable's own (a, b) from its μ product;
+- AdaMax (``infinity_norm``): v is the infinity norm u ← max(β2·u, |g| + ε) and the denominator
+  itself, so the third scalar is β2 and ε sits inside the max; a as Adam's, s unused (1).
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+from adamkit import ops as adam_ops
+
+
+def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float,
+                   epsilon: float, epsilon_mode: str, decays: list, rectify: bool = False,
+                   look_ahead: list | None = None, infinity_norm: bool = False):
+    """``(len(decays), 7)`` in ``dtype``: one row per variable, its decay factor first (1 where
+    the entry of ``decays`` is None). TensorFlow and PyTorch form them in float64 (rounded once
+    to the parameters' dtype by the caller), JAX in the parameters' dtype."""
+    t = _as(step, dtype)
+    step_size = _as(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
+    inverse_root = ops.rsqrt(adam_ops.bias_correction(beta_2, t))
+    eps = _as(epsilon, dtype)
+    if epsilon_mode == "keras" and not infinity_norm:
+        eps = eps * inverse_root
+    if rectify:
+        rectified, r = adam_ops.radam_rectifier(t, beta_2)
+        step_size = ops.where(rectified, step_size * r / inverse_root, step_size)
+        inverse_root = ops.cast(ops.where(rectified, 1.0, 0.0), dtype)
+        eps = ops.cast(ops.where(rectified, eps, 1.0), dtype)
+    if infinity_norm:
+        inverse_root = ops.ones((), dtype)
+    b2_term = beta_2 if infinity_norm else 1.0 - beta_2
+    shared = ops.stack([_as(1.0 - beta_1, dtype), _as(b2_term, dtype), step_size, inverse_root,
+                        eps, ops.zeros((), dtype)])
+    decay = ops.stack([_as(1.0 if d is None else d, dtype) for d in decays])
+    rows = ops.concatenate([decay[:, None], ops.tile(shared[None], (len(decays), 1))], axis=1)
+    if look_ahead is not None:
+        a, b = (ops.stack([_as(pair[k], dtype) for pair in look_ahead]) for k in (0, 1))
+        rows = ops.concatenate([rows[:, :3], a[:, None], rows[:, 4:6], b[:, None]], axis=1)
+    return rows
+
+
+def _as(x, dtype):
+    """``x`` in ``dtype``; a Python number straight from its double value (``ops.cast`` would
+    first make it a float32 tensor)."""
+    if isinstance(x, (int, float)):
+        return ops.convert_to_tensor(x, dtype)
+    return ops.cast(x, dtype)
