@@ -229,14 +229,22 @@ def test_fused_true_elsewhere_is_refused():
         result.stderr)
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused kernel")
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernels")
 @pytest.mark.parametrize("options", [{}, {"amsgrad": True}, {"weight_decay": 0.05},
                                      {"epsilon": 1e-6, "learning_rate": 0.003}],
                          ids=["adam", "amsgrad", "adamw", "tiny-gradients"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])  # float64: not fused, checked below
-def test_torch_fused_matches_ops_path_each_step(options, dtype, rng):
-    """On PyTorch, adamkit.Adam runs torch._fused_adam_ by default: parameters and all state
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kernel", ["adamkit", "torch"])
+def test_torch_fused_matches_ops_path_each_step(kernel, options, dtype, rng, monkeypatch):
+    """On PyTorch, adamkit.Adam runs adamkit's own kernel by default, or where that is not built
+    torch._fused_adam_ (float32 only; float64 then takes the ops path): parameters and all state
     against adamkit's own ops path, each of 30 steps."""
+    from adamkit.kernels import pytorch
+
+    if kernel == "torch":
+        monkeypatch.setitem(pytorch._LIBRARY, "library", None)  # as after a failed build
+    else:
+        assert pytorch.custom_kernel() is not None, "adamkit's PyTorch kernel should build here"
     kwargs = {"learning_rate": 0.01, **options}
     shapes = [(64,), (16, 9), (3, 4, 5)]
     initial = [rng.normal(size=s) for s in shapes]
@@ -260,12 +268,19 @@ def test_torch_fused_matches_ops_path_each_step(options, dtype, rng):
                              f"{name} at step {t + 1}")
     assert fused._kernel is not None and fused._kernel.__name__ == "adamkit.kernels.pytorch"
     stored = {name: slot.variable for name, slot in fused.slots_of(vars_fused[0]).items()}
-    assert fused._kernel.supports(vars_fused[0], None, stored) == (dtype == "float32")
+    own = kernel == "adamkit"
+    assert fused._kernel.supports(vars_fused[0], None, stored) == (own or dtype == "float32")
+    if own:  # every rule of the family
+        for optimizer in (adamkit.Adam(fused=True, epsilon_mode="keras"), adamkit.RAdam(fused=True),
+                          adamkit.Nadam(fused=True), adamkit.Adamax(fused=True)):
+            assert optimizer._kernel is pytorch
+        return
     with pytest.raises(ValueError, match="epsilon_mode='paper'.*not epsilon_mode='keras'"):
         adamkit.Adam(fused=True, epsilon_mode="keras")
     assert adamkit.Adam(epsilon_mode="keras")._kernel is None  # that form takes the ops path
-    for cls in (adamkit.RAdam, adamkit.Nadam):  # torch has no fused RAdam or NAdam
-        with pytest.raises(ValueError, match=f"not {cls.__name__.replace('Nadam', 'NAdam')}"):
+    for cls in (adamkit.RAdam, adamkit.Nadam, adamkit.Adamax):  # torch has no fused ones
+        name = {"Nadam": "NAdam", "Adamax": "AdaMax"}.get(cls.__name__, cls.__name__)
+        with pytest.raises(ValueError, match=f"not {name}"):
             cls(fused=True)
         assert cls()._kernel is None
 

@@ -31,6 +31,18 @@ CONFIGS = {
 SHAPES = [(64,), (16, 9), (3, 4, 5), (70, 300)]  # int8 state: the last one only (4096+ values)
 
 
+# PyTorch ops an optimizer step would run over θ, m or v outside a fused kernel.
+ARITHMETIC = {f"aten::{op}{suffix}" for op in ("mul", "add", "sub", "div", "addcdiv", "addcmul",
+                                                "lerp", "sqrt", "maximum", "abs", "copy")
+              for suffix in ("", "_")}
+
+
+def pytorch_kernel():
+    from adamkit.kernels import pytorch
+
+    return pytorch.custom_kernel()
+
+
 def gradients(rng, poison):
     grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
     if poison:
@@ -61,8 +73,11 @@ def test_fused_path_matches_ops_path_each_step(config, rng):
     initial = [rng.normal(size=s).astype("float32") for s in SHAPES]
     fused, history_fused = run(make, None, initial, 12, seed=7, poisoned_step=poisoned_step)
     _, history_plain = run(make, False, initial, 12, seed=7, poisoned_step=poisoned_step)
+    # On PyTorch adamkit's own kernel takes every rule; without it, PyTorch's fused Adam only
+    # Adam's own (the others then take the ops path twice, which passes trivially).
     torch_has_none = config == "keras-epsilon" or config.startswith(("radam", "nadam", "adamax"))
-    assert (fused._kernel is None) == (BACKEND == "torch" and torch_has_none)
+    own_kernel = BACKEND != "torch" or pytorch_kernel() is not None
+    assert (fused._kernel is None) == (BACKEND == "torch" and torch_has_none and not own_kernel)
     for t, (ours, plain) in enumerate(zip(history_fused, history_plain)):
         for a, b in zip(ours, plain):
             if a.dtype.kind == "f" and a.dtype.itemsize > 2:
@@ -109,12 +124,17 @@ def test_jax_jit_runs_one_custom_call_in_place(rng):
     (False, {"aten::_fused_adamw_": 1, "aten::_fused_adam_": 0, "aten::mul_": 0}),
     (True, {"aten::_fused_adamw_": 1, "aten::_fused_adam_": 1, "aten::mul_": 0}),
 ])
-def test_torch_runs_one_fused_call_per_decay_factor(rng, exclude_1d, expected):
-    """All float32 variables in one call of PyTorch's fused kernel (as torch.optim.AdamW(fused=True)
-    does), the decay inside it (no separate pass over θ); with ``exclude_1d`` the undecayed
-    vectors in a second, plain Adam call. Counted by PyTorch's profiler."""
+def test_without_its_kernel_torch_runs_one_fused_call_per_decay_factor(rng, exclude_1d, expected,
+                                                                       monkeypatch):
+    """Where adamkit's kernel is not built: all float32 variables in one call of PyTorch's fused
+    kernel (as torch.optim.AdamW(fused=True) does), the decay inside it (no separate pass over
+    θ); with ``exclude_1d`` the undecayed vectors in a second, plain Adam call. Counted by
+    PyTorch's profiler."""
     import torch
 
+    from adamkit.kernels import pytorch
+
+    monkeypatch.setitem(pytorch._LIBRARY, "library", None)  # as after a failed build
     variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES]
     optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, exclude_1d=exclude_1d)
     optimizer.build(variables)
@@ -124,6 +144,41 @@ def test_torch_runs_one_fused_call_per_decay_factor(rng, exclude_1d, expected):
         optimizer.apply(grads, variables)
     names = [e.name for e in profile.events()]
     assert {name: names.count(name) for name in expected} == expected
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
+@pytest.mark.parametrize("cls", [adamkit.AdamW, adamkit.RAdam, adamkit.Adamax])
+def test_torch_runs_adamkits_kernel_and_no_torch_ops(rng, cls):
+    """With adamkit's kernel (``adam_host.cc``) the whole step, decay included, is one call of it:
+    PyTorch's profiler sees none of its own update ops (fused, foreach or elementwise) and no
+    copy of θ; the float64 variables in the same step keep float64 math (equal to the ops path to
+    1e-12)."""
+    import torch
+
+    assert pytorch_kernel() is not None, "adamkit's PyTorch kernel should build here"
+    shapes_dtypes = [((40, 30), "float32"), ((30,), "float32"), ((20, 7), "float64")]
+    initial = [rng.normal(size=s) for s, _ in shapes_dtypes]
+    grads = [rng.normal(size=s).astype(d) for s, d in shapes_dtypes]
+    results = {}
+    for fused in (None, False):
+        variables = [keras.Variable(x.astype(d)) for x, (_, d) in zip(initial, shapes_dtypes)]
+        optimizer = cls(learning_rate=0.01, weight_decay=0.05, fused=fused)
+        optimizer.build(variables)
+        for _ in range(7):  # RAdam's rectified branch from t = 6
+            optimizer.apply(grads, variables)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    record_shapes=True) as profile:
+            optimizer.apply(grads, variables)
+        results[fused] = [keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]]
+        if fused is None:  # arithmetic on parameter-sized tensors: none outside the kernel
+            parameter_shapes = [list(s) for s, _ in shapes_dtypes]
+            updates = {e.name for e in profile.events()
+                       if e.name.startswith(("aten::_fused", "aten::_foreach"))
+                       or (e.name in ARITHMETIC
+                           and any(shape in parameter_shapes for shape in e.input_shapes))}
+            assert not updates, updates
+    for a, b in zip(results[None], results[False]):
+        assert_close(a, b, 1e-12 if a.dtype == np.float64 else 2e-6, f"{cls.__name__}")
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX kernel's own fallback")

@@ -33,6 +33,13 @@ def second_moment(v, g, beta_2):
     return ema(v, ops.square(g), beta_2)
 
 
+def larger(a, b):
+    """Elementwise max(a, b) in the inputs' dtype, as the kernels take it (b where a is NaN or
+    b is). Not ``keras.ops.maximum``: on PyTorch it returns float32 for float64 inputs (Keras
+    3.15), which cost float64 AMSGrad and AdaMax their precision there."""
+    return ops.where(ops.greater_equal(a, b), a, b)
+
+
 def power(beta, step):
     """βᵗ as exp(t·ln β), with ln β taken in double precision before it meets a float32 tensor."""
     if beta == 0.0:
@@ -76,7 +83,7 @@ def epsilon_hat_update(m, v, step, learning_rate, beta_1, beta_2, epsilon_hat):
 
 def running_max(maximum, value):
     """AMSGrad's non-decreasing second moment: v_max ← max(v_max, v)."""
-    return ops.maximum(maximum, value)
+    return larger(maximum, value)
 
 
 def infinity_norm(u, g, beta_2, epsilon):
@@ -84,7 +91,7 @@ def infinity_norm(u, g, beta_2, epsilon):
 
     ε inside the max follows ``torch.optim.Adamax``; the paper has ε = 0.
     """
-    return ops.maximum(beta_2 * u, ops.abs(g) + epsilon)
+    return larger(beta_2 * u, ops.abs(g) + epsilon)
 
 
 def nadam_momentum(beta_1, step, momentum_decay):
@@ -125,7 +132,7 @@ def radam_rectifier(step, beta_2):
     rho = rho_inf - 2.0 * step * power(beta_2, step) / bias_correction(beta_2, step)
     rectified = ops.greater(rho, 5.0)
     ratio = (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
-    return rectified, ops.sqrt(ops.maximum(ratio, 0.0))
+    return rectified, ops.sqrt(larger(ratio, 0.0))
 
 
 def radam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):

@@ -49,12 +49,18 @@ class FusedAdamStep:
                 f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
                 "Use fused=None (the fast path wherever it exists) or fused=False."
             )
-        if fused and backend == "torch" and not torch_applies:
+        own_torch_kernel = False
+        if fused is not False and backend == "torch":
+            from adamkit.kernels import pytorch
+
+            own_torch_kernel = pytorch.custom_kernel() is not None
+        if fused and backend == "torch" and not torch_applies and not own_torch_kernel:
             what = ("RAdam" if self.rectified else "NAdam" if self.nesterov
                     else "AdaMax" if self.infinity_norm else "epsilon_mode='keras'")
-            raise ValueError(f"`fused=True` on PyTorch needs Adam with epsilon_mode='paper' (its "
-                             f"fused kernel adds ε after bias correction), not {what}; use "
-                             "fused=None or fused=False.")
+            raise ValueError(f"`fused=True` on PyTorch without adamkit's kernel (it could not be "
+                             f"built here) needs Adam with epsilon_mode='paper' (PyTorch's fused "
+                             f"kernel adds ε after bias correction), not {what}; use fused=None "
+                             "or fused=False.")
         self.fused = fused
         self._kernel = None
         if fused is not False and backend == "tensorflow":
@@ -65,7 +71,7 @@ class FusedAdamStep:
             from adamkit.kernels import jax as kernel
 
             self._kernel = kernel
-        elif fused is not False and backend == "torch" and torch_applies:
+        elif fused is not False and backend == "torch" and (torch_applies or own_torch_kernel):
             from adamkit.kernels import pytorch as kernel
 
             self._kernel = kernel
@@ -90,7 +96,10 @@ class FusedAdamStep:
         if not all(isinstance(s, PlainSlot) for s in slots.values()):
             return None
         state = {name: slot.variable for name, slot in slots.items()}
-        own_kernel_only = self.rectified or self.nesterov or self.infinity_norm
+        # Rules no peer kernel runs (the fallbacks: TensorFlow's ResourceApplyAdam, which takes
+        # the ε̂ form; PyTorch's fused Adam, which does not).
+        own_kernel_only = (self.rectified or self.nesterov or self.infinity_norm
+                           or (self.epsilon_mode == "keras" and keras.backend.backend() == "torch"))
         supported = self._kernel.supports(variable, gradient, state, own_kernel_only=own_kernel_only)
         return state if supported else None
 
