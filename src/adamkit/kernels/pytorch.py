@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 import torch
 
 from adamkit.kernels.build import compile_library
@@ -36,7 +35,8 @@ from adamkit.kernels.scalars import kernel_scalars
 SUPPORTED_DTYPES = ("float32",)
 SOURCE = Path(__file__).with_name("adam_host.cc")
 # adamkit_adam_host's kinds: (parameter dtype, state dtype) -> kind
-KINDS = {("float32", "float32"): 0, ("float32", "bfloat16"): 1, ("float64", "float64"): 2}
+KINDS = {(torch.float32, torch.float32): 0, (torch.float32, torch.bfloat16): 1,
+         (torch.float64, torch.float64): 2}
 RULES = {"adam": 0, "amsgrad": 1, "adamax": 2}
 _LIBRARY: dict[str, object] = {}
 
@@ -79,11 +79,13 @@ def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
 
 
 def _own_kernel_takes(variable, state) -> bool:
-    stored = {_dtype(s) for s in state.values()}
-    tensors = [_tensor(variable), *(_tensor(s) for s in state.values())]
-    return (custom_kernel() is not None and len(stored) == 1
-            and (_dtype(variable), *stored) in KINDS
-            and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors))
+    """adamkit's kernel for this variable: built, a dtype pair it runs, on the CPU (its state
+    lives where it does; Keras keeps both contiguous)."""
+    if custom_kernel() is None:
+        return False
+    theta = _tensor(variable)  # torch's own dtypes: Keras's dtype properties cost more per step
+    stored = {_tensor(s).dtype for s in state.values()}
+    return len(stored) == 1 and (theta.dtype, *stored) in KINDS and theta.device.type == "cpu"
 
 
 def can_apply_together() -> bool:
@@ -113,7 +115,7 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     dtype whose states share one storage dtype, in place, each first decayed by its factor in
     ``decays`` (None: no decay): one pass of adamkit's kernel for all of them, or (Adam's own
     rule) one call of PyTorch's fused kernel per distinct factor."""
-    if all(_own_kernel_takes(v, s) for v, s in zip(variables, states)):
+    if _own_kernel_takes(variables[0], states[0]):  # one dtype pair, one device: all alike
         return _apply_own_kernel(variables, gradients, states, step, learning_rate, beta_1,
                                  beta_2, epsilon, epsilon_mode, decays, rectify, look_ahead,
                                  infinity_norm)
@@ -143,31 +145,29 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
 def _apply_own_kernel(variables, gradients, states, step, learning_rate, beta_1, beta_2, epsilon,
                       epsilon_mode, decays, rectify, look_ahead, infinity_norm):
     """The step as one ``adamkit_adam_host`` call over all ``variables``."""
-    dtype = _dtype(variables[0])
     amsgrad = "velocity_hat" in states[0]
+    thetas = [_tensor(v) for v in variables]
+    dtype = thetas[0].dtype
     scalars = kernel_scalars("float64", step, learning_rate, beta_1, beta_2, epsilon,
                              epsilon_mode, decays, rectify, look_ahead, infinity_norm)
-    scalars = np.ascontiguousarray(keras.ops.convert_to_numpy(scalars), dtype)
-    torch_dtype = _tensor(variables[0]).dtype
-    grads = [torch.as_tensor(g, dtype=torch_dtype).contiguous() for g in gradients]
-    if any(g.device.type != "cpu" or g.shape != _tensor(v).shape
-           for g, v in zip(grads, variables)):
+    scalars = scalars.to(dtype).contiguous()
+    grads = [torch.as_tensor(g, dtype=dtype).contiguous() for g in gradients]
+    if any(g.device.type != "cpu" or g.shape != t.shape for g, t in zip(grads, thetas)):
         raise ValueError("adamkit's PyTorch kernel needs CPU gradients shaped like their variables")
 
     def pointers(tensors):
         return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
-    thetas = [_tensor(v) for v in variables]
     m, v = ([_tensor(s[name]) for s in states] for name in ("momentum", "velocity"))
     vhat = [_tensor(s["velocity_hat"]) for s in states] if amsgrad else []
     rule = "adamax" if infinity_norm else "amsgrad" if amsgrad else "adam"
     result = custom_kernel().adamkit_adam_host(
-        KINDS[dtype, _dtype(states[0]["momentum"])], RULES[rule], ctypes.c_int64(len(thetas)),
+        KINDS[dtype, m[0].dtype], RULES[rule], ctypes.c_int64(len(thetas)),
         pointers(thetas), pointers(m), pointers(v), pointers(vhat) if amsgrad else None,
         pointers(grads), (ctypes.c_int64 * len(thetas))(*(t.numel() for t in thetas)),
-        scalars.ctypes.data_as(ctypes.c_void_p), ctypes.c_int32(int(step)),
+        ctypes.c_void_p(scalars.data_ptr()), ctypes.c_int32(int(step)),
         ctypes.c_int(torch.get_num_threads()))
     if result != 0:
         raise RuntimeError("adamkit_adam_host refused its arguments")
-    for tensor in [*thetas, *m, *v, *vhat]:
-        torch.autograd.graph.increment_version(tensor)  # written in place, as torch's own ops do
+    # written in place: tell autograd, as PyTorch's own in-place ops do
+    torch.autograd.graph.increment_version([*thetas, *m, *v, *vhat])

@@ -42,8 +42,11 @@ def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float
     b2_term = beta_2 if infinity_norm else 1.0 - beta_2
     shared = ops.stack([_as(1.0 - beta_1, dtype), _as(b2_term, dtype), step_size, inverse_root,
                         eps, ops.zeros((), dtype)])
-    decay = ops.stack([_as(1.0 if d is None else d, dtype) for d in decays])
-    rows = ops.concatenate([decay[:, None], ops.tile(shared[None], (len(decays), 1))], axis=1)
+    if all(d is None for d in decays):
+        decay = ops.ones((len(decays), 1), dtype)
+    else:
+        decay = ops.stack([_as(1.0 if d is None else d, dtype) for d in decays])[:, None]
+    rows = ops.concatenate([decay, ops.tile(shared[None], (len(decays), 1))], axis=1)
     if look_ahead is not None:
         a, b = (ops.stack([_as(pair[k], dtype) for pair in look_ahead]) for k in (0, 1))
         rows = ops.concatenate([rows[:, :3], a[:, None], rows[:, 4:6], b[:, None]], axis=1)
