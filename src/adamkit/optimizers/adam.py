@@ -46,8 +46,9 @@ class Adam(FusedAdamStep, AdamFamily):
         fused: run the whole step of float32/float64 variables as a fused kernel: adamkit's
             own on TensorFlow (``adamkit.kernels.tensorflow``; on one device one launch for all
             variables of a dtype, under XLA as a custom call), the same loop as an XLA custom call
-            on JAX (``adamkit.kernels.jax``), PyTorch's per variable on the torch backend
-            (``adamkit.kernels.pytorch``, ``epsilon_mode="paper"``). ``None`` (default):
+            on JAX (``adamkit.kernels.jax``), the same loop through ctypes on the torch backend
+            (``adamkit.kernels.pytorch``; without a compiler PyTorch's fused Adam, for
+            ``epsilon_mode="paper"``). ``None`` (default):
             wherever it applies; ``False``: always the plain ``adamkit.ops`` path; ``True``:
             require the backend to have one.
         weight_decay: decoupled decay λ, θ ← θ·(1 − αₜ·λ) before the step (as every Keras

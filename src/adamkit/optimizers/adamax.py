@@ -24,9 +24,9 @@ class Adamax(FusedAdamStep, AdamFamily):
     ε to uₜ instead (u = max(β2·u, |g|), step mₜ/(uₜ + ε)), and optax's ``adamax`` likewise.
     Defaults follow PyTorch: α = 0.002.
 
-    ``fused`` as for ``Adam``: on TensorFlow and JAX adamkit's Adam kernel runs AdaMax too, with
-    uₜ in v's place and as the denominator itself (``adamkit.optimizers.fused``); PyTorch has no
-    fused AdaMax, so there the ops path runs.
+    ``fused`` as for ``Adam``: adamkit's Adam kernel runs AdaMax too, with uₜ in v's place and as
+    the denominator itself (``adamkit.optimizers.fused``); on PyTorch, where adamkit's kernel
+    cannot be built, the ops path runs (PyTorch has no fused AdaMax).
     """
 
     infinity_norm = True

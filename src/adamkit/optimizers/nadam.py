@@ -26,9 +26,9 @@ class Nadam(FusedAdamStep, AdamFamily):
     ``Nadam`` uses 0.96ᵗ (no ψ, so μ warms up within a few dozen steps) and ε̂; optax's ``nadam``
     has no μ schedule at all.
 
-    ``fused`` as for ``Adam``: on TensorFlow and JAX adamkit's Adam kernel runs NAdam too — the
-    step is a·m + b·g over Adam's denominator (``adamkit.optimizers.fused``); PyTorch has no fused
-    NAdam, so there the ops path runs.
+    ``fused`` as for ``Adam``: adamkit's Adam kernel runs NAdam too — the step is a·m + b·g over
+    Adam's denominator (``adamkit.optimizers.fused``); on PyTorch, where adamkit's kernel cannot be
+    built, the ops path runs (PyTorch has no fused NAdam).
     """
 
     nesterov = True

@@ -26,9 +26,9 @@ class RAdam(FusedAdamStep, AdamFamily):
     ``radam`` uses the same threshold of 5 and puts ε on √v̂; Keras has no RAdam. Use it where Adam
     needs a warm-up or is sensitive to the learning rate.
 
-    ``fused`` as for ``Adam``: on TensorFlow and JAX adamkit's Adam kernel runs RAdam too, with
-    the step's scalars switched at ρₜ > 5 (``adamkit.optimizers.fused``); PyTorch has no fused
-    RAdam, so there the ops path runs.
+    ``fused`` as for ``Adam``: adamkit's Adam kernel runs RAdam too, with the step's scalars
+    switched at ρₜ > 5 (``adamkit.optimizers.fused``); on PyTorch, where adamkit's kernel cannot be
+    built, the ops path runs (PyTorch has no fused RAdam).
     """
 
     rectified = True
