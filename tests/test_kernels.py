@@ -181,6 +181,43 @@ def test_torch_runs_adamkits_kernel_and_no_torch_ops(rng, cls):
         assert_close(a, b, 1e-12 if a.dtype == np.float64 else 2e-6, f"{cls.__name__}")
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
+@pytest.mark.parametrize("options", [{"amsgrad": True, "weight_decay": 0.05}, {}])
+@pytest.mark.parametrize("cls", [adamkit.Adam, adamkit.Adamax])
+def test_torch_8bit_state_runs_adamkits_kernel(rng, cls, options):
+    """8-bit state on PyTorch: one call of adamkit's 8-bit kernel per variable, no PyTorch
+    arithmetic on the parameter or its codes (the portable path decodes, updates and encodes
+    with dozens), and the codes bit for bit the portable path's."""
+    import torch
+
+    if cls is adamkit.Adamax and "amsgrad" in options:
+        options = {"weight_decay": 0.05}
+    shapes = [(70, 30), (300,)]
+    initial = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [rng.normal(size=s).astype("float32") for s in shapes]
+    results = {}
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = cls(learning_rate=0.01, state_dtype="int8", fused=fused, **options)
+        optimizer.build(variables)
+        for _ in range(4):
+            optimizer.apply(grads, variables)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    record_shapes=True) as profile:
+            optimizer.apply(grads, variables)
+        results[fused] = [keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]]
+        sized = [list(s) for s in shapes] + [list(v.shape) for v in optimizer.variables
+                                             if len(v.shape) == 2]
+        arithmetic = {e.name for e in profile.events() if e.name in ARITHMETIC
+                      and any(shape in sized for shape in e.input_shapes)}
+        assert bool(arithmetic) == (fused is False), arithmetic
+    for a, b in zip(results[None], results[False]):
+        if a.dtype == np.int8 or a.ndim == 1 and a.shape != (300,):
+            np.testing.assert_array_equal(a, b, f"{cls.__name__} state")
+        else:
+            assert_close(a, b, 2e-6, f"{cls.__name__}")
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX kernel's own fallback")
 def test_jax_without_a_compiler_says_so_once_and_runs_the_ops_path(tmp_path):
     import os

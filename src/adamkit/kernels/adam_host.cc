@@ -11,6 +11,13 @@
 // 1 AMSGrad, 2 AdaMax); theta, m, v, vhat (AMSGrad only, else null), g: n pointers each; sizes:
 // n element counts; scalars: (n, 7) in the parameters' dtype; step: t, for the dither.
 // Returns 0, or −1 for an unknown kind or rule.
+//
+//   adamkit_adam8bit_host(rule, theta, g, size, codes, absmax, scalars, step, signed_table,
+//                         unsigned_table, threads)
+//
+// One float32 variable whose state is adamkit.state's 8-bit block-wise codes (as adam_op.cc's
+// AdamkitApplyAdam8bit): codes and absmax hold m, v and (AMSGrad) v̂max's int8 (blocks, 256) codes
+// and float32 (blocks,) maxima; scalars: 7 floats; the tables: adamkit.state.codec_table.
 #include <algorithm>
 #include <cstdint>
 #include <thread>
@@ -23,6 +30,15 @@ namespace {
 
 // A helper thread costs ~20–50 µs to start; below this many parameters each it does not pay.
 constexpr int64_t kMinPerThread = 1 << 18;
+
+// Runs part(p) for p in [0, parts) on the caller and parts − 1 helper threads.
+template <typename Part>
+void Split(int64_t parts, const Part& part) {
+  std::vector<std::thread> helpers;
+  for (int64_t p = 1; p < parts; ++p) helpers.emplace_back(part, p);
+  part(0);
+  for (auto& helper : helpers) helper.join();
+}
 
 template <typename T, typename Codec>
 void Run(Rule rule, int64_t n, void* const* theta, void* const* m, void* const* v,
@@ -41,14 +57,10 @@ void Run(Rule rule, int64_t n, void* const* theta, void* const* m, void* const* 
   const int64_t total = start[n];
   const int64_t parts =
       std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinPerThread));
-  auto part = [&](int64_t p) {
+  Split(parts, [&](int64_t p) {
     UpdateRange<T, Codec>(arrays, start, rule, step, total * p / parts,
                           total * (p + 1) / parts);
-  };
-  std::vector<std::thread> helpers;
-  for (int64_t p = 1; p < parts; ++p) helpers.emplace_back(part, p);
-  part(0);
-  for (auto& helper : helpers) helper.join();
+  });
 }
 
 }  // namespace
@@ -78,4 +90,30 @@ extern "C" int adamkit_adam_host(int kind, int rule, int64_t n, void* const* the
     default:
       return -1;
   }
+}
+
+extern "C" int adamkit_adam8bit_host(int rule, float* theta, const float* g, int64_t size,
+                                     int8_t* const* codes, float* const* absmax,
+                                     const float* scalars, int32_t step,
+                                     const float* signed_table, const float* unsigned_table,
+                                     int threads) {
+  using adamkit::Rule;
+  if (rule < 0 || rule > static_cast<int>(Rule::kAdamax)) return -1;
+  const Rule chosen = static_cast<Rule>(rule);
+  adamkit::Adam8bitStep p{theta, g, size, {}, {}, scalars,
+                          static_cast<uint32_t>(step) * adamkit::kStepMultiplier,
+                          adamkit::CodecTable(signed_table), adamkit::CodecTable(unsigned_table)};
+  const int states = chosen == Rule::kAmsgrad ? 3 : 2;
+  for (int s = 0; s < states; ++s) {
+    p.codes[s] = codes[s];
+    p.absmax[s] = absmax[s];
+  }
+  const int64_t blocks = (size + adamkit::kBlock - 1) / adamkit::kBlock;
+  // The 8-bit step is compute-bound (~60 operations a parameter): threads pay off sooner.
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(threads, size / (adamkit::kMinPerThread / 16)));
+  adamkit::Split(parts, [&](int64_t part) {
+    adamkit::UpdateBlocks8bit(p, chosen, blocks * part / parts, blocks * (part + 1) / parts);
+  });
+  return 0;
 }

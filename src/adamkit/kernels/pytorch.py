@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import torch
 
+from adamkit import state as state_storage
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import kernel_scalars
 
@@ -51,6 +52,7 @@ def custom_kernel():
                 library = ctypes.CDLL(str(compile_library(SOURCE, ["-ffp-contract=off",
                                                                    "-pthread"])))
                 library.adamkit_adam_host.restype = ctypes.c_int
+                library.adamkit_adam8bit_host.restype = ctypes.c_int
                 _LIBRARY["library"] = library
             except (RuntimeError, OSError) as error:
                 print(f"adamkit: could not build the fused Adam kernel for PyTorch ({error}); "
@@ -93,7 +95,51 @@ def can_apply_together() -> bool:
 
 
 def supports_8bit(variable) -> bool:
-    return False  # 8-bit state takes the portable path on this backend
+    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 CPU variable: adamkit's kernel
+    only (PyTorch has none)."""
+    theta = _tensor(variable)
+    return (custom_kernel() is not None and theta.dtype == torch.float32
+            and theta.device.type == "cpu")
+
+
+@torch.no_grad()
+def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
+                    epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
+    """One step of the rule (as ``apply_adam_together``) on a float32 ``variable`` whose state
+    ``slots`` are 8-bit: decode, update, re-encode block by block in one pass, bit for bit the
+    codec of ``adamkit.state``."""
+    amsgrad = "velocity_hat" in slots
+    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    theta = _tensor(variable)
+    codes = [_tensor(slots[name].codes) for name in names]
+    absmax = [_tensor(slots[name].absmax) for name in names]
+    grad = torch.as_tensor(gradient, dtype=torch.float32).contiguous()
+    if grad.device.type != "cpu" or grad.shape != theta.shape:
+        raise ValueError("adamkit's PyTorch kernel needs a CPU gradient shaped like its variable")
+    scalars = kernel_scalars("float64", step, learning_rate, beta_1, beta_2, epsilon,
+                             epsilon_mode, [decay], rectify,
+                             None if look_ahead is None else [look_ahead], infinity_norm)
+    scalars = scalars.to(torch.float32).contiguous()
+    tables = _codec_tables()
+    rule = "adamax" if infinity_norm else "amsgrad" if amsgrad else "adam"
+    result = custom_kernel().adamkit_adam8bit_host(
+        RULES[rule], ctypes.c_void_p(theta.data_ptr()), ctypes.c_void_p(grad.data_ptr()),
+        ctypes.c_int64(theta.numel()),
+        (ctypes.c_void_p * len(codes))(*(c.data_ptr() for c in codes)),
+        (ctypes.c_void_p * len(absmax))(*(a.data_ptr() for a in absmax)),
+        ctypes.c_void_p(scalars.data_ptr()), ctypes.c_int32(int(step)),
+        *(ctypes.c_void_p(t.data_ptr()) for t in tables), ctypes.c_int(torch.get_num_threads()))
+    if result != 0:
+        raise RuntimeError("adamkit_adam8bit_host refused its arguments")
+    torch.autograd.graph.increment_version([theta, *codes, *absmax])
+
+
+def _codec_tables() -> tuple:
+    """adamkit.state's signed and unsigned codec tables as float32 tensors (made once)."""
+    if "tables" not in _LIBRARY:
+        _LIBRARY["tables"] = tuple(torch.as_tensor(state_storage.codec_table(signed))
+                                   for signed in (True, False))
+    return _LIBRARY["tables"]
 
 
 def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
