@@ -5,7 +5,8 @@ adamkit's kernel (``adam_host.cc``: the loop of the TensorFlow op and the XLA cu
 ``adam_update.h``) is compiled with the system's C++ compiler on first use, cached like the other
 kernels, and called through ctypes on the tensors' memory: every rule of the family (Adam, AMSGrad,
 AdamW's decay, RAdam, NAdam, AdaMax, and the ``"keras"`` ε̂), float32 parameters with float32 or
-bfloat16 state and float64 with float64, split over ``torch.get_num_threads()`` threads. It reads
+bfloat16 state and float64 with float64, split over ``torch.get_num_threads()`` threads; and
+float32 parameters with 8-bit state, one call per variable (``adamkit_adam8bit_host``). It reads
 θ, g, m, v and writes θ, m, v once: 1.1–1.2× the speed of ``torch._fused_adam_`` on the same
 tensors (``benchmarks/README.md``).
 
