@@ -40,6 +40,13 @@ void Split(int64_t parts, const Part& part) {
   for (auto& helper : helpers) helper.join();
 }
 
+// The Rule an entry's `rule` argument names, or false where it names none.
+bool ToRule(int rule, Rule* chosen) {
+  if (rule < 0 || rule > static_cast<int>(Rule::kAdamax)) return false;
+  *chosen = static_cast<Rule>(rule);
+  return true;
+}
+
 template <typename T, typename Codec>
 void Run(Rule rule, int64_t n, void* const* theta, void* const* m, void* const* v,
          void* const* vhat, const void* const* g, const int64_t* sizes, const void* scalars,
@@ -70,9 +77,8 @@ extern "C" int adamkit_adam_host(int kind, int rule, int64_t n, void* const* the
                                  void* const* m, void* const* v, void* const* vhat,
                                  const void* const* g, const int64_t* sizes, const void* scalars,
                                  int32_t step, int threads) {
-  using adamkit::Rule;
-  if (rule < 0 || rule > static_cast<int>(Rule::kAdamax)) return -1;
-  const Rule chosen = static_cast<Rule>(rule);
+  adamkit::Rule chosen;
+  if (!adamkit::ToRule(rule, &chosen)) return -1;
   const uint32_t t = static_cast<uint32_t>(step);
   switch (kind) {
     case 0:
@@ -97,13 +103,12 @@ extern "C" int adamkit_adam8bit_host(int rule, float* theta, const float* g, int
                                      const float* scalars, int32_t step,
                                      const float* signed_table, const float* unsigned_table,
                                      int threads) {
-  using adamkit::Rule;
-  if (rule < 0 || rule > static_cast<int>(Rule::kAdamax)) return -1;
-  const Rule chosen = static_cast<Rule>(rule);
+  adamkit::Rule chosen;
+  if (!adamkit::ToRule(rule, &chosen)) return -1;
   adamkit::Adam8bitStep p{theta, g, size, {}, {}, scalars,
                           static_cast<uint32_t>(step) * adamkit::kStepMultiplier,
                           adamkit::CodecTable(signed_table), adamkit::CodecTable(unsigned_table)};
-  const int states = chosen == Rule::kAmsgrad ? 3 : 2;
+  const int states = chosen == adamkit::Rule::kAmsgrad ? 3 : 2;
   for (int s = 0; s < states; ++s) {
     p.codes[s] = codes[s];
     p.absmax[s] = absmax[s];

@@ -114,25 +114,17 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     theta = _tensor(variable)
     codes = [_tensor(slots[name].codes) for name in names]
     absmax = [_tensor(slots[name].absmax) for name in names]
-    grad = torch.as_tensor(gradient, dtype=torch.float32).contiguous()
-    if grad.device.type != "cpu" or grad.shape != theta.shape:
-        raise ValueError("adamkit's PyTorch kernel needs a CPU gradient shaped like its variable")
+    (grad,) = _gradients([gradient], [theta])
     scalars = kernel_scalars("float64", step, learning_rate, beta_1, beta_2, epsilon,
                              epsilon_mode, [decay], rectify,
                              None if look_ahead is None else [look_ahead], infinity_norm)
-    scalars = scalars.to(torch.float32).contiguous()
-    tables = _codec_tables()
-    rule = "adamax" if infinity_norm else "amsgrad" if amsgrad else "adam"
-    result = custom_kernel().adamkit_adam8bit_host(
-        RULES[rule], ctypes.c_void_p(theta.data_ptr()), ctypes.c_void_p(grad.data_ptr()),
-        ctypes.c_int64(theta.numel()),
-        (ctypes.c_void_p * len(codes))(*(c.data_ptr() for c in codes)),
-        (ctypes.c_void_p * len(absmax))(*(a.data_ptr() for a in absmax)),
-        ctypes.c_void_p(scalars.data_ptr()), ctypes.c_int32(int(step)),
-        *(ctypes.c_void_p(t.data_ptr()) for t in tables), ctypes.c_int(torch.get_num_threads()))
-    if result != 0:
-        raise RuntimeError("adamkit_adam8bit_host refused its arguments")
-    torch.autograd.graph.increment_version([theta, *codes, *absmax])
+    scalars = scalars.to(torch.float32).contiguous()  # held here: the call reads its memory
+    _run("adamkit_adam8bit_host", [theta, *codes, *absmax],
+         _rule(amsgrad, infinity_norm), ctypes.c_void_p(theta.data_ptr()),
+         ctypes.c_void_p(grad.data_ptr()), ctypes.c_int64(theta.numel()), _pointers(codes),
+         _pointers(absmax), _pointer(scalars),
+         ctypes.c_int32(int(step)), *(_pointer(t) for t in _codec_tables()),
+         ctypes.c_int(torch.get_num_threads()))
 
 
 def _codec_tables() -> tuple:
@@ -197,24 +189,43 @@ def _apply_own_kernel(variables, gradients, states, step, learning_rate, beta_1,
     dtype = thetas[0].dtype
     scalars = kernel_scalars("float64", step, learning_rate, beta_1, beta_2, epsilon,
                              epsilon_mode, decays, rectify, look_ahead, infinity_norm)
-    scalars = scalars.to(dtype).contiguous()
-    grads = [torch.as_tensor(g, dtype=dtype).contiguous() for g in gradients]
-    if any(g.device.type != "cpu" or g.shape != t.shape for g, t in zip(grads, thetas)):
-        raise ValueError("adamkit's PyTorch kernel needs CPU gradients shaped like their variables")
-
-    def pointers(tensors):
-        return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
-
+    scalars = scalars.to(dtype).contiguous()  # held here: the call reads its memory
+    grads = _gradients(gradients, thetas)
     m, v = ([_tensor(s[name]) for s in states] for name in ("momentum", "velocity"))
     vhat = [_tensor(s["velocity_hat"]) for s in states] if amsgrad else []
-    rule = "adamax" if infinity_norm else "amsgrad" if amsgrad else "adam"
-    result = custom_kernel().adamkit_adam_host(
-        KINDS[dtype, m[0].dtype], RULES[rule], ctypes.c_int64(len(thetas)),
-        pointers(thetas), pointers(m), pointers(v), pointers(vhat) if amsgrad else None,
-        pointers(grads), (ctypes.c_int64 * len(thetas))(*(t.numel() for t in thetas)),
-        ctypes.c_void_p(scalars.data_ptr()), ctypes.c_int32(int(step)),
-        ctypes.c_int(torch.get_num_threads()))
-    if result != 0:
-        raise RuntimeError("adamkit_adam_host refused its arguments")
-    # written in place: tell autograd, as PyTorch's own in-place ops do
-    torch.autograd.graph.increment_version([*thetas, *m, *v, *vhat])
+    _run("adamkit_adam_host", [*thetas, *m, *v, *vhat],
+         KINDS[dtype, m[0].dtype], _rule(amsgrad, infinity_norm), ctypes.c_int64(len(thetas)),
+         _pointers(thetas), _pointers(m), _pointers(v), _pointers(vhat) if amsgrad else None,
+         _pointers(grads), (ctypes.c_int64 * len(thetas))(*(t.numel() for t in thetas)),
+         _pointer(scalars), ctypes.c_int32(int(step)),
+         ctypes.c_int(torch.get_num_threads()))
+
+
+def _rule(amsgrad: bool, infinity_norm: bool) -> int:
+    """adam_update.h's Rule for the step."""
+    return RULES["adamax" if infinity_norm else "amsgrad" if amsgrad else "adam"]
+
+
+def _gradients(gradients, thetas) -> list:
+    """The gradients as contiguous CPU tensors of their parameters' dtype; a clear error for any
+    the kernel cannot take."""
+    grads = [torch.as_tensor(g, dtype=t.dtype).contiguous() for g, t in zip(gradients, thetas)]
+    if any(g.device.type != "cpu" or g.shape != t.shape for g, t in zip(grads, thetas)):
+        raise ValueError("adamkit's PyTorch kernel needs CPU gradients shaped like their variables")
+    return grads
+
+
+def _pointer(tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def _run(entry: str, written: list, *arguments) -> None:
+    """Calls the library's ``entry``; then tells autograd that ``written`` changed in place, as
+    PyTorch's own in-place ops do."""
+    if getattr(custom_kernel(), entry)(*arguments) != 0:
+        raise RuntimeError(f"{entry} refused its arguments")
+    torch.autograd.graph.increment_version(written)
