@@ -181,6 +181,52 @@ def test_torch_runs_adamkits_kernel_and_no_torch_ops(rng, cls):
         assert_close(a, b, 1e-12 if a.dtype == np.float64 else 2e-6, f"{cls.__name__}")
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch runs the step's Python every step")
+def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
+    """Whether the kernel takes a variable is settled on the first step (``FIXED_SUPPORT``): the
+    later steps ask nothing, a variable left out of one step is back in the kernel's group on
+    the next, and the steps equal the ops path's."""
+    from adamkit.kernels import pytorch
+
+    asked = []
+    supports = pytorch.supports
+    monkeypatch.setattr(pytorch, "supports", lambda *a, **k: asked.append(a[0]) or supports(*a, **k))
+    variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES]
+    fused, plain = (adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, exclude_1d=True,
+                                  fused=f) for f in (None, False))
+    plain_variables = [keras.Variable(keras.ops.convert_to_numpy(v)) for v in variables]
+    for t in range(4):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        if t == 1:
+            grads[2] = None  # this variable sits the step out
+        kept = [i for i, g in enumerate(grads) if g is not None]
+        for optimizer, own in ((fused, variables), (plain, plain_variables)):
+            optimizer.apply([grads[i] for i in kept], [own[i] for i in kept])
+    assert len(asked) == len(SHAPES), [tuple(v.shape) for v in asked]
+    for a, b in zip([*variables, *fused.variables], [*plain_variables, *plain.variables]):
+        assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
+
+
+@pytest.mark.parametrize("decays", [[None, None, None], ["d", None, "d", None], [None, "d", "e"]])
+def test_kernel_scalars_decay_column(decays):
+    """The kernels' per-variable rows: the decay factor first (1 where there is none; each
+    distinct factor in its own variables' rows), the shared six after it."""
+    from adamkit.kernels.scalars import kernel_scalars
+
+    factors = {"d": keras.ops.convert_to_tensor(0.999, "float32"),
+               "e": keras.ops.convert_to_tensor(0.5, "float32")}
+    step, rate = keras.ops.convert_to_tensor(3.0), keras.ops.convert_to_tensor(1e-3)
+    rows = keras.ops.convert_to_numpy(kernel_scalars(
+        "float64", step, rate, 0.9, 0.999, 1e-8, "paper", [factors.get(d) for d in decays]))
+    expected = [1.0 if d is None else float(np.float32({"d": 0.999, "e": 0.5}[d])) for d in decays]
+    np.testing.assert_array_equal(rows[:, 0], expected)
+    rate = float(np.float32(1e-3))  # a float32 tensor, as Keras's learning rate
+    shared = [0.1, 1 - 0.999, rate / (1 - 0.9**3), (1 - 0.999**3) ** -0.5, 1e-8, 0.0]
+    precision = 1e-12 if rows.dtype == np.float64 else 1e-6  # JAX without x64: float32
+    for row in rows:
+        np.testing.assert_allclose(row[1:], shared, rtol=precision, atol=0)
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
 @pytest.mark.parametrize("options", [{"amsgrad": True, "weight_decay": 0.05}, {}])
 @pytest.mark.parametrize("cls", [adamkit.Adam, adamkit.Adamax])

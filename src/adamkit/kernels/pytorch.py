@@ -41,6 +41,9 @@ KINDS = {(torch.float32, torch.float32): 0, (torch.float32, torch.bfloat16): 1,
          (torch.float64, torch.float64): 2}
 RULES = {"adam": 0, "amsgrad": 1, "adamax": 2}
 _LIBRARY: dict[str, object] = {}
+# Whether ``supports``' answer for a variable and its state holds for their lifetime (dtypes,
+# device and the library never change under an optimizer built on them): it may ask once.
+FIXED_SUPPORT = True
 
 
 def custom_kernel():

@@ -63,6 +63,7 @@ class FusedAdamStep:
                              "or fused=False.")
         self.fused = fused
         self._kernel = None
+        self._kernel_groups = {}  # variable index -> _kernel_group's answer (FIXED_SUPPORT)
         if fused is not False and backend == "tensorflow":
             from adamkit.kernels import tensorflow as kernel
 
@@ -122,6 +123,22 @@ class FusedAdamStep:
                                 look_ahead=self.look_ahead(slots, step, learning_rate), **hyper)
         return True
 
+    def _kernel_group(self, variable, gradient):
+        """(group key: the dtypes of the variable and its state, the state) where the kernel
+        takes this variable with plain state, else None. Asked once per variable where the
+        kernel's answer cannot change (``FIXED_SUPPORT``: PyTorch, whose step runs this Python
+        every time, ~10 µs a variable); TensorFlow's differs between XLA and not, and TensorFlow
+        and JAX ask only while tracing."""
+        fixed = getattr(self._kernel, "FIXED_SUPPORT", False)
+        index = self._get_variable_index(variable) if fixed else None
+        if fixed and index in self._kernel_groups:
+            return self._kernel_groups[index]
+        state = self._kernel_state(variable, gradient, self.slots_of(variable))
+        found = None if state is None else ((variable.dtype, state["momentum"].dtype), state)
+        if fixed:
+            self._kernel_groups[index] = found
+        return found
+
     def update_together(self, grads_and_variables, learning_rate):
         # Every float variable with plain state, grouped by dtype and state dtype, in one kernel
         # launch per group. Under a tf.distribute strategy Keras's per-variable loop does the
@@ -131,13 +148,13 @@ class FusedAdamStep:
             return grads_and_variables
         groups, rest = {}, []
         for gradient, variable in grads_and_variables:
-            state = None
+            found = None
             if gradient is not None and not sparse.is_sparse(gradient):
-                state = self._kernel_state(variable, gradient, self.slots_of(variable))
-            if state is None:
+                found = self._kernel_group(variable, gradient)
+            if found is None:
                 rest.append((gradient, variable))
                 continue
-            key = (variable.dtype, state["momentum"].dtype)
+            key, state = found
             groups.setdefault(key, []).append((gradient, variable, state))
         step = self.iterations + 1
         for members in groups.values():
