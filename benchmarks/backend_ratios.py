@@ -6,7 +6,7 @@ timing of each can be off by ±30% on a shared machine; the median of per-round 
 Each optimizer runs as Keras's trainer on that backend runs it (on JAX ``stateless_apply`` under
 ``jax.jit`` with the state donated; ``adamkit.bench.backend_stepper``). Rows, > 1 meaning the first
 is faster: adamkit (Adam, AdamW, AMSGrad, Adamax; on JAX its XLA custom call, on PyTorch one
-call of torch's fused kernel, Adamax there its ops path) / the ``keras.optimizers`` counterpart,
+call of its own kernel, ``adam_host.cc``) / the ``keras.optimizers`` counterpart,
 adamkit / adamkit's ops path (``fused=False``), adamkit Adam / the backend's own library (optax
 under jit; torch.optim.Adam fused), and adamkit / the bandwidth limit (the step's own bytes
 streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36; 1 = at the limit).
