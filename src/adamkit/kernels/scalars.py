@@ -29,37 +29,31 @@ def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float
     to the parameters' dtype by the caller), JAX in the parameters' dtype."""
     t = _as(step, dtype)
     step_size = _as(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
-    inverse_root = ops.rsqrt(adam_ops.bias_correction(beta_2, t))
-    eps = _as(epsilon, dtype)
+    inverse_root = 1.0 if infinity_norm else ops.rsqrt(adam_ops.bias_correction(beta_2, t))
+    eps = epsilon
     if epsilon_mode == "keras" and not infinity_norm:
-        eps = eps * inverse_root
+        eps = _as(epsilon, dtype) * inverse_root
     if rectify:
         rectified, r = adam_ops.radam_rectifier(t, beta_2)
         step_size = ops.where(rectified, step_size * r / inverse_root, step_size)
-        inverse_root = ops.cast(ops.where(rectified, 1.0, 0.0), dtype)
-        eps = ops.cast(ops.where(rectified, eps, 1.0), dtype)
-    if infinity_norm:
-        inverse_root = ops.ones((), dtype)
-    b2_term = beta_2 if infinity_norm else 1.0 - beta_2
-    shared = ops.stack([_as(1.0 - beta_1, dtype), _as(b2_term, dtype), step_size, inverse_root,
-                        eps, ops.zeros((), dtype)])
-    rows = ops.concatenate([_decay_column(decays, dtype), ops.tile(shared[None], (len(decays), 1))],
-                           axis=1)
-    if look_ahead is not None:
-        a, b = (ops.stack([_as(pair[k], dtype) for pair in look_ahead]) for k in (0, 1))
-        rows = ops.concatenate([rows[:, :3], a[:, None], rows[:, 4:6], b[:, None]], axis=1)
-    return rows
-
-
-def _decay_column(decays: list, dtype):
-    """``(len(decays), 1)``: each variable's decay factor, 1 where None. Each distinct factor is
-    cast once and placed by a constant mask: AdamW hands every decaying variable the same one, and
-    a cast and a stack per variable cost PyTorch's step ~10 µs a variable."""
-    column = ops.ones((len(decays), 1), dtype)
+        inverse_root = ops.where(rectified, 1.0, 0.0)
+        eps = ops.where(rectified, _as(eps, dtype), 1.0)
+    # The constant columns from their double values; the step's own placed by a column mask (a
+    # select each: a stack, tile and concatenation cost PyTorch's step twice as much).
+    third = beta_2 if infinity_norm else 1.0 - beta_2
+    rows = np.tile([1.0, 1.0 - beta_1, third, 0.0, 1.0, epsilon, 0.0], (len(decays), 1))
+    for column, value in ((3, step_size), (4, inverse_root), (5, eps)):
+        if not isinstance(value, float):
+            rows = ops.where(np.arange(7) == column, value, rows)
     for factor in {id(d): d for d in decays if d is not None}.values():
-        mask = np.array([[d is factor] for d in decays])
-        column = ops.where(mask, _as(factor, dtype), column)
-    return column
+        # AdamW hands every decaying variable the same factor: one cast, one select
+        mask = np.array([[d is factor] + [False] * 6 for d in decays])
+        rows = ops.where(mask, _as(factor, dtype), rows)
+    if look_ahead is not None:  # NAdam: each variable's own (a, b)
+        for column, k in ((3, 0), (6, 1)):
+            values = ops.stack([_as(pair[k], dtype) for pair in look_ahead])[:, None]
+            rows = ops.where(np.arange(7) == column, values, rows)
+    return ops.cast(rows, dtype)
 
 
 def _as(x, dtype):
