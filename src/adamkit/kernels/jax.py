@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from adamkit import state as state_storage
+from adamkit.kernels import state_names
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import kernel_scalars
 
@@ -97,7 +98,7 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     ``slots`` are 8-bit: decode, update, re-encode block by block in one custom call, bit for bit
     the codec of ``adamkit.state``."""
     amsgrad = "velocity_hat" in slots
-    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    names = state_names(slots)
     updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
     scalars = kernel_scalars("float32", step, learning_rate, beta_1, beta_2, epsilon,
                              epsilon_mode, [decay], rectify,
@@ -136,7 +137,7 @@ def apply_adam_together(variables, gradients, states, *, step, learning_rate, be
     in ``decays`` (None: no decay)."""
     dtype = _dtype(variables[0])
     amsgrad = "velocity_hat" in states[0]
-    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    names = state_names(states[0])
     updated = [*variables, *(s[name] for name in names for s in states)]
     grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
     scalars = kernel_scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,

@@ -29,6 +29,7 @@ import keras
 import torch
 
 from adamkit import state as state_storage
+from adamkit.kernels import state_names
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import kernel_scalars
 
@@ -113,7 +114,7 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     ``slots`` are 8-bit: decode, update, re-encode block by block in one pass, bit for bit the
     codec of ``adamkit.state``."""
     amsgrad = "velocity_hat" in slots
-    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    names = state_names(slots)
     theta = _tensor(variable)
     codes = [_tensor(slots[name].codes) for name in names]
     absmax = [_tensor(slots[name].absmax) for name in names]

@@ -45,6 +45,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from adamkit import state as state_storage
+from adamkit.kernels import state_names
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import kernel_scalars
 
@@ -214,7 +215,7 @@ def _rule(amsgrad: bool, adamax: bool) -> str:
 
 def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad, adamax):
     """The step as one XLA custom call (``adamkit_adam``) for all the variables."""
-    names = ("momentum", "velocity", "velocity_hat") if amsgrad else ("momentum", "velocity")
+    names = state_names(states[0])
     updated = [tf_variable(v) for v in variables]
     updated += [tf_variable(s[name]) for name in names for s in states]
     dtype = tf.as_dtype(variables[0].dtype)
