@@ -283,3 +283,30 @@ def test_jax_without_a_compiler_says_so_once_and_runs_the_ops_path(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("could not build the fused Adam kernel for JAX") == 1
     assert abs(float(result.stdout.split()[-1]) - 0.8) < 1e-5  # two steps of α = 0.1
+
+
+def test_every_kernel_module_offers_what_the_optimizers_call():
+    """``adamkit.optimizers.fused`` calls the backend's kernel module through one set of names:
+    each of the three modules defines all of them (read from the source, so that the check runs
+    under any backend, without importing the other two frameworks)."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from adamkit.optimizers import fused
+
+    called = set()
+    for node in ast.walk(ast.parse(inspect.getsource(fused))):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "_kernel") or (
+                isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "kernel"):
+            called.add(node.attr)
+    assert {"supports", "apply_adam_together", "FIXED_SUPPORT"} <= called
+    folder = Path(fused.__file__).parents[1] / "kernels"
+    for module in ("tensorflow", "jax", "pytorch"):
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        defined |= {target.id for node in tree.body if isinstance(node, ast.Assign)
+                    for target in node.targets if isinstance(target, ast.Name)}
+        assert called <= defined, f"adamkit.kernels.{module} lacks {sorted(called - defined)}"

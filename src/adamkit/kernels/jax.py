@@ -41,6 +41,8 @@ SOURCE = Path(__file__).with_name("adam_ffi.cc")
 TARGET = "adamkit_adam"
 TARGET_8BIT = "adamkit_adam8bit"  # one variable with adamkit.state's 8-bit block-wise state
 _LIBRARY: dict[str, object] = {}
+# JAX runs the optimizer's Python only while tracing: ``supports`` is asked then, never per step.
+FIXED_SUPPORT = False
 
 
 def build_library() -> Path:

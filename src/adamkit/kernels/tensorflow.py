@@ -55,6 +55,9 @@ _LIBRARY: dict[str, object] = {}
 
 # 16-bit variables take the ops path, which computes in float32.
 SUPPORTED_DTYPES = (tf.float32, tf.float64)
+# ``supports``' answer differs under XLA and not, so it is asked afresh each trace (TensorFlow runs
+# the optimizer's Python only while tracing: asking is free at step time).
+FIXED_SUPPORT = False
 
 
 def tf_variable(variable):

@@ -129,7 +129,7 @@ class FusedAdamStep:
         kernel's answer cannot change (``FIXED_SUPPORT``: PyTorch, whose step runs this Python
         every time, ~10 µs a variable); TensorFlow's differs between XLA and not, and TensorFlow
         and JAX ask only while tracing."""
-        fixed = getattr(self._kernel, "FIXED_SUPPORT", False)
+        fixed = self._kernel.FIXED_SUPPORT
         index = self._get_variable_index(variable) if fixed else None
         if fixed and index in self._kernel_groups:
             return self._kernel_groups[index]
