@@ -217,6 +217,14 @@ def test_config_round_trip(name):
     assert revived.get_config() == config
 
 
+@pytest.mark.parametrize("cls", [adamkit.Adam, adamkit.AdamW, adamkit.Nadam, adamkit.Adamax,
+                                 adamkit.RAdam])
+def test_config_keeps_the_choice_of_path(cls):
+    """``fused=False`` (the ops path always) survives a config round trip on every member."""
+    assert cls(fused=False).get_config()["fused"] is False
+    assert cls.from_config(cls(fused=False).get_config()).fused is False
+
+
 def test_get_by_name():
     assert isinstance(adamkit.get("adam"), adamkit.Adam)
     assert adamkit.get("amsgrad").amsgrad is True

@@ -91,5 +91,5 @@ class Adam(FusedAdamStep, AdamFamily):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(amsgrad=self.amsgrad, epsilon_mode=self.epsilon_mode, fused=self.fused)
+        config.update(amsgrad=self.amsgrad, epsilon_mode=self.epsilon_mode)
         return config

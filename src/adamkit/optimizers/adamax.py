@@ -51,8 +51,3 @@ class Adamax(FusedAdamStep, AdamFamily):
         u = adam_ops.infinity_norm(state["norm"], gradient, self.beta_2, self.epsilon)
         update = adam_ops.adamax_update(m, u, step, learning_rate, self.beta_1)
         return update, {"momentum": m, "norm": u}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config["fused"] = self.fused
-        return config

@@ -77,6 +77,11 @@ class FusedAdamStep:
 
             self._kernel = kernel
 
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["fused"] = self.fused  # as given to select_kernel: None stays "wherever it applies"
+        return config
+
     def _hyperparameters(self, step, learning_rate) -> dict:
         """The kernels' keyword arguments besides the tensors and the decay."""
         return dict(step=step, learning_rate=learning_rate, beta_1=self.beta_1, beta_2=self.beta_2,

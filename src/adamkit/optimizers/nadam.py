@@ -72,5 +72,5 @@ class Nadam(FusedAdamStep, AdamFamily):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(momentum_decay=self.momentum_decay, fused=self.fused)
+        config.update(momentum_decay=self.momentum_decay)
         return config

@@ -50,8 +50,3 @@ class RAdam(FusedAdamStep, AdamFamily):
         v = adam_ops.second_moment(state["velocity"], gradient, self.beta_2)
         update = adam_ops.radam_update(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
         return update, {"momentum": m, "velocity": v}
-
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config["fused"] = self.fused
-        return config
