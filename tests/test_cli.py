@@ -55,6 +55,9 @@ def test_help_shows_examples():
         (["--checkpoint-dir", "c", "--checkpoint-every", "0"], "--checkpoint-every"),
         (["--checkpoint-dir", "c", "--keep", "-1"], "--keep"),
         (["--optimizer", "keras-adam", "--state-dtype", "int8"], "state_dtype"),
+        (["--steps-per-execution", "0"], "--steps-per-execution"),
+        (["--backend", "torch", "--steps-per-execution", "4"], "one step per call"),
+        (["--distribute", "mirrored", "--steps-per-execution", "4"], "one step per call"),
     ],
 )
 def test_bad_flags_give_usage_and_exit_2(args, complaint):
@@ -98,6 +101,47 @@ def test_default_train_is_the_seed_example_and_reaches_097(tmp_path):
     assert run["versions"]["backend"] == "tensorflow" and run["wall_time_s"] > 0
     assert run["final"]["val_accuracy"] == history["val_accuracy"][-1]
     assert (out / "model.keras").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_steps_per_execution_changes_no_bit_of_the_result(tmp_path):
+    """Several steps per call of the train function run the very same steps: 1 per call and 7
+    (which leaves a short last call in each epoch of 235 batches) end with identical weights."""
+    import keras
+    import numpy as np
+
+    weights = []
+    for steps in ("1", "7"):
+        out = tmp_path / steps
+        result = adamkit("train", "--preset", "fast", "--epochs", "2", "--steps-per-execution",
+                         steps, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert json.loads((out / "run.json").read_text())["settings"]["steps_per_execution"] == int(steps)
+        model = keras.saving.load_model(out / "model.keras", compile=False)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_checkpoints_land_where_the_step_passes_each_multiple(tmp_path):
+    """With 32 steps per call, --checkpoint-every 100 saves at the end of the calls in which the
+    step passes 100 and 200 (steps 128 and 224 of 235), each recording where its epoch resumes."""
+    import numpy as np
+
+    from adamkit import checkpoint
+
+    result = adamkit("train", "--preset", "fast", "--epochs", "1", "--steps-per-execution", "32",
+                     "--checkpoint-dir", str(tmp_path / "c"), "--checkpoint-every", "100",
+                     "--keep", "9", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    saved = sorted(checkpoint.checkpoints(tmp_path / "c"), key=lambda p: p.stat().st_mtime)
+    assert [p.name for p in saved] == ["ckpt-128.npz", "ckpt-224.npz", "ckpt-235.npz"]
+    positions = []
+    for path in saved:
+        with np.load(path) as data:
+            positions.append(json.loads(bytes(data["record"]).decode())["position"])
+    assert [(p["epoch"], p["batch"]) for p in positions] == [(0, 128), (0, 224), (1, 0)]
 
 
 @pytest.mark.slow

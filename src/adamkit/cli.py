@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mirrored: tf.distribute.MirroredStrategy over the local devices "
                             "(ADAMKIT_CPU_DEVICES=N splits a CPU into N); multi-worker: "
                             "MultiWorkerMirroredStrategy over the workers in TF_CONFIG")
+    train.add_argument("--steps-per-execution", type=positive_int, metavar="N",
+                       help="training steps per call of Keras's train function (the same steps, "
+                       "less Python); default: 32, and 1 (the only choice there) on PyTorch "
+                       "and with --distribute")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     train.add_argument("--backend", choices=BACKENDS, default=keras.backend.backend(),
@@ -183,6 +187,13 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.distribute and keras.backend.backend() != "tensorflow":
         parser.error(f"--distribute {args.distribute} needs the TensorFlow backend; this is "
                      f"{keras.backend.backend()}")
+    if (args.steps_per_execution or 1) > 1 and keras.backend.backend() == "torch":
+        parser.error("--steps-per-execution: Keras runs one step per call on the PyTorch backend; "
+                     "leave it out or pass 1")
+    if (args.steps_per_execution or 1) > 1 and args.distribute:
+        parser.error(f"--steps-per-execution: with --distribute {args.distribute} training runs "
+                     "one step per call (Keras 3 fails with more under a tf.distribute strategy); "
+                     "leave it out or pass 1")
     preset = dict(PRESETS[args.preset])
     names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
              "epsilon": args.epsilon, "weight_decay": args.weight_decay}
@@ -199,7 +210,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                              out=args.out, checkpoint_dir=args.checkpoint_dir,
                              checkpoint_every=args.checkpoint_every, keep=args.keep,
                              resume=args.resume, precision=args.precision,
-                             distribute=args.distribute, **preset)
+                             distribute=args.distribute,
+                             steps_per_execution=args.steps_per_execution, **preset)
     try:  # before the check below initialises TensorFlow's devices
         prepare_strategy(args.distribute)
     except ValueError as error:
