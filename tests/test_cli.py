@@ -97,6 +97,7 @@ def test_default_train_is_the_seed_example_and_reaches_097(tmp_path):
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["epochs"] == 3 and run["settings"]["batch_size"] == 32
+    assert run["settings"]["steps_per_execution"] == 32  # the default where Keras allows it
     assert run["optimizer_config"]["epsilon"] == 1e-8
     assert run["versions"]["backend"] == "tensorflow" and run["wall_time_s"] > 0
     assert run["final"]["val_accuracy"] == history["val_accuracy"][-1]
@@ -153,6 +154,7 @@ def test_train_on_other_backends(backend, tmp_path):
     assert result.returncode == 0, result.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["versions"]["backend"] == backend
+    assert run["settings"]["steps_per_execution"] == (1 if backend == "torch" else 32)
     assert run["final"]["val_accuracy"] >= 0.93
 
 

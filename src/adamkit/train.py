@@ -514,7 +514,8 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
     write_history(history, out)
     plot_history(history, out, f"{settings.optimizer} on MNIST ({keras.backend.backend()})")
     summary = {
-        "settings": asdict(settings) | {"out": str(out)},
+        "settings": asdict(settings) | {"out": str(out),
+                                        "steps_per_execution": steps_per_execution(settings)},
         "optimizer_config": {k: _jsonable(v) for k, v in optimizer.get_config().items()},
         "versions": versions(),
         "wall_time_s": wall_time,
