@@ -177,6 +177,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         TrainSettings,
         WorkerLost,
         make_optimizer,
+        one_step_per_call,
         prepare_strategy,
         train,
     )
@@ -187,13 +188,10 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.distribute and keras.backend.backend() != "tensorflow":
         parser.error(f"--distribute {args.distribute} needs the TensorFlow backend; this is "
                      f"{keras.backend.backend()}")
-    if (args.steps_per_execution or 1) > 1 and keras.backend.backend() == "torch":
-        parser.error("--steps-per-execution: Keras runs one step per call on the PyTorch backend; "
-                     "leave it out or pass 1")
-    if (args.steps_per_execution or 1) > 1 and args.distribute:
-        parser.error(f"--steps-per-execution: with --distribute {args.distribute} training runs "
-                     "one step per call (Keras 3 fails with more under a tf.distribute strategy); "
-                     "leave it out or pass 1")
+    single = one_step_per_call(args.distribute)
+    if (args.steps_per_execution or 1) > 1 and single:
+        parser.error(f"--steps-per-execution {args.steps_per_execution}: {single}; leave it out "
+                     "or pass 1")
     preset = dict(PRESETS[args.preset])
     names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
              "epsilon": args.epsilon, "weight_decay": args.weight_decay}

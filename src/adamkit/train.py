@@ -67,12 +67,20 @@ class TrainSettings:
 STEPS_PER_EXECUTION = 32
 
 
+def one_step_per_call(distribute: str | None) -> str | None:
+    """Why Keras can run only one training step per call of its train function here, or None."""
+    if keras.backend.backend() == "torch":
+        return "Keras runs one step per call on the PyTorch backend"
+    if distribute is not None:
+        return "Keras 3 fails with more than one step per call under a tf.distribute strategy"
+    return None
+
+
 def steps_per_execution(settings: TrainSettings) -> int:
     """The steps per call that ``settings`` ask for, or the default for this backend."""
     if settings.steps_per_execution is not None:
         return settings.steps_per_execution
-    one_only = keras.backend.backend() == "torch" or settings.distribute is not None
-    return 1 if one_only else STEPS_PER_EXECUTION
+    return 1 if one_step_per_call(settings.distribute) else STEPS_PER_EXECUTION
 
 
 # The quickest recipe found to reach the seed's 0.9725 (benchmarks/README.md, "time to accuracy"):
