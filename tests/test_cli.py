@@ -102,6 +102,25 @@ def test_default_train_is_the_seed_example_and_reaches_097(tmp_path):
     assert run["versions"]["backend"] == "tensorflow" and run["wall_time_s"] > 0
     assert run["final"]["val_accuracy"] == history["val_accuracy"][-1]
     assert (out / "model.keras").stat().st_size > 0
+    # trained 32 steps per call, saved to load and train on every backend, state and all
+    loaded = subprocess.run([sys.executable, "-c", CONTINUE_ON_TORCH, str(out / "model.keras")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["torch", "5625", "5626"]
+
+
+# Loads a model.keras on the PyTorch backend, prints the backend and the optimizer's step before
+# and after training on one batch.
+CONTINUE_ON_TORCH = """
+import sys
+import keras, numpy as np
+import adamkit
+model = keras.saving.load_model(sys.argv[1])
+before = int(model.optimizer.iterations)
+model.fit(np.zeros((32, 28, 28), "float32"), np.zeros(32, "int64"), verbose=0)
+print(keras.backend.backend(), before, int(model.optimizer.iterations))
+"""
 
 
 @pytest.mark.slow

@@ -83,6 +83,21 @@ def steps_per_execution(settings: TrainSettings) -> int:
     return 1 if one_step_per_call(settings.distribute) else STEPS_PER_EXECUTION
 
 
+def seed_objective() -> dict[str, Any]:
+    """The seed's loss and metric, as ``model.compile`` takes them."""
+    return {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "metrics": ["accuracy"]}
+
+
+def save_portable(model: keras.Model, path: Path) -> None:
+    """Saves ``model`` (weights, optimizer state, compile config) to ``path`` so that it loads and
+    trains on every backend: compiled again, with the same optimizer object and its state, for
+    one step per call (Keras's default; PyTorch's trainer refuses a model compiled for more)."""
+    if model.steps_per_execution != 1:
+        model.compile(optimizer=model.optimizer, **seed_objective())
+    model.save(path)
+
+
 # The quickest recipe found to reach the seed's 0.9725 (benchmarks/README.md, "time to accuracy"):
 # the seed's 3 epochs at 8× the batch, 12× the learning rate decaying to 0 along a cosine.
 # `adamkit train --preset fast` applies it; explicit flags still win. (XLA was tried too: on this
@@ -483,12 +498,8 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
         steps = settings.epochs * batches_per_epoch(len(x_train), settings.batch_size)
         optimizer = make_optimizer(settings.optimizer, settings.hyperparameters,
                                    settings.schedule, steps)
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            steps_per_execution=steps_per_execution(settings),
-        )
+        model.compile(optimizer=optimizer, **seed_objective(),
+                      steps_per_execution=steps_per_execution(settings))
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
     position = {"epoch": 0, "batch": 0, "history": {}}
     existing = checkpoint.checkpoints(settings.checkpoint_dir) if settings.checkpoint_dir else []
@@ -518,7 +529,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
                       callbacks)
     wall_time = time.perf_counter() - start
 
-    model.save(out / "model.keras")
+    save_portable(model, out / "model.keras")
     write_history(history, out)
     plot_history(history, out, f"{settings.optimizer} on MNIST ({keras.backend.backend()})")
     summary = {
