@@ -14,9 +14,11 @@
    Each such call is timed right after a pass that streams the step's bytes, as in training,
    where the step before has just swept the caches ("cold"); back to back, it costs a third to a
    half of that ("warm", the row before session 8).
-3. adamkit's Adam loop alone (``adamkit.bench.kernel_loop_step``: the kernels' loop on plain
+3. The step as ``model.fit`` runs it with ``steps_per_execution=32`` (``adamkit train``'s
+   default): 32 steps in a ``tf.range`` loop inside one call, against 32 passes of the limit.
+4. adamkit's Adam loop alone (``adamkit.bench.kernel_loop_step``: the kernels' loop on plain
    arrays, no framework) / limit: what the step costs apart from the framework's call.
-4. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
+5. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from adamkit.bench import (
     kernel_loop_step,
     median_seconds,
     parameter_shapes,
+    repeated,
     stream_step,
 )
 
@@ -81,6 +84,7 @@ def torch_fused(name: str, shapes):
 
 
 PATHS = {"tf.function": False, "XLA": True}  # path -> jit_compile
+STEPS_PER_CALL = 32  # adamkit train's steps_per_execution
 
 
 def main() -> None:
@@ -113,6 +117,11 @@ def main() -> None:
                     overhead = compiled_apply(make(), tiny(shapes), tiny_grads, jit=PATHS[path])
                     report(f"{label}: call overhead / step (cold)",
                            overhead_shares(step, overhead, limits[False], args.rounds))
+                    in_loop = compiled_apply(make(), shapes, grads, jit=PATHS[path],
+                                             steps_per_call=STEPS_PER_CALL)
+                    report(f"{label}, {STEPS_PER_CALL} steps per call / limit",
+                           alternate(in_loop, repeated(limits[False], STEPS_PER_CALL),
+                                     args.rounds))
         torch_step = torch_fused("Adam", shapes)
         report(f"{millions}M torch fused Adam / limit",
                alternate(torch_step, limits[False], args.rounds))

@@ -47,13 +47,32 @@ def median_seconds(step, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def compiled_apply(optimizer, shapes, grads, jit: bool = False):
-    """A ``tf.function`` applying ``grads`` to fresh zero variables of ``shapes``."""
+def compiled_apply(optimizer, shapes, grads, jit: bool = False, steps_per_call: int = 1):
+    """A ``tf.function`` applying ``grads`` to fresh zero variables of ``shapes``,
+    ``steps_per_call`` times in a ``tf.range`` loop (as ``model.fit`` runs its steps with
+    ``steps_per_execution``)."""
     import tensorflow as tf
 
     variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
     optimizer.build(variables)
-    return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
+
+    def steps():
+        for _ in tf.range(steps_per_call):
+            optimizer.apply(grads, variables)
+
+    if steps_per_call == 1:
+        return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
+    return tf.function(steps, jit_compile=jit)
+
+
+def repeated(step, times: int):
+    """``step`` called ``times`` times: the same work as a call of ``compiled_apply``'s loop."""
+
+    def steps():
+        for _ in range(times):
+            step()
+
+    return steps
 
 
 def torch_step(rows: int, indices, values):
