@@ -86,6 +86,32 @@ def test_fused_path_matches_ops_path_each_step(config, rng):
                 np.testing.assert_array_equal(a, b, f"{config} at step {t + 1}")
 
 
+def test_nadam_keeps_each_variables_own_mu_product(rng):
+    """NAdam's μ product is per variable, and the fused path advances all of a step's at once:
+    with a variable that misses the first three steps (its product then lags), the fused path
+    matches the ops path, every variable and its state, each step."""
+    initial = [rng.normal(size=s).astype("float32") for s in SHAPES[:3]]
+    grads = [[rng.normal(size=s).astype("float32") for s in SHAPES[:3]] for _ in range(8)]
+    histories = []
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = adamkit.Nadam(learning_rate=0.01, fused=fused)
+        optimizer.build(variables)
+        history = []
+        for t, g in enumerate(grads):
+            joined = slice(1, None) if t < 3 else slice(None)  # the first variable from t = 4
+            optimizer.apply(g[joined], variables[joined])
+            history.append([keras.ops.convert_to_numpy(v)
+                            for v in [*variables, *optimizer.variables]])
+        histories.append(history)
+        products = [keras.ops.convert_to_numpy(v) for v in optimizer.variables
+                    if v.name.endswith("mu_product")]
+        assert products[0] != products[1] == products[2]
+    for t, (ours, plain) in enumerate(zip(*histories)):
+        for a, b in zip(ours, plain):
+            assert_close(a, b, 2e-6, f"NAdam at step {t + 1}")
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's jit with donated state")
 def test_jax_jit_runs_one_custom_call_in_place(rng):
     """Under jax.jit with the state donated (as Keras's JAX trainer), the four variables go

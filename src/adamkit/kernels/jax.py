@@ -103,8 +103,7 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     names = state_names(slots)
     updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
     scalars = kernel_scalars("float32", step, learning_rate, beta_1, beta_2, epsilon,
-                             epsilon_mode, [decay], rectify,
-                             None if look_ahead is None else [look_ahead], infinity_norm)[0]
+                             epsilon_mode, [decay], rectify, look_ahead, infinity_norm)[0]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
     gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
     _call_in_place(TARGET_8BIT, updated,
@@ -124,8 +123,7 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
     NAdam with ``look_ahead``; AdaMax with ``infinity_norm``) on ``variable``."""
     apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
                         beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay], rectify=rectify,
-                        look_ahead=None if look_ahead is None else [look_ahead],
+                        decays=[decay], rectify=rectify, look_ahead=look_ahead,
                         infinity_norm=infinity_norm)
 
 

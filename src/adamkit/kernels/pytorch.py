@@ -120,8 +120,7 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     absmax = [_tensor(slots[name].absmax) for name in names]
     (grad,) = _gradients([gradient], [theta])
     scalars = kernel_scalars("float64", step, learning_rate, beta_1, beta_2, epsilon,
-                             epsilon_mode, [decay], rectify,
-                             None if look_ahead is None else [look_ahead], infinity_norm)
+                             epsilon_mode, [decay], rectify, look_ahead, infinity_norm)
     scalars = scalars.to(torch.float32).contiguous()  # held here: the call reads its memory
     _run("adamkit_adam8bit_host", [theta, *codes, *absmax],
          _rule(amsgrad, infinity_norm), ctypes.c_void_p(theta.data_ptr()),

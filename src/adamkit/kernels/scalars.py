@@ -8,7 +8,7 @@ decay, 1 − β1, 1 − β2, a, s, ε, b. The rules differ only in these:
   correction) as the ε it amounts to after it, ε̂/√(1 − β2ᵗ);
 - RAdam (``rectify``): once ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1; before, a = α/(1 − β1ᵗ),
   s = 0, ε = 1, so that θ ← θ − α·m̂;
-- NAdam (``look_ahead``): each variable's own (a, b) from its μ product;
+- NAdam (``look_ahead``): each variable's own (a, b) from its μ product, as two vectors;
 - AdaMax (``infinity_norm``): v is the infinity norm u ← max(β2·u, |g| + ε) and the denominator
   itself, so the third scalar is β2 and ε sits inside the max; a as Adam's, s unused (1).
 """
@@ -23,7 +23,7 @@ from adamkit import ops as adam_ops
 
 def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float,
                    epsilon: float, epsilon_mode: str, decays: list, rectify: bool = False,
-                   look_ahead: list | None = None, infinity_norm: bool = False):
+                   look_ahead: tuple | None = None, infinity_norm: bool = False):
     """``(len(decays), 7)`` in ``dtype``: one row per variable, its decay factor first (1 where
     the entry of ``decays`` is None). TensorFlow and PyTorch form them in float64 (rounded once
     to the parameters' dtype by the caller), JAX in the parameters' dtype."""
@@ -49,10 +49,9 @@ def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float
         # AdamW hands every decaying variable the same factor: one cast, one select
         mask = np.array([[d is factor] + [False] * 6 for d in decays])
         rows = ops.where(mask, _as(factor, dtype), rows)
-    if look_ahead is not None:  # NAdam: each variable's own (a, b)
-        for column, k in ((3, 0), (6, 1)):
-            values = ops.stack([_as(pair[k], dtype) for pair in look_ahead])[:, None]
-            rows = ops.where(np.arange(7) == column, values, rows)
+    if look_ahead is not None:  # NAdam: (a, b), one entry of each per variable
+        for column, values in zip((3, 6), look_ahead):
+            rows = ops.where(np.arange(7) == column, _as(values, dtype)[:, None], rows)
     return ops.cast(rows, dtype)
 
 

@@ -145,8 +145,7 @@ def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2
         return apply_adam_together([variable], [gradient], [state], step=step,
                                    learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                                    epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay],
-                                   rectify=rectify,
-                                   look_ahead=None if look_ahead is None else [look_ahead],
+                                   rectify=rectify, look_ahead=look_ahead,
                                    infinity_norm=infinity_norm)
     dtype = tf.as_dtype(variable.dtype)
     if decay is not None:
@@ -296,8 +295,7 @@ def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, b
     ``variable`` whose state ``slots`` are 8-bit: decode, update, re-encode, block by block in one
     pass (bit for bit the codec of ``adamkit.state``)."""
     scalars = tf.reshape(_scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon,
-                                  epsilon_mode, [decay], rectify,
-                                  None if look_ahead is None else [look_ahead], infinity_norm),
+                                  epsilon_mode, [decay], rectify, look_ahead, infinity_norm),
                          [-1])
     amsgrad = "velocity_hat" in slots
     m, v = slots["momentum"], slots["velocity"]

@@ -30,9 +30,10 @@ class FusedAdamStep:
     infinity_norm = False  # AdaMax's rule: u ← max(β2·u, |g| + ε) in v's place, no square root
     epsilon_mode = "paper"
 
-    def look_ahead(self, slots, step, learning_rate):
-        """NAdam's (a, b) for this variable's step, advancing its scalar state; None for the
-        others (the kernels form Adam's or RAdam's scalars themselves)."""
+    def look_ahead(self, slots: list, step, learning_rate):
+        """NAdam's (a, b) for the step of the variables whose slots are listed, each a vector
+        with one entry per variable, advancing their scalar state; None for the others (the
+        kernels form Adam's or RAdam's scalars themselves)."""
         return None
 
     def select_kernel(self, fused: bool | None) -> None:
@@ -118,14 +119,14 @@ class FusedAdamStep:
                 return False
             self._kernel.apply_adam_8bit(variable, gradient, self._per_parameter(slots),
                                          decay=decay,
-                                         look_ahead=self.look_ahead(slots, step, learning_rate),
+                                         look_ahead=self.look_ahead([slots], step, learning_rate),
                                          **hyper)
             return True
         state = self._kernel_state(variable, gradient, slots)
         if state is None:
             return False
         self._kernel.apply_adam(variable, gradient, state, decay=decay,
-                                look_ahead=self.look_ahead(slots, step, learning_rate), **hyper)
+                                look_ahead=self.look_ahead([slots], step, learning_rate), **hyper)
         return True
 
     def _kernel_group(self, variable, gradient):
@@ -166,7 +167,7 @@ class FusedAdamStep:
             dtype = state_storage.compute_dtype(members[0][1])
             rate, t = ops.cast(learning_rate, dtype), ops.cast(step, dtype)
             decay = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
-            look_ahead = ([self.look_ahead(self.slots_of(v), t, rate) for _, v, _ in members]
+            look_ahead = (self.look_ahead([self.slots_of(v) for _, v, _ in members], t, rate)
                           if self.nesterov else None)
             kernel.apply_adam_together(
                 [v for _, v, _ in members], [g for g, _, _ in members], [s for _, _, s in members],
