@@ -56,13 +56,14 @@ def compiled_apply(optimizer, shapes, grads, jit: bool = False, steps_per_call: 
     variables = [keras.Variable(np.zeros(s, np.float32)) for s in shapes]
     optimizer.build(variables)
 
-    def steps():
-        for _ in tf.range(steps_per_call):
-            optimizer.apply(grads, variables)
+    def one_step():
+        return optimizer.apply(grads, variables)
 
-    if steps_per_call == 1:
-        return tf.function(lambda: optimizer.apply(grads, variables), jit_compile=jit)
-    return tf.function(steps, jit_compile=jit)
+    def loop():
+        for _ in tf.range(steps_per_call):
+            one_step()
+
+    return tf.function(one_step if steps_per_call == 1 else loop, jit_compile=jit)
 
 
 def repeated(step, times: int):
