@@ -90,9 +90,10 @@ def seed_objective() -> dict[str, Any]:
 
 
 def save_portable(model: keras.Model, path: Path) -> None:
-    """Saves ``model`` (weights, optimizer state, compile config) to ``path`` so that it loads and
-    trains on every backend: compiled again, with the same optimizer object and its state, for
-    one step per call (Keras's default; PyTorch's trainer refuses a model compiled for more)."""
+    """Saves ``model`` (the seed's, compiled by ``train`` with ``seed_objective``: weights,
+    optimizer state, compile config) to ``path`` so that it loads and trains on every backend:
+    compiled again, with the same optimizer object and its state, for one step per call (Keras's
+    default; PyTorch's trainer refuses a model compiled for more)."""
     if model.steps_per_execution != 1:
         model.compile(optimizer=model.optimizer, **seed_objective())
     model.save(path)
@@ -367,10 +368,10 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
     that a run can stop and resume at any batch."""
     x, y = train_data
     history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
+    saving = settings.checkpoint_dir is not None
+    batches = batches_per_epoch(len(x), settings.batch_size)
     for epoch, first, order in remaining_epochs(settings, position, len(x), log):
         rest = order[first * settings.batch_size:]
-        saving = settings.checkpoint_dir is not None
-        batches = batches_per_epoch(len(x), settings.batch_size)
         callbacks = [Checkpointer(settings, epoch, first, batches, history)] if saving else []
         callbacks += list(extra_callbacks)
         epoch_history = model.fit(
@@ -498,8 +499,8 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
         steps = settings.epochs * batches_per_epoch(len(x_train), settings.batch_size)
         optimizer = make_optimizer(settings.optimizer, settings.hyperparameters,
                                    settings.schedule, steps)
-        model.compile(optimizer=optimizer, **seed_objective(),
-                      steps_per_execution=steps_per_execution(settings))
+        per_call = steps_per_execution(settings)
+        model.compile(optimizer=optimizer, **seed_objective(), steps_per_execution=per_call)
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be checkpointed
     position = {"epoch": 0, "batch": 0, "history": {}}
     existing = checkpoint.checkpoints(settings.checkpoint_dir) if settings.checkpoint_dir else []
@@ -533,8 +534,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
     write_history(history, out)
     plot_history(history, out, f"{settings.optimizer} on MNIST ({keras.backend.backend()})")
     summary = {
-        "settings": asdict(settings) | {"out": str(out),
-                                        "steps_per_execution": steps_per_execution(settings)},
+        "settings": asdict(settings) | {"out": str(out), "steps_per_execution": per_call},
         "optimizer_config": {k: _jsonable(v) for k, v in optimizer.get_config().items()},
         "versions": versions(),
         "wall_time_s": wall_time,

@@ -95,8 +95,8 @@ def supports_8bit(variable) -> bool:
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
                     epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
-    """One step of Adam/AMSGrad (RAdam with ``rectify``, NAdam with ``look_ahead``, an (a, b)
-    pair; AdaMax with ``infinity_norm``) on a float32 ``variable`` whose state
+    """One step of Adam/AMSGrad (RAdam with ``rectify``, NAdam with ``look_ahead``, its (a, b)
+    as one-entry vectors; AdaMax with ``infinity_norm``) on a float32 ``variable`` whose state
     ``slots`` are 8-bit: decode, update, re-encode block by block in one custom call, bit for bit
     the codec of ``adamkit.state``."""
     amsgrad = "velocity_hat" in slots
