@@ -1,36 +1,289 @@
-"""Entry point of the ``adamkit`` command.
+"""Entry point of the ``adamkit`` command: reads and checks the arguments, then hands over.
 
-Keras fixes its backend when it is first imported, and importing ``adamkit`` imports Keras, so
-``--backend`` has to be read before anything else: this module does only that, then hands over.
+Importing ``adamkit`` imports Keras, and Keras starts its backend (TensorFlow takes seconds and
+prints its start-up log) and fixes it for the process. So this module, which lies outside the
+``adamkit`` package, parses the command line first, from names it reads out of
+``adamkit/choices.py`` without running the package's ``__init__``: ``--help``, ``--version`` and
+every usage error answer before any framework loads. Only a command that will run sets the
+backend and imports ``adamkit.cli``, where the commands live.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
+import math
 import os
 import sys
+import textwrap
+from collections.abc import Callable
+from types import ModuleType
 
-BACKENDS = ("tensorflow", "jax", "torch")
+
+def _choices() -> ModuleType:
+    """``adamkit.choices``, loaded from its file without importing the ``adamkit`` package (whose
+    ``__init__`` imports Keras); the module itself where the package is already imported."""
+    if "adamkit" in sys.modules:
+        from adamkit import choices
+
+        return choices
+    package = importlib.util.find_spec("adamkit")  # finds the package without running it
+    path = os.path.join(package.submodule_search_locations[0], "choices.py")
+    spec = importlib.util.spec_from_file_location("adamkit_cli._choices", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def requested_backend(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--backend" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--backend="):
-            return arg.split("=", 1)[1]
-    return None
+choices = _choices()
+BACKENDS = choices.BACKENDS
+
+
+def version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("adamkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def default_backend() -> str:
+    """Keras's backend: the one it runs where it is imported, else the one it will pick, found as
+    Keras finds it (``KERAS_BACKEND``, else ``keras.json`` in ``KERAS_HOME`` or ``~/.keras``, else
+    TensorFlow) without importing it."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.join(os.path.expanduser(home), "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def _number(kind: Callable[[str], float], check: Callable[[float], bool], allowed: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; {allowed}") from None
+        if isinstance(value, float) and not math.isfinite(value) or not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; {allowed}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, lambda x: x > 0, "expected an integer > 0")
+nonnegative_int = _number(int, lambda x: x >= 0, "expected an integer >= 0")
+positive_float = _number(float, lambda x: x > 0, "expected a finite number > 0")
+nonnegative_float = _number(float, lambda x: x >= 0, "expected a finite number >= 0")
+beta = _number(float, lambda x: 0 <= x < 1, "expected a number in [0, 1)")
+rate = beta  # a dropout rate: [0, 1) too
+
+
+class Parser(argparse.ArgumentParser):
+    """Keeps examples and the defaults' help readable."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+TRAIN_EXAMPLES = """
+examples:
+  adamkit train                                   # the tutorial's recipe: 3 epochs, adamkit.Adam
+  adamkit train --optimizer keras-adam            # the same with keras.optimizers.Adam
+  adamkit train --optimizer adamw --weight-decay 0.01 --epochs 5
+  adamkit train --backend jax --data ~/mnist.npz --out runs/jax
+  adamkit train --preset fast                     # the quickest recipe to the tutorial's 0.9725
+  adamkit train --state-dtype int8                # 8-bit optimizer state (~2 bytes/parameter)
+  adamkit train --checkpoint-dir ckpt --checkpoint-every 500 --resume   # survives being killed
+  export TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                    "task": {"type": "worker", "index": 0}}'   # index 1 on host2
+  adamkit train --distribute multi-worker --checkpoint-dir /shared/ckpt   # on each host
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``adamkit`` command's parser: every subcommand and flag (no framework is imported)."""
+    parser = Parser(
+        prog="adamkit",
+        description="The Adam family of optimizers for Keras 3, and the jobs around them.",
+        epilog=textwrap.dedent(
+            """
+            examples:
+              adamkit train                      # train the tutorial's MNIST model with adamkit.Adam
+              adamkit train --help               # every training flag
+              adamkit reproduce reddi            # Reddi et al.'s counterexample, Adam vs AMSGrad
+            """
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"adamkit {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    train = commands.add_parser(
+        "train",
+        help="train the MNIST model of the \"Adam Optimizer in TensorFlow\" tutorial",
+        description=textwrap.fill(
+            'Train the MLP of the "Adam Optimizer in TensorFlow" tutorial (the seed: Flatten, Dense '
+            "128 relu, Dropout 0.2, Dense 10) on MNIST, validate on the test set, and write "
+            "history (JSON, CSV), a plot, the model and a run summary into --out. Keras draws its "
+            "progress bar when the output is a terminal, and prints one line per epoch otherwise.",
+            width=79),
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--preset", choices=choices.PRESETS, default="seed",
+                       help="seed (default): the tutorial's recipe; fast: the quickest recipe found to "
+                       "reach the tutorial's accuracy (3 epochs, batch 256, lr 0.012 with cosine "
+                       "decay); explicit "
+                       "flags override it")
+    train.add_argument("--epochs", type=positive_int, help="default: 3")
+    train.add_argument("--batch-size", type=positive_int, help="default: 32")
+    train.add_argument("--optimizer", choices=choices.OPTIMIZERS, default="adam",
+                       help="default: adam; keras-adam is keras.optimizers.Adam, for comparison")
+    train.add_argument("--learning-rate", type=positive_float,
+                       help="default: the optimizer's own (0.001 for adam)")
+    train.add_argument("--beta-1", type=beta, help="default: 0.9")
+    train.add_argument("--beta-2", type=beta, help="default: 0.999")
+    train.add_argument("--epsilon", type=nonnegative_float,
+                       help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
+    train.add_argument("--weight-decay", type=nonnegative_float,
+                       help="decoupled weight decay; default: none (0.01 for adamw)")
+    train.add_argument("--schedule", choices=choices.SCHEDULES,
+                       help="constant: the learning rate throughout (the tutorial's; default); cosine: "
+                       "it falls to 0 over the run along half a cosine")
+    train.add_argument("--dropout", type=rate, metavar="RATE",
+                       help="the model's dropout rate; default: 0.2 (the tutorial's)")
+    train.add_argument("--state-dtype", choices=choices.STATE_DTYPES,
+                       help="how optimizer state is stored (adamkit optimizers); default: float32")
+    train.add_argument("--precision", choices=choices.PRECISIONS,
+                       default="float32", help="Keras dtype policy; default: float32")
+    train.add_argument("--distribute", choices=choices.DISTRIBUTE,
+                       help="mirrored: tf.distribute.MirroredStrategy over the local devices "
+                            "(ADAMKIT_CPU_DEVICES=N splits a CPU into N); multi-worker: "
+                            "MultiWorkerMirroredStrategy over the workers in TF_CONFIG")
+    train.add_argument("--steps-per-execution", type=positive_int, metavar="N",
+                       help="training steps per call of Keras's train function (the same steps, "
+                       "less Python); default: 32, and 1 (the only choice there) on PyTorch "
+                       "and with --distribute")
+    train.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
+    train.add_argument("--backend", choices=BACKENDS, default=default_backend(),
+                       help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    train.add_argument("--seed", type=nonnegative_int, default=0, help="default: 0")
+    train.add_argument("--data", metavar="PATH",
+                       help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
+    train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
+    train.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
+                       help="also save every STEPS optimizer steps")
+    train.add_argument("--keep", type=positive_int, default=3, metavar="N",
+                       help="keep the newest N checkpoints; default: 3")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest valid checkpoint in --checkpoint-dir")
+
+    reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
+    reproduce.add_argument("paper", choices=["reddi", "kingma-ba"])
+    reproduce.add_argument("--out", metavar="DIR", default="runs/reproduce",
+                           help="where plots and results go (default: runs/reproduce)")
+    reproduce.add_argument("--steps", type=positive_int,
+                           help="reddi: steps per setting (default: the paper-sized run)")
+    reproduce.add_argument("--quick", action="store_true",
+                           help="kingma-ba: a smaller run (fewer epochs and samples) for tests")
+    reproduce.add_argument("--data", metavar="PATH", help="kingma-ba: as for train")
+
+    bench = commands.add_parser(
+        "bench", help="time optimizer steps against peers (prints ratios)",
+        description="Time optimizer steps against peers in one run (TensorFlow backend). `step`: a "
+        "dense Adam step for adamkit's paths and every peer, against the memory-bandwidth limit. "
+        "`lazy`: an embedding table's update against the number of rows a sparse gradient touches.",
+    )
+    bench.add_argument("suite", choices=["step", "lazy"])
+    bench.add_argument("--sizes", type=positive_int, nargs="+", default=[1, 10, 50],
+                       help="step: millions of parameters (default: 1 10 50)")
+    bench.add_argument("--rows", type=positive_int, default=1_000_000,
+                       help="lazy: table rows (default: 1,000,000)")
+    bench.add_argument("--touched", type=positive_int, nargs="+",
+                       default=[100, 1_000, 10_000, 100_000], help="lazy: rows touched per step")
+    bench.add_argument("--repeats", type=positive_int, default=10, help="timed steps (median)")
+    bench.add_argument("--rounds", type=positive_int, default=3,
+                       help="step: rounds in which the paths take turns (median; default: 3)")
+    bench.add_argument("--out", metavar="DIR", default="runs/bench",
+                       help="where bench_<suite>.json and .png go (default: runs/bench)")
+    return parser
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command``, whose usage line a usage error about its flags shows."""
+    return parser._subparsers._group_actions[0].choices[command]
+
+
+def check_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The combinations of ``adamkit train``'s flags that are wrong whatever the framework says."""
+    for flag in ("checkpoint_every", "resume"):
+        if getattr(args, flag) and args.checkpoint_dir is None:
+            parser.error(f"--{flag.replace('_', '-')} needs --checkpoint-dir")
+    if args.distribute and args.backend != "tensorflow":
+        parser.error(f"--distribute {args.distribute} needs the TensorFlow backend; this is "
+                     f"{args.backend}")
+    single = choices.one_step_per_call(args.backend, args.distribute)
+    if (args.steps_per_execution or 1) > 1 and single:
+        parser.error(f"--steps-per-execution {args.steps_per_execution}: {single}; leave it out "
+                     "or pass 1")
+    if args.optimizer == "keras-adam":  # adamkit's own options, which keras.optimizers.Adam lacks
+        for flag, given in (("skip_nonfinite", args.skip_nonfinite),
+                            ("state_dtype", args.state_dtype is not None)):
+            if given:
+                parser.error(f"--optimizer keras-adam: keras.optimizers.Adam takes no {flag} "
+                             f"(--{flag.replace('_', '-')} is for adamkit's optimizers)")
+
+
+def check_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if default_backend() != "tensorflow":
+        parser.error(f"`adamkit bench` runs on the TensorFlow backend, not {default_backend()}: "
+                     "set KERAS_BACKEND=tensorflow, or leave it unset")
+    if args.suite == "lazy" and any(k > args.rows for k in args.touched):
+        parser.error(f"--touched: cannot touch more rows than --rows {args.rows}")
+
+
+CHECKS = {"train": check_train, "bench": check_bench}
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """``argv`` parsed and checked, with the subcommand's parser (for later usage errors); every
+    usage error exits here, with code 2, before any framework is imported."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    subparser = subcommand_parser(parser, args.command)
+    if unknown:  # reported by the subcommand, so that its usage line is the one shown
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command in CHECKS:
+        CHECKS[args.command](args, subparser)
+    return args, subparser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    backend = requested_backend(argv)
-    if backend in BACKENDS:  # anything else is left for argparse to reject with a usage message
-        os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    args, subparser = parse(sys.argv[1:] if argv is None else list(argv))
+    if getattr(args, "backend", None) in BACKENDS:
+        os.environ["KERAS_BACKEND"] = args.backend  # read when Keras is first imported, below
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up log, unless asked for
 
-    from adamkit.cli import main as run
+    from adamkit.cli import run
 
-    return run(argv)
+    return run(args, subparser)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,69 @@ def test_help_shows_examples():
     assert "adamkit train --optimizer keras-adam" in train.stdout
 
 
+# Parses argv as the `adamkit` command does, then prints which frameworks that imported.
+PARSE_ONLY = """
+import sys, time
+import adamkit_cli
+start = time.perf_counter()
+try:
+    adamkit_cli.parse(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+else:
+    code = 0
+heavy = sorted(m for m in ("keras", "tensorflow", "jax", "torch", "adamkit") if m in sys.modules)
+print("RESULT", code, ",".join(heavy) or "-", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["--version"],
+                                  ["train", "--epochs", "0"], ["train", "--resume"],
+                                  ["train", "--backend", "torch", "--steps-per-execution", "4"],
+                                  ["nonsense"]])
+def test_parsing_imports_no_framework(args):
+    """--help, --version and usage errors are answered before Keras or a backend is imported:
+    the command reads its choices from adamkit/choices.py without running adamkit/__init__."""
+    result = subprocess.run([sys.executable, "-c", PARSE_ONLY, *args], capture_output=True,
+                            text=True, timeout=60)
+    code, imported = result.stderr.split("RESULT ")[-1].split()
+    assert code == ("0" if args[-1] in ("--help", "--version") else "2"), result.stderr
+    assert imported == "-", f"parsing {args} imported {imported}"
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = adamkit("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"adamkit {version('adamkit')}"
+
+
+def test_help_and_usage_errors_answer_at_once():
+    """What a person sees: the whole command (interpreter start-up included) answers in well
+    under a second, where starting TensorFlow first took seconds."""
+    import time
+
+    for args, code in ((["--help"], 0), (["train", "--help"], 0), (["train", "--epochs", "x"], 2)):
+        start = time.perf_counter()
+        result = adamkit(*args, timeout=60)
+        elapsed = time.perf_counter() - start
+        assert result.returncode == code, result.stderr
+        assert elapsed < 1.5, f"adamkit {' '.join(args)} took {elapsed:.2f} s"
+        assert "oneDNN" not in result.stderr and "cpu_feature_guard" not in result.stderr
+
+
+def test_choices_are_the_librarys():
+    """The parser's names, kept keras-free in adamkit.choices, are the ones the library takes."""
+    import adamkit
+    from adamkit import choices, state, train
+
+    assert tuple(adamkit.FAMILY) == choices.FAMILY_NAMES
+    assert tuple(train.PRESETS) == choices.PRESETS
+    assert state.STATE_DTYPES == choices.STATE_DTYPES
+    assert (*adamkit.FAMILY, "keras-adam") == train.OPTIMIZERS
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [

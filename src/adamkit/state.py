@@ -39,7 +39,8 @@ import keras
 import numpy as np
 from keras import ops
 
-STATE_DTYPES = ("float32", "bfloat16", "int8")
+from adamkit.choices import STATE_DTYPES as STATE_DTYPES  # kept keras-free there for the CLI's parser
+
 BLOCK_SIZE = 256
 MIN_QUANTIZED_SIZE = 4096
 SIGNED_FRACTION_BITS = 6

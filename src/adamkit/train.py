@@ -21,10 +21,11 @@ import keras
 import numpy as np
 
 import adamkit
-from adamkit import checkpoint
+from adamkit import checkpoint, choices
+from adamkit.choices import DISTRIBUTE
+from adamkit.choices import OPTIMIZERS as OPTIMIZERS  # re-exported: benchmarks/soak.py reads it here
+from adamkit.choices import SCHEDULES as SCHEDULES
 from adamkit.data import load_mnist
-
-OPTIMIZERS = (*adamkit.FAMILY, "keras-adam")
 
 
 @dataclass
@@ -69,11 +70,7 @@ STEPS_PER_EXECUTION = 32
 
 def one_step_per_call(distribute: str | None) -> str | None:
     """Why Keras can run only one training step per call of its train function here, or None."""
-    if keras.backend.backend() == "torch":
-        return "Keras runs one step per call on the PyTorch backend"
-    if distribute is not None:
-        return "Keras 3 fails with more than one step per call under a tf.distribute strategy"
-    return None
+    return choices.one_step_per_call(keras.backend.backend(), distribute)
 
 
 def steps_per_execution(settings: TrainSettings) -> int:
@@ -120,9 +117,6 @@ def seed_model(dropout: float = 0.2) -> keras.Model:
             keras.layers.Dense(10),
         ]
     )
-
-
-SCHEDULES = ("constant", "cosine")
 
 
 def make_optimizer(name: str, hyperparameters: dict[str, Any], schedule: str = "constant",
@@ -217,7 +211,6 @@ def split_cpu(log=print) -> None:
 
 
 _STRATEGY: dict[str, Any] = {}
-DISTRIBUTE = ("mirrored", "multi-worker")
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')
 
