@@ -84,3 +84,23 @@ def radam(theta, grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
         else:
             theta = theta - lr * m_hat
     return theta, {"momentum": m, "velocity": v}
+
+
+def keras_adam_float32(theta, grads, alphas, b1=0.9, b2=0.999, eps=1e-7, amsgrad=False):
+    """``keras.optimizers.Adam``'s ``update_step`` evaluated in float32 with one IEEE rounding per
+    operation in Keras's order (NumPy's float32 arithmetic rounds exactly so): the reference for
+    "bit for bit as Keras" that no backend's own elementwise kernels take part in. ``alphas``: the
+    step sizes α·√(1 − β2ᵗ)/(1 − β1ᵗ) per step, as the backend's pow formed them."""
+    f = np.float32
+    theta = np.array(theta, f)
+    m, v, v_max = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta)
+    for alpha, g in zip(alphas, grads):
+        g = np.asarray(g, f)
+        m = m + (g - m) * f(1 - b1)
+        v = v + (g * g - v) * f(1 - b2)
+        v_max = np.maximum(v_max, v)
+        theta = theta - (m * f(alpha)) / (np.sqrt(v_max if amsgrad else v) + f(eps))
+    state = {"momentum": m, "velocity": v}
+    if amsgrad:
+        state["velocity_hat"] = v_max
+    return theta, state

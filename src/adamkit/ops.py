@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from keras import ops
+from keras.backend import standardize_dtype
 
 
 def ema(average, value, decay):
@@ -68,6 +69,16 @@ def adam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
     return m * (learning_rate / bias_correction(beta_1, step)) / denominator
 
 
+def epsilon_hat_step_size(learning_rate, step, beta_1, beta_2):
+    """αₜ = α·√(1 − β2ᵗ)/(1 − β1ᵗ), formed as ``keras.optimizers.Adam`` forms it: βᵗ as
+    pow(β rounded to ``step``'s dtype, t), in that dtype and in the same order, so that every path
+    of ``epsilon_mode="keras"`` (the ops and each kernel) agrees with Keras bit for bit."""
+    dtype = standardize_dtype(step.dtype)
+    beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
+    beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
+    return learning_rate * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+
+
 def epsilon_hat_update(m, v, step, learning_rate, beta_1, beta_2, epsilon_hat):
     """Kingma & Ba, Section 2's faster form: αₜ·m/(√v + ε̂), αₜ = α·√(1 − β2ᵗ)/(1 − β1ᵗ).
 
@@ -75,9 +86,7 @@ def epsilon_hat_update(m, v, step, learning_rate, beta_1, beta_2, epsilon_hat):
     in the same order and with the same 1 − pow(β, t), so that the two agree bit for bit.
     It equals Algorithm 1 only when ε̂ = ε·√(1 − β2ᵗ).
     """
-    keras_correction_1 = 1.0 - ops.power(beta_1, step)
-    keras_correction_2 = 1.0 - ops.power(beta_2, step)
-    alpha = learning_rate * ops.sqrt(keras_correction_2) / keras_correction_1
+    alpha = epsilon_hat_step_size(learning_rate, step, beta_1, beta_2)
     return m * alpha / (ops.sqrt(v) + epsilon_hat)
 
 

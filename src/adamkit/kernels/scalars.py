@@ -4,8 +4,8 @@ Every kernel (``adam_update.h``) computes θ ← θ·decay − (a·m + b·g)/(�
 updates m ← m + (g − m)(1 − β1), v ← v + (g² − v)(1 − β2), from seven scalars per variable:
 decay, 1 − β1, 1 − β2, a, s, ε, b. The rules differ only in these:
 
-- Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0; the ``"keras"`` ε̂ (added to √v before the
-  correction) as the ε it amounts to after it, ε̂/√(1 − β2ᵗ);
+- Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0; with the ``"keras"`` ε̂ (added to √v before
+  the correction) a = α·√(1 − β2ᵗ)/(1 − β1ᵗ) as Keras forms it, s = 1, ε = ε̂;
 - RAdam (``rectify``): once ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), s = 1; before, a = α/(1 − β1ᵗ),
   s = 0, ε = 1, so that θ ← θ − α·m̂;
 - NAdam (``look_ahead``): each variable's own (a, b) from its μ product, as two vectors;
@@ -31,8 +31,11 @@ def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float
     step_size = _as(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
     inverse_root = 1.0 if infinity_norm else ops.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = epsilon
-    if epsilon_mode == "keras" and not infinity_norm:
-        eps = _as(epsilon, dtype) * inverse_root
+    if epsilon_mode == "keras" and not infinity_norm and not rectify:
+        # Keras's own αₜ, formed in the parameters' dtype (``step``'s) as Keras forms it, and
+        # ε̂ on √v unscaled: the kernels then compute Keras's Adam bit for bit.
+        step_size = _as(adam_ops.epsilon_hat_step_size(learning_rate, step, beta_1, beta_2), dtype)
+        inverse_root = 1.0
     if rectify:
         rectified, r = adam_ops.radam_rectifier(t, beta_2)
         step_size = ops.where(rectified, step_size * r / inverse_root, step_size)

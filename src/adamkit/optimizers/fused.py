@@ -103,10 +103,11 @@ class FusedAdamStep:
         if not all(isinstance(s, PlainSlot) for s in slots.values()):
             return None
         state = {name: slot.variable for name, slot in slots.items()}
-        # Rules no peer kernel runs (the fallbacks: TensorFlow's ResourceApplyAdam, which takes
-        # the ε̂ form; PyTorch's fused Adam, which does not).
+        # Rules no peer kernel runs as adamkit promises (the fallbacks: TensorFlow's
+        # ResourceApplyAdam forms 1 − β2 from float32 β2, so it is not Keras's Adam bit for bit;
+        # PyTorch's fused Adam has no ε̂ form).
         own_kernel_only = (self.rectified or self.nesterov or self.infinity_norm
-                           or (self.epsilon_mode == "keras" and keras.backend.backend() == "torch"))
+                           or self.epsilon_mode == "keras")
         supported = self._kernel.supports(variable, gradient, state, own_kernel_only=own_kernel_only)
         return state if supported else None
 
