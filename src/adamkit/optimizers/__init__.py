@@ -22,8 +22,25 @@ FAMILY: dict[str, tuple[type[AdamFamily], dict[str, Any]]] = {
 
 
 def get(name: str, **kwargs: Any) -> AdamFamily:
-    """An optimizer of the family by name (``adam``, ``amsgrad``, ``adamw``, ``nadam``,
-    ``adamax``, ``radam``), built with ``kwargs``."""
+    """An optimizer of the family by name.
+
+    Args:
+        name: one of ``"adam"``, ``"amsgrad"`` (``Adam(amsgrad=True)``), ``"adamw"``,
+            ``"nadam"``, ``"adamax"``, ``"radam"``; case does not matter.
+        **kwargs: the class's arguments; they override the name's preset.
+
+    Returns:
+        A new optimizer of that class.
+
+    Raises:
+        ValueError: for a name that is not one of the above.
+
+    Examples:
+        >>> import adamkit
+        >>> optimizer = adamkit.get("amsgrad", weight_decay=0.05)
+        >>> type(optimizer).__name__, optimizer.amsgrad, optimizer.weight_decay
+        ('Adam', True, 0.05)
+    """
     key = name.lower() if isinstance(name, str) else name
     if key not in FAMILY:
         raise ValueError(f"Unknown optimizer {name!r}; choose one of: {', '.join(FAMILY)}.")

@@ -8,16 +8,18 @@ import keras
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
+from adamkit.optimizers.docs import shared_args
 from adamkit.optimizers.fused import FusedAdamStep
 
 EPSILON_MODES = ("paper", "keras")
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
+@shared_args
 class Adam(FusedAdamStep, AdamFamily):
-    r"""Adam (Kingma & Ba, ICLR 2015, arXiv:1412.6980), a drop-in for ``keras.optimizers.Adam``.
+    r"""Adam (Kingma & Ba, ICLR 2015), a drop-in for ``keras.optimizers.Adam``, with AMSGrad.
 
-    With gradient gₜ at step t = 1, 2, … and m₀ = v₀ = 0 (Algorithm 1 of the paper)::
+    With gradient gₜ at step t = 1, 2, … and m₀ = v₀ = 0 (Algorithm 1 of the paper):
 
         mₜ = β1·mₜ₋₁ + (1 − β1)·gₜ
         vₜ = β2·vₜ₋₁ + (1 − β2)·gₜ²
@@ -36,26 +38,42 @@ class Adam(FusedAdamStep, AdamFamily):
     Keras do the same (optax's ``amsgrad`` takes the max after bias correction).
 
     Args:
-        learning_rate: α: a float > 0, a ``keras.optimizers.schedules.LearningRateSchedule``, or a
+        learning_rate: α > 0: a float, a ``keras.optimizers.schedules.LearningRateSchedule``, or a
             zero-argument callable. Defaults to 0.001.
         beta_1: β1 in [0, 1), the decay of the first moment. Defaults to 0.9.
         beta_2: β2 in [0, 1), the decay of the second moment. Defaults to 0.999.
-        epsilon: ε ≥ 0, added to √v̂ (or to √v in ``"keras"`` mode). Defaults to 1e-8.
+        epsilon: ε ≥ 0, added to √v̂ (or to √v in ``"keras"`` mode). Defaults to 1e-8 (Keras's
+            Adam: 1e-7).
         amsgrad: use AMSGrad's running maximum of vₜ. Defaults to False.
-        epsilon_mode: ``"paper"`` (Algorithm 1, the default) or ``"keras"`` (ε̂, as Keras).
-        fused: run the whole step of float32/float64 variables as a fused kernel: adamkit's
-            own on TensorFlow (``adamkit.kernels.tensorflow``; on one device one launch for all
-            variables of a dtype, under XLA as a custom call), the same loop as an XLA custom call
-            on JAX (``adamkit.kernels.jax``), the same loop through ctypes on the torch backend
-            (``adamkit.kernels.pytorch``; without a compiler PyTorch's fused Adam, for
-            ``epsilon_mode="paper"``). ``None`` (default):
-            wherever it applies; ``False``: always the plain ``adamkit.ops`` path; ``True``:
-            require the backend to have one.
-        weight_decay: decoupled decay λ, θ ← θ·(1 − αₜ·λ) before the step (as every Keras
-            optimizer; note that ``torch.optim.Adam``'s ``weight_decay`` is an L2 term instead).
-        **kwargs: every keyword of ``keras.optimizers.Optimizer``: ``clipnorm``, ``clipvalue``,
-            ``global_clipnorm``, ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``,
-            ``loss_scale_factor``, ``gradient_accumulation_steps``, ``name``.
+        epsilon_mode: ``"paper"`` (Algorithm 1; PyTorch and optax) or ``"keras"`` (ε̂, as Keras).
+            Defaults to ``"paper"``.
+        {{shared_args}}
+
+    Examples:
+        The first step moves each weight by about α against the sign of its gradient:
+
+        >>> import keras, adamkit
+        >>> w, g = keras.Variable([1.0, 2.0]), keras.ops.convert_to_tensor([0.5, -0.5])
+        >>> adamkit.Adam(learning_rate=0.1).apply([g], [w])
+        >>> w.numpy().round(4)
+        array([0.9, 2.1], dtype=float32)
+
+        With ``epsilon_mode="keras"`` and Keras's ε it computes what ``keras.optimizers.Adam`` does:
+
+        >>> import numpy as np
+        >>> ours, theirs = keras.Variable([1.0, 2.0]), keras.Variable([1.0, 2.0])
+        >>> a = adamkit.Adam(epsilon=1e-7, epsilon_mode="keras")
+        >>> b = keras.optimizers.Adam(epsilon=1e-7)
+        >>> for g in ([0.5, -0.5], [1e-6, 2e-6], [-0.2, 0.4]):
+        ...     a.apply([keras.ops.convert_to_tensor(g)], [ours])
+        ...     b.apply([keras.ops.convert_to_tensor(g)], [theirs])
+        >>> np.allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=0)
+        True
+
+    References:
+        - D. P. Kingma, J. Ba. Adam: A Method for Stochastic Optimization. ICLR 2015.
+          arXiv:1412.6980.
+        - S. J. Reddi, S. Kale, S. Kumar. On the Convergence of Adam and Beyond. ICLR 2018.
     """
 
     def __init__(

@@ -8,25 +8,46 @@ import keras
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule
+from adamkit.optimizers.docs import shared_args
 from adamkit.optimizers.fused import FusedAdamStep
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
+@shared_args
 class Adamax(FusedAdamStep, AdamFamily):
-    r"""AdaMax (Kingma & Ba, ICLR 2015, Section 7.1): Adam's second moment replaced by an
-    exponentially weighted infinity norm::
+    r"""AdaMax (Kingma & Ba, ICLR 2015, Section 7.1): Adam with the infinity norm.
+
+    Adam's second moment is replaced by an exponentially weighted infinity norm:
 
         mₜ = β1·mₜ₋₁ + (1 − β1)·gₜ
         uₜ = max(β2·uₜ₋₁, |gₜ| + ε)
         θₜ = θₜ₋₁ − α/(1 − β1ᵗ)·mₜ/uₜ
 
-    ε inside the max follows ``torch.optim.Adamax`` (the paper has none); Keras's ``Adamax`` adds
-    ε to uₜ instead (u = max(β2·u, |g|), step mₜ/(uₜ + ε)), and optax's ``adamax`` likewise.
-    Defaults follow PyTorch: α = 0.002.
+    The paper has no ε; inside the max is where ``torch.optim.Adamax`` and optax's ``adamax`` put
+    it, and adamkit matches them. Keras's ``Adamax`` computes uₜ = max(β2·uₜ₋₁, |gₜ|) and adds ε
+    to uₜ in the denominator, θₜ = θₜ₋₁ − α/(1 − β1ᵗ)·mₜ/(uₜ + ε): the two differ only where
+    |g| is comparable to ε. Defaults follow PyTorch: α = 0.002.
 
-    ``fused`` as for ``Adam``: adamkit's Adam kernel runs AdaMax too, with uₜ in v's place and as
-    the denominator itself (``adamkit.optimizers.fused``); on PyTorch, where adamkit's kernel
-    cannot be built, the ops path runs (PyTorch has no fused AdaMax).
+    Args:
+        learning_rate: α > 0: a float, a ``keras.optimizers.schedules.LearningRateSchedule``, or a
+            zero-argument callable. Defaults to 0.002 (Keras's Adamax: 0.001).
+        beta_1: β1 in [0, 1), the first moment's decay. Defaults to 0.9.
+        beta_2: β2 in [0, 1), the infinity norm's decay. Defaults to 0.999.
+        epsilon: ε ≥ 0, added to |gₜ| inside the max. Defaults to 1e-8 (Keras's Adamax: 1e-7).
+        {{shared_args}}
+
+    Examples:
+        The first step moves each weight by about α against the sign of its gradient:
+
+        >>> import keras, adamkit
+        >>> w, g = keras.Variable([1.0, 2.0]), keras.ops.convert_to_tensor([0.5, -0.5])
+        >>> adamkit.Adamax(learning_rate=0.1).apply([g], [w])
+        >>> w.numpy().round(4)
+        array([0.9, 2.1], dtype=float32)
+
+    References:
+        - D. P. Kingma, J. Ba. Adam: A Method for Stochastic Optimization. ICLR 2015, Section 7.1.
+          arXiv:1412.6980.
     """
 
     infinity_norm = True

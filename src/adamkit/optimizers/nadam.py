@@ -9,26 +9,61 @@ from keras import ops
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_real
+from adamkit.optimizers.docs import shared_args
 from adamkit.optimizers.fused import FusedAdamStep
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
+@shared_args
 class Nadam(FusedAdamStep, AdamFamily):
-    r"""NAdam (Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop).
+    r"""NAdam (Dozat, ICLR 2016 workshop): Adam with Nesterov momentum.
 
-    Adam whose first moment looks one step ahead, with Dozat's warming momentum schedule::
+    Adam whose first moment looks one step ahead, with Dozat's warming momentum schedule:
 
         μₜ = β1·(1 − ½·0.96^(t·ψ))
         mₜ = β1·mₜ₋₁ + (1 − β1)·gₜ,   vₜ = β2·vₜ₋₁ + (1 − β2)·gₜ²,   d = √(vₜ/(1 − β2ᵗ)) + ε
         θₜ = θₜ₋₁ − α·(1 − μₜ)/(1 − Π₁..ₜ μᵢ)·gₜ/d − α·μₜ₊₁/(1 − Π₁..ₜ₊₁ μᵢ)·mₜ/d
 
-    as ``torch.optim.NAdam`` (ψ = ``momentum_decay`` = 0.004, α = 0.002 by default). Keras's
-    ``Nadam`` uses 0.96ᵗ (no ψ, so μ warms up within a few dozen steps) and ε̂; optax's ``nadam``
-    has no μ schedule at all.
+    as ``torch.optim.NAdam`` (ψ = ``momentum_decay`` = 0.004, α = 0.002 by default), which it
+    matches step for step. Keras's ``Nadam`` also adds ε after bias correction (ε, not ε̂), but
+    its schedule is μₜ = β1·(1 − ½·0.96ᵗ), without ψ, so μ warms up within a few dozen steps;
+    ``adamkit.Nadam(momentum_decay=1.0, epsilon=1e-7)`` (with Keras's α = 0.001) computes what
+    ``keras.optimizers.Nadam`` does. optax's ``nadam`` has no μ schedule at all (a constant β1).
 
-    ``fused`` as for ``Adam``: adamkit's Adam kernel runs NAdam too — the step is a·m + b·g over
-    Adam's denominator (``adamkit.optimizers.fused``); on PyTorch, where adamkit's kernel cannot be
-    built, the ops path runs (PyTorch has no fused NAdam).
+    ``Nadam`` keeps a scalar μ product per variable that advances every step, so it has no
+    ``lazy=True``.
+
+    Args:
+        learning_rate: α > 0: a float, a ``keras.optimizers.schedules.LearningRateSchedule``, or a
+            zero-argument callable. Defaults to 0.002 (Keras's Nadam: 0.001).
+        beta_1: β1 in [0, 1), the first moment's decay and the scale of μₜ. Defaults to 0.9.
+        beta_2: β2 in [0, 1). Defaults to 0.999.
+        epsilon: ε ≥ 0, added to √v̂. Defaults to 1e-8 (Keras's Nadam: 1e-7).
+        momentum_decay: ψ ≥ 0, the rate at which μₜ warms up to β1: 0.004 is Dozat's and
+            PyTorch's, 1.0 is Keras's schedule, 0 keeps μₜ = β1/2. Defaults to 0.004.
+        {{shared_args}}
+
+    Examples:
+        >>> import keras, adamkit
+        >>> w, g = keras.Variable([1.0, 2.0]), keras.ops.convert_to_tensor([0.5, -0.5])
+        >>> adamkit.Nadam(learning_rate=0.1).apply([g], [w])
+        >>> w.numpy().round(4)
+        array([0.8944, 2.1056], dtype=float32)
+
+        Keras's schedule and ε compute what ``keras.optimizers.Nadam`` does:
+
+        >>> import numpy as np
+        >>> ours, theirs = keras.Variable([1.0, 2.0]), keras.Variable([1.0, 2.0])
+        >>> a = adamkit.Nadam(learning_rate=0.001, momentum_decay=1.0, epsilon=1e-7)
+        >>> b = keras.optimizers.Nadam(learning_rate=0.001, epsilon=1e-7)
+        >>> for g in ([0.5, -0.5], [0.1, 0.3], [-0.2, 0.4]):
+        ...     a.apply([keras.ops.convert_to_tensor(g)], [ours])
+        ...     b.apply([keras.ops.convert_to_tensor(g)], [theirs])
+        >>> np.allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=0)
+        True
+
+    References:
+        - T. Dozat. Incorporating Nesterov Momentum into Adam. ICLR 2016 workshop.
     """
 
     nesterov = True

@@ -1,0 +1,99 @@
+"""The arguments every member of the family takes, documented once and spliced into each member's
+docstring (as Keras does for its optimizers' base keywords).
+
+A member's docstring ends its ``Args:`` section with the line ``{{shared_args}}``;
+``shared_args`` replaces that line with the entries below, indented to match, leaving out any
+argument the member documents itself (AdamW's own ``weight_decay`` default, for one). The result
+is an ordinary Google-style Args section, so ``help()``, IDEs and the API reference (mkdocstrings,
+which reads ``__doc__`` by importing the module) all show the same text.
+"""
+
+from __future__ import annotations
+
+import re
+
+MARKER = "{{shared_args}}"
+
+# ("name (type)", description): continuation lines are indented by four spaces relative to
+# the name, as in a Google-style Args section.
+SHARED_ARGS: tuple[tuple[str, str], ...] = (
+    ("fused (bool | None)", """\
+``None`` (default): run the step in adamkit's fused kernel wherever it applies (see the
+    fused-kernels page); ``False``: always the plain ``adamkit.ops`` path; ``True``: require
+    the backend to have a kernel for this rule, else ``ValueError`` at construction."""),
+    ("weight_decay (float | LearningRateSchedule | Callable | None)", """\
+decoupled weight decay λ ≥ 0, θ ← θ·(1 − αₜ·λ) before the step (as every Keras optimizer and
+    ``torch.optim.AdamW``; ``torch.optim.Adam``'s ``weight_decay`` is an L2 term instead): a
+    number, a ``keras.optimizers.schedules.LearningRateSchedule`` (called with the iteration
+    count) or a zero-argument callable. Defaults to None (no decay)."""),
+    ("exclude_from_weight_decay (list[str] | None)", """\
+name patterns (regular expressions searched in each variable's name) whose variables
+    are not decayed, e.g. ``["bias", "gamma", "beta"]``. Defaults to None."""),
+    ("exclude_1d (bool)", """\
+leave every variable of rank ≤ 1 (biases, normalisation scales) undecayed. Defaults to
+    False."""),
+    ("lazy (bool)", """\
+for a sparse gradient (an embedding's ``IndexedSlices`` on TensorFlow) update only the
+    touched rows of θ and of the state; untouched rows stay bit for bit. On JAX and PyTorch,
+    whose gradients are dense, rows whose gradient is all zero are left untouched. Not with
+    ``state_dtype="int8"``, nor for ``Nadam``. Defaults to False."""),
+    ("skip_nonfinite (bool)", """\
+a step whose gradients hold any NaN or ±Inf leaves the parameters and all state (the
+    iteration count too) unchanged and adds one to ``optimizer.skipped_steps``. Defaults to
+    False, as in Keras and PyTorch."""),
+    ("state_dtype (str)", """\
+how the per-parameter state is stored: ``"float32"`` (default; float64 parameters keep
+    float64 state), ``"bfloat16"`` (4 bytes per parameter) or ``"int8"`` (block-wise 8-bit
+    codes, about 2 bytes per parameter). Both lean forms round stochastically; the update is
+    computed in float32 from the decoded state."""),
+    ("clipnorm (float | None)", """\
+clip each gradient to this norm (> 0). Defaults to None (Keras's keyword)."""),
+    ("clipvalue (float | None)", """\
+clip each gradient element to [−clipvalue, clipvalue] (clipvalue > 0). Defaults to None
+    (Keras's keyword)."""),
+    ("global_clipnorm (float | None)", """\
+clip all gradients together to this global norm (> 0). Defaults to None (Keras's
+    keyword)."""),
+    ("use_ema (bool)", """\
+keep an exponential moving average of the weights. Defaults to False (Keras's keyword)."""),
+    ("ema_momentum (float)", """\
+in [0, 1], the moving average's momentum. Defaults to 0.99 (Keras's keyword)."""),
+    ("ema_overwrite_frequency (int | None)", """\
+≥ 1: every so many steps, overwrite the weights with their moving average. Defaults to
+    None (Keras's keyword)."""),
+    ("loss_scale_factor (float | None)", """\
+the loss is multiplied by it and the gradients divided by it. Defaults to None (Keras's
+    keyword)."""),
+    ("gradient_accumulation_steps (int | None)", """\
+≥ 2: apply the mean gradient every so many steps. Defaults to None (Keras's keyword)."""),
+    ("name (str | None)", """\
+the optimizer's name. Defaults to the class's name in snake case (Keras's keyword)."""),
+)
+
+
+def documented_args(doc: str) -> set[str]:
+    """The argument names a docstring's own Args section lists."""
+    section = re.search(r"^(\s*)Args:\n(.*?)(?=^\1\S|\Z)", doc, re.M | re.S)
+    if section is None:
+        return set()
+    return set(re.findall(r"^\s*(\*{0,2}\w+)(?: \([^)]*\))?:", section.group(2), re.M))
+
+
+def shared_args(cls: type) -> type:
+    """Class decorator: replaces the ``{{shared_args}}`` line of ``cls.__doc__`` with the shared
+    entries that the docstring does not already list."""
+    doc = cls.__doc__ or ""
+    found = re.search(r"^([ \t]*)" + re.escape(MARKER) + r"[ \t]*$", doc, re.M)
+    if found is None:
+        raise ValueError(f"{cls.__name__}'s docstring has no {MARKER} line in its Args section.")
+    indent = found.group(1)
+    own = documented_args(doc)
+    lines = []
+    for entry, text in SHARED_ARGS:
+        if entry.split(" ")[0] in own:
+            continue
+        first, *rest = f"{entry}: {text}".split("\n")
+        lines.append(indent + first)
+        lines.extend(indent + line for line in rest)
+    cls.__doc__ = doc[: found.start()] + "\n".join(lines) + doc[found.end():]
+    return cls
