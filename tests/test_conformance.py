@@ -123,3 +123,118 @@ def test_issue_reproducer_keras_mode_one_step_at_lr_1():
                      fused=fused).apply([g], [ours])
         keras.optimizers.Adam(learning_rate=1.0).apply([g], [ref])
         np.testing.assert_array_equal(numpy(ours), numpy(ref))
+
+
+# -- every variable and gradient Keras's optimizers take -------------------------------------------
+
+MEMBERS = {"adam": adamkit.Adam, "adamw": adamkit.AdamW, "nadam": adamkit.Nadam,
+           "adamax": adamkit.Adamax, "radam": adamkit.RAdam}
+
+
+def _compiled_apply(optimizer, grads, variables):
+    import tensorflow as tf
+
+    return tf.function(lambda: optimizer.apply_gradients(zip(grads, variables)))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a plain tf.Variable is TensorFlow's")
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+@pytest.mark.parametrize("fused", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("member", list(MEMBERS))
+def test_plain_tf_variables_take_the_same_step_as_keras_variables(member, fused, state_dtype):
+    import tensorflow as tf
+
+    shapes = [(2, 2), (80, 64)]  # the second is large enough for 8-bit state
+    plain = [tf.Variable(tf.ones(s) * 3.0) for s in shapes]
+    wrapped = [keras.Variable(keras.ops.ones(s) * 3.0) for s in shapes]
+    grads = [tf.reshape(tf.range(np.prod(s), dtype=tf.float32), s) / 7.0 for s in shapes]
+    for variables in (plain, wrapped):
+        optimizer = MEMBERS[member](learning_rate=0.1, fused=fused, state_dtype=state_dtype)
+        optimizer.apply_gradients(zip(grads, variables))  # eagerly, then under tf.function
+        _compiled_apply(optimizer, grads, variables)()
+    for a, b in zip(plain, wrapped):
+        np.testing.assert_array_equal(a.numpy(), numpy(b))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a plain tf.Variable is TensorFlow's")
+@pytest.mark.parametrize("fused", PATHS, ids=PATH_IDS)
+def test_issue_reproducer_tf_variable_under_mirrored_strategy(fused):
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["CPU:0"])
+    with strategy.scope():
+        v = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+        optimizer = adamkit.Adam(learning_rate=1.0, fused=fused)
+    strategy.run(tf.function(lambda: optimizer.apply_gradients([(tf.ones((2, 2)), v)])))
+    np.testing.assert_allclose(v.numpy(), [[0.0, 1.0], [2.0, 3.0]], atol=1e-6)
+
+
+def _bcoo(rows, values, shape):
+    import jax.experimental.sparse as jax_sparse
+
+    return jax_sparse.BCOO((values, tuple((r,) for r in rows)), shape=shape)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="BCOO is JAX's sparse array")
+@pytest.mark.parametrize("fused", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("member", list(MEMBERS))
+def test_jax_sparse_gradients_step_as_their_dense_form(member, fused):
+    values = np.arange(30, dtype=np.float32).reshape(3, 10) / 10.0
+    sparse_steps = [_bcoo((0, 2, 4), values, (5, 10)), _bcoo((1, 2), values[:2], (5, 10))]
+    results = []
+    for dense in (False, True):
+        variable = keras.Variable(keras.ops.ones((5, 10)))
+        optimizer = MEMBERS[member](fused=fused)
+        for gradient in sparse_steps:
+            optimizer.apply([gradient.todense() if dense else gradient], [variable])
+        results.append(numpy(variable))
+    np.testing.assert_array_equal(*results)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="BCOO is JAX's sparse array")
+@pytest.mark.parametrize("fused", PATHS, ids=PATH_IDS)
+def test_lazy_jax_sparse_gradients_touch_only_the_rows_they_name(fused):
+    ones = np.ones((3, 10), np.float32)
+    variable = keras.Variable(keras.ops.ones((5, 10)))
+    optimizer = adamkit.Adam(learning_rate=0.1, lazy=True, fused=fused)
+    optimizer.apply([_bcoo((0, 2, 4), ones, (5, 10))], [variable])
+    before = numpy(variable).copy()
+    m_before = numpy(optimizer.state_values()["momentum"][0]).copy()
+    # row 0 named with a zero gradient: touched, so its moments decay as IndexedSlices' would
+    optimizer.apply([_bcoo((0, 1), np.stack([np.zeros(10), np.ones(10)]).astype(np.float32),
+                           (5, 10))], [variable])
+    after, m_after = numpy(variable), numpy(optimizer.state_values()["momentum"][0])
+    np.testing.assert_array_equal(after[[2, 3, 4]], before[[2, 3, 4]])  # not named: untouched
+    np.testing.assert_array_equal(m_after[[2, 3, 4]], m_before[[2, 3, 4]])
+    np.testing.assert_allclose(m_after[0], 0.9 * m_before[0], rtol=1e-6)  # named: decayed
+    assert np.all(after[0] < before[0]) and np.all(after[1] < before[1])
+
+
+def test_issue_reproducer_jax_sparse_gradient():
+    if BACKEND != "jax":
+        pytest.skip("BCOO is JAX's sparse array")
+    for fused in PATHS:
+        g = _bcoo((0, 2, 4), 0.5 * np.ones((3, 10), np.float32), (5, 10))
+        v = keras.Variable(keras.ops.ones((5, 10)))
+        adamkit.Adam(fused=fused).apply([g], [v])
+        assert numpy(v)[0, 0] < 1.0 and numpy(v)[1, 0] == 1.0
+
+
+# -- a skipped step changes nothing ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", PATHS, ids=PATH_IDS)
+def test_skipped_step_leaves_the_ema_alone(fused):
+    optimizer = adamkit.Adam(learning_rate=0.1, use_ema=True, ema_momentum=0.5,
+                             skip_nonfinite=True, fused=fused)
+    variable = keras.Variable([1.0, 2.0])
+    for g in ([0.1, 0.2], [0.3, -0.2]):
+        optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
+    average = optimizer._model_variables_moving_average[0]
+    ema, theta = numpy(average).copy(), numpy(variable).copy()
+    optimizer.apply([keras.ops.convert_to_tensor([np.nan, 0.2])], [variable])
+    np.testing.assert_array_equal(numpy(average), ema)
+    np.testing.assert_array_equal(numpy(variable), theta)
+    assert int(optimizer.skipped_steps) == 1 and int(optimizer.iterations) == 2
+    optimizer.apply([keras.ops.convert_to_tensor([0.1, 0.1])], [variable])  # and it goes on
+    assert not np.array_equal(numpy(average), ema)

@@ -9,7 +9,8 @@ global step, as TF Addons' LazyAdam and ``torch.optim.SparseAdam`` do.
 
 JAX and PyTorch hand Keras dense gradients, so there a row counts as touched when any of its gradient
 entries is non-zero: the same rows as a sparse gradient names (barring a looked-up row whose gradient
-is exactly zero), at dense cost.
+is exactly zero), at dense cost. A JAX sparse gradient (``BCOO``) names its rows itself: those rows
+are touched, at dense cost too.
 """
 
 from __future__ import annotations
@@ -21,11 +22,36 @@ from keras import ops
 
 
 def is_sparse(gradient) -> bool:
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
+    """A sparse gradient: TensorFlow's ``IndexedSlices`` or a JAX sparse array (``BCOO``)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return isinstance(gradient, tf.IndexedSlices)
+        return isinstance(gradient, tf.IndexedSlices)
+    if backend == "jax":
+        from jax.experimental import sparse as jax_sparse
+
+        return isinstance(gradient, jax_sparse.JAXSparse)
+    return False
+
+
+def densified(gradient):
+    """A JAX sparse gradient as the dense array it stands for (duplicates summed); any other
+    gradient as it is (the TensorFlow kernels and ops take ``IndexedSlices`` themselves)."""
+    if keras.backend.backend() == "jax" and is_sparse(gradient):
+        return gradient.todense()
+    return gradient
+
+
+def named_rows(gradient, shape):
+    """For a JAX ``BCOO`` gradient whose sparse dimension is the first (an embedding's rows): a
+    boolean mask broadcastable against ``shape``, true on the rows its indices name, as
+    ``IndexedSlices`` name them; for any other gradient, the rows with a non-zero entry."""
+    if is_sparse(gradient) and _names_rows(gradient):
+        rows = ops.zeros((shape[0],), "int32")
+        rows = ops.scatter_update(rows, gradient.indices[:, :1], ops.ones_like(gradient.indices[:, 0]))
+        return ops.reshape(ops.cast(rows, "bool"), (shape[0],) + (1,) * (len(shape) - 1))
+    return touched_rows(densified(gradient))
 
 
 def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, dtype) -> None:
@@ -57,6 +83,12 @@ def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, 
         value = slots[name].encode(value, positions, iteration)
         optimizer.assign(slots[name].variable, tf.IndexedSlices(value, unique, shape))
     optimizer.assign(variable, tf.IndexedSlices(theta - update, unique, shape))
+
+
+def _names_rows(gradient) -> bool:
+    from jax.experimental import sparse as jax_sparse
+
+    return isinstance(gradient, jax_sparse.BCOO) and gradient.n_batch == 0 and gradient.n_sparse >= 1
 
 
 def touched_rows(gradient):

@@ -257,11 +257,20 @@ def compute_dtype(variable) -> str:
     return "float64" if keras.backend.standardize_dtype(variable.dtype) == "float64" else "float32"
 
 
+def slot_name(variable, name: str) -> str:
+    """The name of ``variable``'s state ``name``, as Keras names its optimizers' state: from the
+    variable's path, or (a plain ``tf.Variable`` has none) from its name."""
+    path = getattr(variable, "path", None)
+    if path is None:
+        path = str(variable.name).replace(":", "_")
+    return f"{path.replace('/', '_')}_{name}"
+
+
 def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool):
     """Adds the variables that store state ``name`` of ``variable`` and returns its slot."""
     dtype = compute_dtype(variable)
     size = math.prod(variable.shape)
-    prefix = f"{variable.path.replace('/', '_')}_{name}"
+    prefix = slot_name(variable, name)
     if state_dtype == "int8" and size >= MIN_QUANTIZED_SIZE:
         blocks = math.ceil(size / BLOCK_SIZE)
         codes = optimizer.add_variable((blocks, BLOCK_SIZE), initializer="zeros", dtype="int8",

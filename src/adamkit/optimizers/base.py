@@ -190,7 +190,7 @@ class AdamFamily(keras.optimizers.Optimizer):
                     (),
                     initializer=keras.initializers.Constant(initial),
                     dtype="float32",
-                    name=f"{variable.path.replace('/', '_')}_{name}",
+                    name=state_storage.slot_name(variable, name),
                 ), "float32")
                 for variable in var_list
             ]
@@ -219,10 +219,30 @@ class AdamFamily(keras.optimizers.Optimizer):
                 variable.assign(ops.where(finite, ops.convert_to_tensor(variable), old))
         else:
             ops.cond(finite, run_update, lambda: None)
+        self._step_finite = finite  # read by the EMA update that Keras runs after this step
         skipped = ops.cast(ops.logical_not(finite), "int32")
         self.skipped_steps.assign_add(skipped)
         # apply() adds one to the iteration count afterwards; a skipped step must not advance it.
         self._iterations.assign_sub(ops.cast(skipped, self._iterations.dtype))
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # A step that skip_nonfinite skipped leaves the EMA of the weights as it was, too.
+        finite = getattr(self, "_step_finite", None) if self.skip_nonfinite else None
+        if finite is None:
+            return super()._update_model_variables_moving_average(trainable_variables)
+        averages = [a for a in self._model_variables_moving_average if a is not None]
+        before = [ops.copy(a) for a in averages]
+        super()._update_model_variables_moving_average(trainable_variables)
+        for average, old in zip(averages, before):
+            average.assign(ops.where(finite, ops.convert_to_tensor(average), old))
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        finite = getattr(self, "_step_finite", None) if self.skip_nonfinite else None
+        if finite is None:
+            return super()._overwrite_model_variables_with_average_value(trainable_variables)
+        ops.cond(finite, lambda: super(AdamFamily, self)
+                 ._overwrite_model_variables_with_average_value(trainable_variables),
+                 lambda: None)
 
     def slots_of(self, variable) -> dict:
         """This parameter's state as stored (``adamkit.state`` slots), by name."""
@@ -258,10 +278,12 @@ class AdamFamily(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, dtype)
         step = ops.cast(self.iterations + 1, dtype)
         slots = self.slots_of(variable)
-        if self.lazy and sparse.is_sparse(gradient):
+        if self.lazy and sparse.is_sparse(gradient) and keras.backend.backend() == "tensorflow":
             sparse.lazy_sparse_step(self, gradient, variable, slots, step, learning_rate, dtype)
             return
         masked = self.masks_dense_gradients()
+        touched = sparse.named_rows(gradient, variable.shape) if masked else None
+        gradient = sparse.densified(gradient)
         decays = self._decays(variable) and not masked
         if not masked:
             decay = self._decay_factor(learning_rate, dtype) if decays else None
@@ -273,7 +295,6 @@ class AdamFamily(keras.optimizers.Optimizer):
         state = {name: slot.read() for name, slot in slots.items()}
         update, new_state = self.compute_update(gradient, state, step, learning_rate)
         if masked:
-            touched = sparse.touched_rows(gradient)
             theta = self.decayed(variable, variable, learning_rate, dtype)
             new_state = {k: ops.where(touched, v, state[k]) for k, v in new_state.items()}
             self.assign(variable, ops.where(touched, theta - update, ops.cast(variable, dtype)))
