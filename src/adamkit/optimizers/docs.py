@@ -34,8 +34,9 @@ leave every variable of rank ≤ 1 (biases, normalisation scales) undecayed. Def
     False."""),
     ("lazy (bool)", """\
 for a sparse gradient (an embedding's ``IndexedSlices`` on TensorFlow) update only the
-    touched rows of θ and of the state; untouched rows stay bit for bit. On JAX and PyTorch,
-    whose gradients are dense, rows whose gradient is all zero are left untouched. Not with
+    touched rows of θ and of the state; untouched rows stay bit for bit. On JAX a sparse
+    ``BCOO`` gradient's named rows are updated, at dense cost; for dense gradients (JAX,
+    PyTorch) rows whose gradient is all zero are left untouched. Not with
     ``state_dtype="int8"``, nor for ``Nadam``. Defaults to False."""),
     ("skip_nonfinite (bool)", """\
 a step whose gradients hold any NaN or ±Inf leaves the parameters and all state (the
