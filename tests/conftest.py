@@ -11,6 +11,11 @@ import pytest
 BACKEND = keras.backend.backend()
 
 
+def pytest_configure(config):
+    # Keras's own test files (run by test_keras_suite.py) carry this marker of Keras's conftest.
+    config.addinivalue_line("markers", "requires_trainable_backend: Keras's marker")
+
+
 def pytest_report_header(config):
     return f"keras backend: {BACKEND} (set KERAS_BACKEND to change)"
 

@@ -238,3 +238,10 @@ def test_skipped_step_leaves_the_ema_alone(fused):
     assert int(optimizer.skipped_steps) == 1 and int(optimizer.iterations) == 2
     optimizer.apply([keras.ops.convert_to_tensor([0.1, 0.1])], [variable])  # and it goes on
     assert not np.array_equal(numpy(average), ema)
+
+
+def test_adamw_without_weight_decay_is_refused_as_keras_refuses_it():
+    with pytest.raises(ValueError, match="weight_decay"):
+        adamkit.AdamW(weight_decay=None)
+    with pytest.raises(ValueError, match="weight_decay"):
+        keras.optimizers.AdamW(weight_decay=None)

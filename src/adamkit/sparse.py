@@ -36,11 +36,15 @@ def is_sparse(gradient) -> bool:
 
 
 def densified(gradient):
-    """A JAX sparse gradient as the dense array it stands for (duplicates summed); any other
-    gradient as it is (the TensorFlow kernels and ops take ``IndexedSlices`` themselves)."""
-    if keras.backend.backend() == "jax" and is_sparse(gradient):
+    """A sparse gradient as the dense tensor it stands for (duplicates summed); any other
+    gradient as it is. Without ``lazy=True`` every row's moments decay anyway."""
+    if not is_sparse(gradient):
+        return gradient
+    if keras.backend.backend() == "jax":
         return gradient.todense()
-    return gradient
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(gradient)
 
 
 def named_rows(gradient, shape):
