@@ -245,3 +245,41 @@ def test_adamw_without_weight_decay_is_refused_as_keras_refuses_it():
         adamkit.AdamW(weight_decay=None)
     with pytest.raises(ValueError, match="weight_decay"):
         keras.optimizers.AdamW(weight_decay=None)
+
+
+# -- a GPU machine: the CPU kernels only for variables in host memory ------------------------------
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's device strings")
+def test_kernels_are_chosen_from_the_variable_device():
+    from adamkit.kernels import tensorflow as kernel
+
+    cpu = "/job:localhost/replica:0/task:0/device:CPU:0"
+    gpu = "/job:localhost/replica:0/task:0/device:GPU:0"
+    assert kernel.placed_on_cpu(cpu, gpus_visible=True)
+    assert not kernel.placed_on_cpu(gpu, gpus_visible=True)
+    assert not kernel.placed_on_cpu("/device:GPU:1", gpus_visible=False)
+    assert kernel.placed_on_cpu("", gpus_visible=False)
+    assert not kernel.placed_on_cpu("", gpus_visible=True)  # unplaced: TensorFlow picks the GPU
+
+    variable = keras.Variable(np.ones((4, 4), np.float32))
+    optimizer = adamkit.Adam(fused=None)
+    optimizer.build([variable])
+    state = {name: slot.variable for name, slot in optimizer.slots_of(variable).items()}
+    assert kernel.on_cpu(variable) and kernel.supports(variable, None, state)
+
+    class OnGpu:  # a variable as TensorFlow describes one in a GPU's memory
+        dtype = "float32"
+        device = gpu
+
+    assert not kernel.on_cpu(OnGpu()) and not kernel.supports(OnGpu(), None, state)
+    assert not kernel.supports_8bit(OnGpu())
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's platforms")
+def test_jax_kernel_is_registered_for_the_cpu_platform_only():
+    import jax
+
+    from adamkit.kernels import jax as kernel
+
+    assert bool(kernel.custom_kernel()) == (jax.default_backend() == "cpu")

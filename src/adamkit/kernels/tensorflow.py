@@ -69,13 +69,28 @@ def _handle(variable):
     return tf_variable(variable).handle
 
 
+def placed_on_cpu(device: str, gpus_visible: bool) -> bool:
+    """Whether a variable placed on ``device`` (a TensorFlow device string) is in host memory.
+    An unplaced variable goes where TensorFlow puts it: on a GPU where one is visible."""
+    device_type = tf.DeviceSpec.from_string(device or "").device_type
+    if device_type is None:
+        return not gpus_visible
+    return device_type.upper() == "CPU"
+
+
+def on_cpu(variable) -> bool:
+    """adamkit's kernels are CPU code: a variable elsewhere (a GPU's memory) takes the ops path."""
+    return placed_on_cpu(tf_variable(variable).device,
+                         bool(tf.config.list_logical_devices("GPU")))
+
+
 def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
-    """A float32/float64 variable whose state tensors share its dtype, or (adamkit's kernel only)
-    a float32 variable with bfloat16 state. A sparse gradient is densified first: without
-    ``lazy=True`` every row's moments decay anyway. ``own_kernel_only`` (RAdam, NAdam): a rule
-    TensorFlow's own Adam kernel cannot run."""
+    """A float32/float64 variable on the CPU whose state tensors share its dtype, or (adamkit's
+    kernel only) a float32 variable with bfloat16 state. A sparse gradient is densified first:
+    without ``lazy=True`` every row's moments decay anyway. ``own_kernel_only`` (RAdam, NAdam,
+    AdaMax, the ``"keras"`` ε form): a rule TensorFlow's own Adam kernel does not run exactly."""
     dtype = tf.as_dtype(variable.dtype)
-    if own_kernel_only and not _fused_here():
+    if not on_cpu(variable) or (own_kernel_only and not _fused_here()):
         return False
     stored = {tf.as_dtype(s.dtype) for s in state.values()}
     if dtype not in SUPPORTED_DTYPES:
@@ -286,7 +301,7 @@ def _scalars(dtype, *args, **kwargs):
 def supports_8bit(variable) -> bool:
     """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable: adamkit's kernel only
     (under XLA its custom call)."""
-    return tf.as_dtype(variable.dtype) == tf.float32 and _fused_here()
+    return tf.as_dtype(variable.dtype) == tf.float32 and on_cpu(variable) and _fused_here()
 
 
 def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
