@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 PORTABLE = [
     "test_family.py", "test_adam.py", "test_lazy.py", "test_state.py", "test_kernels.py",
     "test_conformance.py", "test_keras_suite.py",
+    "test_peers.py",
 ]
 
 
