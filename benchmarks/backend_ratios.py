@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 if __name__ == "__main__":  # Keras fixes its backend at import
@@ -28,23 +27,12 @@ import numpy as np  # noqa: E402
 import adamkit  # noqa: E402
 from adamkit.bench import (  # noqa: E402
     backend_stepper,
-    median_seconds,
     optax_steps,
     parameter_shapes,
     stream_step,
 )
 from fused_ratios import torch_fused  # noqa: E402
-
-
-def alternate(ours, theirs, rounds: int) -> list[float]:
-    """Per-round ratio time(theirs) / time(ours), the two timed back to back each round."""
-    return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
-
-
-def report(label: str, ratios: list[float]) -> None:
-    print(f"{label}: median {statistics.median(ratios):.2f}× "
-          f"(rounds {min(ratios):.2f}–{max(ratios):.2f})", flush=True)
-
+from results import RATIO_COLUMNS, Table, alternate  # noqa: E402
 
 OURS = {  # name → (adamkit's, Keras's counterpart)
     "Adam": (lambda **k: adamkit.Adam(**k), lambda: keras.optimizers.Adam()),
@@ -61,6 +49,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    table = Table(f"backend_ratios_{args.backend}", f"{args.backend}: adamkit's step as Keras's "
+                  "trainer runs it, against Keras's optimizers, its own ops path, the backend's "
+                  "library and the bandwidth limit (> 1: adamkit faster)", RATIO_COLUMNS)
+    report = table.ratio_row
     rng = np.random.default_rng(0)
     for millions in args.sizes:
         shapes = parameter_shapes(millions)
@@ -82,6 +74,7 @@ def main() -> None:
                 report(f"{label} / {peer_name}", alternate(step, peer, args.rounds))
             report(f"{label} / limit",
                    alternate(step, limits[name == "AMSGrad"], args.rounds))
+    table.save()
 
 
 if __name__ == "__main__":

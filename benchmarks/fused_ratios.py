@@ -13,7 +13,7 @@
    graph and captures, next to no bytes), as a share of the real step's time; torch fused alike.
    Each such call is timed right after a pass that streams the step's bytes, as in training,
    where the step before has just swept the caches ("cold"); back to back, it costs a third to a
-   half of that ("warm", the row before session 8).
+   half of that.
 3. The step as ``model.fit`` runs it with ``steps_per_execution=32`` (``adamkit train``'s
    default): 32 steps in a ``tf.range`` loop inside one call, against 32 passes of the limit.
 4. adamkit's Adam loop alone (``adamkit.bench.kernel_loop_step``: the kernels' loop on plain
@@ -38,11 +38,7 @@ from adamkit.bench import (
     repeated,
     stream_step,
 )
-
-
-def alternate(ours, theirs, rounds: int) -> list[float]:
-    """Per-round ratio time(theirs) / time(ours), the two timed back to back each round."""
-    return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+from results import RATIO_COLUMNS, Table, alternate
 
 
 def overhead_shares(step, tiny_step, flush, rounds: int) -> list[float]:
@@ -63,11 +59,6 @@ def overhead_shares(step, tiny_step, flush, rounds: int) -> list[float]:
 def tiny(shapes) -> list[tuple[int]]:
     """As many variables as ``shapes``, one element each: a step that is all overhead."""
     return [(1,)] * len(shapes)
-
-
-def report(label: str, ratios: list[float]) -> None:
-    print(f"{label}: median {statistics.median(ratios):.2f}× "
-          f"(rounds {min(ratios):.2f}–{max(ratios):.2f})", flush=True)
 
 
 def torch_fused(name: str, shapes):
@@ -95,6 +86,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     args = parser.parse_args()
+    table = Table("fused_ratios", "TensorFlow: adamkit's fused step against torch's fused step, "
+                  "the bandwidth limit and the framework's call (> 1: the first is faster; "
+                  "overhead rows: a share of the step)", RATIO_COLUMNS)
+    report = table.ratio_row
     rng = np.random.default_rng(0)
     ours = {"Adam": adamkit.Adam, "AdamW": lambda: adamkit.AdamW(weight_decay=0.01),
             "AMSGrad": lambda: adamkit.Adam(amsgrad=True), "RAdam": adamkit.RAdam,
@@ -135,6 +130,7 @@ def main() -> None:
             lean = compiled_apply(adamkit.Adam(state_dtype=state_dtype), shapes, grads)
             report(f"{millions}M Adam     {state_dtype} state / float32 state",
                    alternate(lean, float32, args.rounds))
+    table.save()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import tensorflow as tf
 import adamkit
 from adamkit.data import load_mnist
 from adamkit.train import seed_model, state_bytes_per_parameter
+from results import Table
 
 STATE_DTYPES = ("float32", "bfloat16", "int8")
 
@@ -99,14 +100,6 @@ def state_error(data, steps):
     return report
 
 
-def print_state_error(data, steps) -> None:
-    print("State error after N steps (relative L2 vs float32 state), seed MLP, batch 32:")
-    print(f"{'step':>6} {'bf16 m':>9} {'bf16 v':>9} {'int8 m':>9} {'int8 v':>9}")
-    for t, row in state_error(data, steps).items():
-        print(f"{t:>6} {row['bfloat16']['momentum']:>9.2e} {row['bfloat16']['velocity']:>9.2e} "
-              f"{row['int8']['momentum']:>9.2e} {row['int8']['velocity']:>9.2e}", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -119,20 +112,29 @@ def main() -> None:
     data = ((x_train / 255.0).astype("float32"), y_train), ((x_test / 255.0).astype("float32"), y_test)
 
     if not args.skip_state_error:
-        print_state_error(data, args.steps)
+        drift = Table("lean_state_drift", "Lean state's drift from float32 state: relative L2 "
+                      "error of m and v after N steps (the tutorial's MLP, batch 32)",
+                      [("step", "d"), ("bfloat16 m", ".2e"), ("bfloat16 v", ".2e"),
+                       ("int8 m", ".2e"), ("int8 v", ".2e")])
+        for t, row in state_error(data, args.steps).items():
+            drift.add(t, row["bfloat16"]["momentum"], row["bfloat16"]["velocity"],
+                      row["int8"]["momentum"], row["int8"]["velocity"])
+        drift.save()
+    table = Table("lean_state_accuracy", "Lean state: validation accuracy by seed "
+                  f"(seeds {', '.join(map(str, args.seeds))}) with float32, bfloat16 and int8 "
+                  "state, adamkit.Adam", [("model", ""), ("state", ""), ("bytes / parameter", ".2f"),
+                                          ("val. accuracy by seed", ""), ("s / run", ".0f"),
+                                          ("largest gap to float32 (pp)", ".2f")])
     for model_name in args.models:
-        print(f"\n{model_name}: validation accuracy by seed (state bytes/param, s/run)")
-        results = {}
+        results = {d: [accuracy(model_name, d, s, data, 1 if args.quick else None)
+                       for s in args.seeds] for d in STATE_DTYPES}
         for d in STATE_DTYPES:
-            results[d] = [accuracy(model_name, d, s, data, 1 if args.quick else None) for s in args.seeds]
-            accs = " ".join(f"{a:.4f}" for a, _, _ in results[d])
-            print(f"  {d:>8}: {accs}  ({results[d][0][1]:.2f} B/param, "
-                  f"{np.median([r[2] for r in results[d]]):.0f} s)", flush=True)
-        base = np.mean([a for a, _, _ in results["float32"]])
-        for d in ("bfloat16", "int8"):
-            diff = 100 * (np.mean([a for a, _, _ in results[d]]) - base)
-            worst = 100 * max(abs(a - b) for (a, _, _), (b, _, _) in zip(results[d], results["float32"]))
-            print(f"  {d} − float32: mean {diff:+.2f} pp, largest per-seed gap {worst:.2f} pp")
+            gap = 100 * max(abs(a - b) for (a, _, _), (b, _, _)
+                            in zip(results[d], results["float32"]))
+            table.add(model_name, d, results[d][0][1],
+                      " / ".join(f"{a:.4f}" for a, _, _ in results[d]),
+                      float(np.median([r[2] for r in results[d]])), None if d == "float32" else gap)
+    table.save()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamkit  # noqa: E402
+from results import Table  # noqa: E402
 
 USERS, ITEMS, DIM = 200_000, 20_000, 32
 
@@ -66,9 +67,11 @@ def main() -> None:
         "adamkit.Adam": lambda: adamkit.Adam(learning_rate=0.01),
         "adamkit.Adam(lazy=True)": lambda: adamkit.Adam(learning_rate=0.01, lazy=True),
     }
-    print(f"{USERS:,} users x {ITEMS:,} items, dim {DIM}; {len(x):,} training ratings, batch 1024, "
-          f"{args.epochs} epochs")
-    print(f"{'optimizer':25s} {'s/epoch (median)':>17s} {'held-out MSE':>13s}")
+    table = Table("recommender", f"A recommender: matrix factorisation, {USERS:,} users × "
+                  f"{ITEMS:,} items, dim {DIM}, {len(x):,} training ratings, batch 1024, "
+                  f"{args.epochs} epochs of model.fit", [("optimizer", ""),
+                                                         ("s / epoch (median)", ".2f"),
+                                                         ("held-out MSE", ".4f")])
     for name, make in optimizers.items():
         keras.utils.set_random_seed(0)
         net = model()
@@ -76,8 +79,8 @@ def main() -> None:
         timer = EpochTimer()
         net.fit(x, y, batch_size=1024, epochs=args.epochs, verbose=0, callbacks=[timer])
         mse = net.evaluate(x_val, y_val, batch_size=8192, verbose=0)
-        print(f"{name:25s} {statistics.median(timer.times):>17.2f} {mse:>13.4f}")
-
+        table.add(name, statistics.median(timer.times), mse)
+    table.save()
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,9 @@
-"""The seed's script (keras.optimizers.Adam) against `adamkit train`, run alternately in one go.
+"""The tutorial's script (keras.optimizers.Adam) against `adamkit train`, run alternately in one go.
 
 Each is a fresh process, timed from start to exit (imports, data, 3 epochs, evaluation), as a user
-would experience it. Prints each run, the medians and the ratio adamkit / seed (want <= 1.0).
-With `--preset fast` it times `adamkit train --preset fast` instead: the time to the seed's accuracy.
+would experience it. Records each run, the medians and the ratio adamkit / tutorial (want <= 1.0).
+With `--preset fast` it times `adamkit train --preset fast` instead: the time to the tutorial's
+accuracy.
 Run: python benchmarks/seed_vs_adamkit.py [--repeats 3] [--preset fast]
 """
 
@@ -16,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import Table
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,22 +41,23 @@ def main() -> None:
         "seed script (keras.optimizers.Adam)": [sys.executable, str(HERE / "seed_script.py")],
         f"adamkit train --preset {args.preset}": adamkit_cmd,
     }
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    table = Table(f"seed_vs_adamkit_{args.preset}", "The tutorial's script against `adamkit "
+                  f"train --preset {args.preset}`, each a fresh process timed from start to exit",
+                  [("run", ""), ("tutorial's script (s)", ".1f"), ("val. accuracy", ".4f"),
+                   (f"adamkit train --preset {args.preset} (s)", ".1f"), ("val. accuracy ", ".4f")])
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for name, command in commands.items():
+            row = []
+            for command in commands.values():
                 if command is adamkit_cmd:
                     command = [*command, "--out", f"{tmp}/run{repeat}", "--seed", str(repeat)]
-                elapsed, accuracy = timed(command)
-                times[name].append(elapsed)
-                print(f"run {repeat + 1}: {name:38s} {elapsed:6.1f} s   val_accuracy {accuracy:.4f}")
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    seed, ours = medians.values()
-    for name, median in medians.items():
-        print(f"median: {name:38s} {median:6.1f} s")
-    goal = "0.5, the time-to-accuracy goal" if args.preset == "fast" else "1.0"
-    print(f"ratio adamkit / seed: {ours / seed:.3f} (want <= {goal})")
-
+                row.extend(timed(command))
+            runs.append(row)
+            table.add(str(repeat + 1), *row)
+    medians = [statistics.median(r[i] for r in runs) for i in (0, 2)]
+    table.add(f"median (ratio {medians[1] / medians[0]:.2f})", medians[0], None, medians[1], None)
+    table.save()
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from adamkit.train import OPTIMIZERS, TrainSettings, train
+from results import Table
 
 
 def resident_mib() -> float:
@@ -39,7 +40,6 @@ class MemoryReport(keras.callbacks.Callback):
         self.step += 1
         if self.step == 1 or self.step % self.every == 0:
             self.samples.append((self.step, resident_mib()))
-            print(f"step {self.step:>6}: resident {self.samples[-1][1]:8.1f} MiB", flush=True)
 
 
 def main() -> None:
@@ -58,15 +58,17 @@ def main() -> None:
                                  checkpoint_every=args.checkpoint_every, keep=2)
         start = time.perf_counter()
         train(settings, callbacks=[report], log=lambda _: None)
-    (_, first), (_, warm) = report.samples[0], report.samples[min(1, len(report.samples) - 1)]
-    last_step, last = report.samples[-1]
-    print(f"{last_step} steps in {time.perf_counter() - start:.0f} s; resident memory: "
-          f"{first:.1f} MiB at step 1, {warm:.1f} MiB at step {report.samples[1][0]}, "
-          f"{last:.1f} MiB at the end ({last - warm:+.1f} MiB after warm-up)")
+    elapsed = time.perf_counter() - start
+    last_step = report.samples[-1][0]
     half = [(step, mib) for step, mib in report.samples if step >= last_step / 2]
     slope = np.polyfit([s for s, _ in half], [m for _, m in half], 1)[0] * 1000
-    print(f"{args.optimizer}: second-half slope {slope:+.3f} MiB per 1,000 steps")
-
+    table = Table(f"soak_{args.optimizer}_{args.state_dtype}", f"Soak: {last_step:,} training steps "
+                  f"of the tutorial's model ({args.optimizer}, {args.state_dtype} state, a checkpoint "
+                  f"every {args.checkpoint_every}) in {elapsed:.0f} s; resident memory, second-half "
+                  f"slope {slope:+.3f} MiB per 1,000 steps", [("step", ",d"), ("resident MiB", ".1f")])
+    for step, mib in report.samples:
+        table.add(step, mib)
+    table.save()
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,103 @@
+"""Benchmark results as files: each script records what it measured in a ``Table`` and saves it to
+``benchmarks/results/<name>.json`` with the machine it ran on; ``render.py`` writes the tables of
+``benchmarks/README.md`` (and the README's short one) from those files, so the figures shown are
+always the latest run's.
+
+Timings on a shared machine move between runs by up to ±30%, so every ratio here is measured by
+alternating the two sides round after round and reported as the median of the per-round ratios
+with their range (``alternate``, ``ratio_row``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().with_name("results")
+LIBRARIES = ("tensorflow-cpu", "keras", "jax", "torch", "optax")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What a figure depends on besides the code: the CPU, its cores, the libraries, the date."""
+    versions = {}
+    for name in LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "libraries": versions,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def alternate(ours, theirs, rounds: int) -> list[float]:
+    """Per-round ratio time(theirs) / time(ours), the two timed back to back each round
+    (> 1: ours is faster)."""
+    from adamkit.bench import median_seconds  # imports Keras: not needed to render
+
+    return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+
+
+class Table:
+    """One benchmark's results: ``columns`` as (heading, format) pairs and one row per
+    measurement, printed as it is added and saved as JSON by ``save``."""
+
+    def __init__(self, name: str, title: str, columns: list[tuple[str, str]]) -> None:
+        self.name, self.title, self.columns = name, title, columns
+        self.rows: list[list] = []
+        script = Path(sys.argv[0]).name
+        self.command = " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+
+    def add(self, *values) -> None:
+        if len(values) != len(self.columns):
+            raise ValueError(f"{self.name}: a row has {len(self.columns)} values, got {len(values)}")
+        self.rows.append(list(values))
+        print("  ".join(format_value(v, f) for v, (_, f) in zip(values, self.columns)), flush=True)
+
+    def ratio_row(self, label: str, ratios: list[float]) -> None:
+        """A row ``label, median, lowest round, highest round`` (for ``RATIO_COLUMNS``)."""
+        self.add(label, statistics.median(ratios), min(ratios), max(ratios))
+
+    def save(self) -> Path:
+        """Writes the JSON (to a temporary name first, so a killed run leaves the last one)."""
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        document = {"name": self.name, "title": self.title, "command": self.command,
+                    "machine": machine(),
+                    "columns": [{"heading": h, "format": f} for h, f in self.columns],
+                    "rows": self.rows}
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+        temporary.replace(path)
+        print(f"wrote {path}")
+        return path
+
+
+RATIO_COLUMNS = [("measurement", ""), ("median", ".2f"), ("lowest round", ".2f"),
+                 ("highest round", ".2f")]
+
+
+def format_value(value, spec: str) -> str:
+    if value is None:
+        return "—"
+    return format(value, spec) if spec else str(value)

@@ -1,0 +1,52 @@
+"""benchmarks/: the README's result tables are rendered from the result files the scripts write,
+so every figure shown is the latest run's (nothing is timed here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import render  # noqa: E402
+import results  # noqa: E402
+
+
+def test_readme_tables_are_the_result_files_rendered():
+    check = subprocess.run([sys.executable, str(BENCHMARKS / "render.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_every_result_file_is_shown_and_every_table_has_its_file():
+    shown = {m["name"] for m in render.BLOCK.finditer(render.README.read_text())}
+    files = {p.stem for p in results.RESULTS.glob("*.json")}
+    assert shown == files
+    for path in results.RESULTS.glob("*.json"):
+        result = json.loads(path.read_text())
+        assert {"command", "machine", "columns", "rows", "title"} <= set(result)
+        assert result["machine"]["cpu"] and result["machine"]["date"] and result["rows"]
+        assert all(len(row) == len(result["columns"]) for row in result["rows"])
+
+
+def test_a_table_is_rendered_from_its_file_and_only_between_its_markers(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/demo.py", "--rounds", "3"])
+    table = results.Table("demo", "A demo", results.RATIO_COLUMNS)
+    table.ratio_row("10M Adam / torch fused", [1.1, 0.9, 1.0])
+    table.save()
+    text = "prose before\n<!-- results: demo -->\nstale 9.99×\n<!-- /results -->\nprose after\n"
+    rendered = render.render(text)
+    assert rendered.startswith("prose before\n<!-- results: demo -->\n**A demo.** "
+                               "`python benchmarks/demo.py --rounds 3`")
+    assert "| 10M Adam / torch fused | 1.00 | 0.90 | 1.10 |" in rendered
+    assert "stale" not in rendered and rendered.endswith("<!-- /results -->\nprose after\n")
+    assert render.render(rendered) == rendered
+    with pytest.raises(SystemExit, match="missing|does not exist"):
+        render.render("<!-- results: missing -->\n<!-- /results -->\n")
