@@ -114,6 +114,32 @@ examples:
 """
 
 
+def add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    """The tutorial model's optimizer and dropout flags, as ``adamkit train`` takes them (the
+    learning rate aside: commands that search for it leave it out)."""
+    parser.add_argument("--optimizer", choices=choices.OPTIMIZERS, default="adam",
+                        help="default: adam; keras-adam is keras.optimizers.Adam, for comparison")
+    parser.add_argument("--beta-1", type=beta, help="default: 0.9")
+    parser.add_argument("--beta-2", type=beta, help="default: 0.999")
+    parser.add_argument("--epsilon", type=nonnegative_float,
+                        help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
+    parser.add_argument("--weight-decay", type=nonnegative_float,
+                        help="decoupled weight decay; default: none (0.01 for adamw)")
+    parser.add_argument("--dropout", type=rate, metavar="RATE",
+                        help="the model's dropout rate; default: 0.2 (the tutorial's)")
+    parser.add_argument("--state-dtype", choices=choices.STATE_DTYPES,
+                        help="how optimizer state is stored (adamkit optimizers); default: float32")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a tutorial-model command runs and on what: ``--backend``, ``--seed``, ``--data``."""
+    parser.add_argument("--backend", choices=BACKENDS, default=default_backend(),
+                        help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="default: 0")
+    parser.add_argument("--data", metavar="PATH",
+                        help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``adamkit`` command's parser: every subcommand and flag (no framework is imported)."""
     parser = Parser(
@@ -151,23 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "flags override it")
     train.add_argument("--epochs", type=positive_int, help="default: 3")
     train.add_argument("--batch-size", type=positive_int, help="default: 32")
-    train.add_argument("--optimizer", choices=choices.OPTIMIZERS, default="adam",
-                       help="default: adam; keras-adam is keras.optimizers.Adam, for comparison")
     train.add_argument("--learning-rate", type=positive_float,
                        help="default: the optimizer's own (0.001 for adam)")
-    train.add_argument("--beta-1", type=beta, help="default: 0.9")
-    train.add_argument("--beta-2", type=beta, help="default: 0.999")
-    train.add_argument("--epsilon", type=nonnegative_float,
-                       help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
-    train.add_argument("--weight-decay", type=nonnegative_float,
-                       help="decoupled weight decay; default: none (0.01 for adamw)")
+    add_optimizer_flags(train)
     train.add_argument("--schedule", choices=choices.SCHEDULES,
                        help="constant: the learning rate throughout (the tutorial's; default); cosine: "
                        "it falls to 0 over the run along half a cosine")
-    train.add_argument("--dropout", type=rate, metavar="RATE",
-                       help="the model's dropout rate; default: 0.2 (the tutorial's)")
-    train.add_argument("--state-dtype", choices=choices.STATE_DTYPES,
-                       help="how optimizer state is stored (adamkit optimizers); default: float32")
     train.add_argument("--precision", choices=choices.PRECISIONS,
                        default="float32", help="Keras dtype policy; default: float32")
     train.add_argument("--distribute", choices=choices.DISTRIBUTE,
@@ -180,11 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and with --distribute")
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
-    train.add_argument("--backend", choices=BACKENDS, default=default_backend(),
-                       help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
-    train.add_argument("--seed", type=nonnegative_int, default=0, help="default: 0")
-    train.add_argument("--data", metavar="PATH",
-                       help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
+    add_run_flags(train)
     train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
