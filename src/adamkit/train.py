@@ -62,6 +62,9 @@ class TrainSettings:
     # weights, bit for bit); fewer calls cost less Python: the seed's 3 epochs at batch 32 fit in
     # about half the time with 32. Batch-level callbacks then run once a call.
     steps_per_execution: int | None = None
+    # Train on the first N of MNIST's 60,000 training examples only (validation keeps the whole test
+    # set): quick runs, such as `adamkit tune` trials on a budget, that `adamkit train` reproduces.
+    train_examples: int | None = None
 
 
 # Where Keras runs several training steps per call of its train function (not on PyTorch).
@@ -356,9 +359,10 @@ def remaining_epochs(settings: TrainSettings, position: dict, examples: int, log
 
 
 def fit(model, settings: TrainSettings, train_data, validation_data, position, log,
-        extra_callbacks: Sequence = ()) -> dict:
+        extra_callbacks: Sequence = (), verbose: int | None = None) -> dict:
     """``model.fit`` one epoch at a time over our own shuffled order (``remaining_epochs``), so
-    that a run can stop and resume at any batch."""
+    that a run can stop and resume at any batch. ``verbose`` is Keras's; by default a progress
+    bar on a terminal, else a line per epoch."""
     x, y = train_data
     history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
     saving = settings.checkpoint_dir is not None
@@ -370,7 +374,7 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
         epoch_history = model.fit(
             x[rest], y[rest], batch_size=settings.batch_size, epochs=1, shuffle=False,
             validation_data=validation_data, callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
         ).history
         for key, values in epoch_history.items():
             history.setdefault(key, []).append(float(values[-1]))
@@ -468,6 +472,15 @@ def agree_on_step(strategy, model) -> None:
                                  "every worker the same --checkpoint-dir")
 
 
+def load_data(settings: TrainSettings, log=print) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """MNIST as ``train`` trains on it: ``(x_train, y_train), (x_test, y_test)``, pixels scaled to
+    [0, 1] as float32, the training set cut to ``settings.train_examples`` if given."""
+    (x_train, y_train), (x_test, y_test) = load_mnist(settings.data, log=log)
+    if settings.train_examples is not None:
+        x_train, y_train = x_train[:settings.train_examples], y_train[:settings.train_examples]
+    return ((x_train / 255.0).astype("float32"), y_train), ((x_test / 255.0).astype("float32"), y_test)
+
+
 def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[str, Any]:
     """Trains the seed's model and writes history, plot, model and run summary to ``out``;
     ``callbacks`` (Keras callbacks) join every epoch's fit."""
@@ -482,9 +495,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
 
         tf.config.experimental.enable_op_determinism()  # a resumed run must match bit for bit
 
-    (x_train, y_train), (x_test, y_test) = load_mnist(settings.data, log=log)
-    x_train = (x_train / 255.0).astype("float32")
-    x_test = (x_test / 255.0).astype("float32")
+    (x_train, y_train), (x_test, y_test) = load_data(settings, log)
 
     keras.mixed_precision.set_global_policy(settings.precision)
     with distribution_scope(settings.distribute, log):
