@@ -140,6 +140,73 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
 
 
+def add_train_examples_flag(parser: argparse.ArgumentParser) -> None:
+    """``--train-examples N``: train on the first N of MNIST's training examples only."""
+    parser.add_argument("--train-examples", type=positive_int, metavar="N",
+                        help="train on the first N of MNIST's 60,000 training examples (quicker, "
+                        "noisier); validation is on the whole test set either way; default: all")
+
+
+def optimizer_list(text: str) -> list[str]:
+    """``--optimizers``: comma-separated family names, returned in the family's order."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in choices.FAMILY_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'no name given'}; expected "
+            f"a comma-separated list of {', '.join(choices.FAMILY_NAMES)}")
+    return [name for name in choices.FAMILY_NAMES if name in names]
+
+
+TUNE_EXAMPLES = """
+examples:
+  adamkit tune --trials 30                        # SQLite in runs/tune; run again to resume
+  adamkit tune --trials 20 --epochs 1 --optimizers adam,adamw --out runs/quick
+  adamkit tune --trials 100 --storage postgresql://user:pw@dbhost/optuna --study mnist
+                                                  # the same line on every machine: one study
+"""
+
+
+def add_tune_command(commands) -> None:
+    """``adamkit tune``: an Optuna study over the Adam family's hyperparameters."""
+    tune = commands.add_parser(
+        "tune", help="tune the tutorial model's optimizer with Optuna (pip install adamkit[tune])",
+        description=textwrap.fill(
+            "Search the learning rate (log scale), beta_1, beta_2 (as 1 - beta_2, log scale), "
+            "epsilon (log scale), weight decay (AdamW only) and the family member for the tutorial's "
+            "MNIST model with Optuna's TPE sampler. Each trial trains as `adamkit train` does and "
+            "reports its validation accuracy after every epoch; with the default median pruner "
+            "(optuna.pruners.MedianPruner) a trial whose accuracy falls below the median of earlier "
+            "trials' at the same epoch is stopped. Writes trials.csv, best.json (with the `adamkit "
+            "train` command that reproduces the best trial) and plots into --out. Several processes "
+            "or machines share one study through the same --storage and --study; running the "
+            "command again resumes it.", width=79),
+        epilog=TUNE_EXAMPLES,
+    )
+    tune.add_argument("--trials", type=positive_int, default=20, metavar="N",
+                      help="trials the study should hold in all (finished or pruned, across every "
+                      "process sharing it); a resumed study runs only the rest; default: 20")
+    tune.add_argument("--epochs", type=positive_int, default=3,
+                      help="epochs per trial; default: 3 (the tutorial's)")
+    tune.add_argument("--optimizers", type=optimizer_list, default=list(choices.FAMILY_NAMES),
+                      metavar="LIST", help="family members to search, comma-separated; default: "
+                      + ",".join(choices.FAMILY_NAMES))
+    tune.add_argument("--batch-size", type=positive_int, default=32, help="default: 32")
+    tune.add_argument("--storage", metavar="URL",
+                      help="an Optuna storage URL (sqlite:///path.db, postgresql://user:pw@host/db, "
+                      "mysql://...); default: sqlite:///OUT/study.db")
+    tune.add_argument("--study", default="adamkit-tune", metavar="NAME",
+                      help="the study's name in the storage; default: adamkit-tune")
+    tune.add_argument("--pruner", choices=choices.PRUNERS, default="median",
+                      help="median (default): optuna.pruners.MedianPruner (5 trials before it "
+                      "prunes; never at the last epoch); none: every trial runs all its epochs")
+    add_run_flags(tune)
+    add_train_examples_flag(tune)
+    tune.add_argument("--out", metavar="DIR", default="runs/tune",
+                      help="trials.csv, best.json, plots (and study.db without --storage); "
+                      "default: runs/tune")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``adamkit`` command's parser: every subcommand and flag (no framework is imported)."""
     parser = Parser(
@@ -196,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-nonfinite", action="store_true",
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     add_run_flags(train)
+    add_train_examples_flag(train)
     train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
@@ -205,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the newest N checkpoints; default: 3")
     train.add_argument("--resume", action="store_true",
                        help="continue from the newest valid checkpoint in --checkpoint-dir")
+
+    add_tune_command(commands)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
     reproduce.add_argument("paper", choices=["reddi", "kingma-ba"])

@@ -26,6 +26,10 @@ SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE = ("mirrored", "multi-worker")
 
+# `adamkit tune`'s Optuna pruners: "median" stops a trial whose validation accuracy after an epoch
+# is below the median of earlier trials' at that epoch (optuna.pruners.MedianPruner).
+PRUNERS = ("median", "none")
+
 
 def one_step_per_call(backend: str, distribute: str | None) -> str | None:
     """Why Keras can run only one training step per call of its train function on ``backend``
