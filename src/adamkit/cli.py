@@ -38,6 +38,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if getattr(args, flag) is not None:
             preset[flag] = getattr(args, flag)
     settings = TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
+                             train_examples=args.train_examples,
                              out=args.out, checkpoint_dir=args.checkpoint_dir,
                              checkpoint_every=args.checkpoint_every, keep=args.keep,
                              resume=args.resume, precision=args.precision,
@@ -98,7 +99,17 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        from adamkit.tools import tune
+    except ImportError as error:  # Optuna, an extra, is missing
+        print(f"adamkit: error: {error}", file=sys.stderr)
+        return 1
+    return tune.command(args, parser)
+
+
 HANDLERS = {"train": run_train, "reproduce": run_reproduce, "bench": run_bench}
+HANDLERS["tune"] = run_tune
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
