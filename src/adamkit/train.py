@@ -65,6 +65,9 @@ class TrainSettings:
     # Train on the first N of MNIST's 60,000 training examples only (validation keeps the whole test
     # set): quick runs, such as `adamkit tune` trials on a budget, that `adamkit train` reproduces.
     train_examples: int | None = None
+    # Log adamkit.callbacks.OptimizerMonitor's TensorBoard scalars into this folder (every 100
+    # steps) and draw them into optimizer.png beside plot.png; None: no monitor.
+    tensorboard: str | None = None
 
 
 # Where Keras runs several training steps per call of its train function (not on PyTorch).
@@ -524,6 +527,15 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
                 "wrote them, or choose another --checkpoint-dir")
         else:
             log(f"adamkit: no checkpoint in {settings.checkpoint_dir} yet; starting afresh")
+    monitor = None
+    if settings.tensorboard is not None:
+        if settings.distribute == "multi-worker":  # its custom loop runs no Keras callbacks
+            raise ValueError("the optimizer monitor (--tensorboard) needs model.fit; "
+                             "--distribute multi-worker trains in a loop of its own")
+        from adamkit.tools.monitor import OptimizerMonitor
+
+        monitor = OptimizerMonitor(settings.tensorboard)
+        callbacks = [*callbacks, monitor]
     start = time.perf_counter()
     if settings.distribute == "multi-worker":
         agree_on_step(strategy, model)
@@ -537,6 +549,13 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
     save_portable(model, out / "model.keras")
     write_history(history, out)
     plot_history(history, out, f"{settings.optimizer} on MNIST ({keras.backend.backend()})")
+    if monitor is not None:
+        from adamkit.tools.monitor import plot_optimizer
+
+        monitor.close()
+        plot_optimizer(monitor.history, out / "optimizer.png",
+                       f"{settings.optimizer} on MNIST ({keras.backend.backend()}): the optimizer")
+        log(f"adamkit: wrote TensorBoard events to {settings.tensorboard}/ and optimizer.png")
     summary = {
         "settings": asdict(settings) | {"out": str(out), "steps_per_execution": per_call},
         "optimizer_config": {k: _jsonable(v) for k, v in optimizer.get_config().items()},
