@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(train)
     add_train_examples_flag(train)
     train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="log the optimizer monitor's TensorBoard scalars (update/weight ratio, "
+                       "gradient norm, effective step size, ε-dominated fraction per variable; "
+                       "every 100 steps) into DIR, and draw them into optimizer.png in --out; "
+                       "needs the tensorboard package (adamkit[monitor])")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
     train.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
@@ -324,6 +329,8 @@ def check_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     if (args.steps_per_execution or 1) > 1 and single:
         parser.error(f"--steps-per-execution {args.steps_per_execution}: {single}; leave it out "
                      "or pass 1")
+    if args.tensorboard is not None and args.distribute == "multi-worker":
+        parser.error("--tensorboard needs model.fit, which --distribute multi-worker does not use")
     if args.optimizer == "keras-adam":  # adamkit's own options, which keras.optimizers.Adam lacks
         for flag, given in (("skip_nonfinite", args.skip_nonfinite),
                             ("state_dtype", args.state_dtype is not None)):

@@ -4,6 +4,7 @@ any framework was imported): every bad flag value ends in a usage message and ex
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 import keras
@@ -43,7 +44,10 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                              checkpoint_every=args.checkpoint_every, keep=args.keep,
                              resume=args.resume, precision=args.precision,
                              distribute=args.distribute,
-                             steps_per_execution=args.steps_per_execution, **preset)
+                             steps_per_execution=args.steps_per_execution,
+                             tensorboard=args.tensorboard, **preset)
+    if args.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        parser.error("--tensorboard needs the tensorboard package: pip install 'adamkit[monitor]'")
     try:  # before the check below initialises TensorFlow's devices
         prepare_strategy(args.distribute)
     except ValueError as error:
@@ -110,6 +114,42 @@ def run_tune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 HANDLERS = {"train": run_train, "reproduce": run_reproduce, "bench": run_bench}
 HANDLERS["tune"] = run_tune
+
+
+def run_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from adamkit.data import DataError
+    from adamkit.tools.lr_find import tutorial_lr_find
+    from adamkit.train import make_optimizer
+
+    names = {"beta_1": args.beta_1, "beta_2": args.beta_2, "epsilon": args.epsilon,
+             "weight_decay": args.weight_decay, "state_dtype": args.state_dtype}
+    given = {k: v for k, v in names.items() if v is not None}
+    try:  # hyperparameters the optimizer rejects are the user's to fix: a usage message
+        make_optimizer(args.optimizer, given)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--optimizer {args.optimizer}: {error}")
+    try:
+        result, out = tutorial_lr_find(
+            args.optimizer, given, dropout=0.2 if args.dropout is None else args.dropout,
+            data=args.data, seed=args.seed, batch_size=args.batch_size, start_lr=args.start_lr,
+            end_lr=args.end_lr, num_steps=args.steps, out=args.out)
+    except DataError as error:
+        if args.data is not None:
+            parser.error(f"--data {args.data}: {error}")
+        print(f"adamkit: error: {error}", file=sys.stderr)
+        return 1
+    print(f"Stopped: {result.stopped}, after {len(result.learning_rates)} steps "
+          f"({result.settings['wall_time_s']:.1f} s)")
+    if result.suggestion is None:
+        print("adamkit: the loss never fell over the ramp, so there is no suggestion: try a "
+              "larger --end-lr or more --steps", file=sys.stderr)
+    else:
+        print(f"Suggested learning rate: {result.suggestion:.3g}")
+    print(f"adamkit: wrote lr_find.png and lr_find.json to {out}/")
+    return 0 if result.suggestion is not None else 1
+
+
+HANDLERS["lr-find"] = run_lr_find
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
