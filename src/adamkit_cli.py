@@ -207,6 +207,41 @@ def add_tune_command(commands) -> None:
                       "default: runs/tune")
 
 
+LR_FIND_EXAMPLES = """
+examples:
+  adamkit lr-find                                 # adamkit.Adam on the tutorial's model
+  adamkit lr-find --optimizer adamw --weight-decay 0.01 --out runs/lr-adamw
+  adamkit lr-find --steps 300 --start-lr 1e-6 --end-lr 1 --seed 1
+  adamkit train --learning-rate 0.002             # then train with the suggestion
+"""
+
+
+def add_lr_find_command(commands) -> None:
+    """``adamkit lr-find``: the learning-rate range test on the tutorial's model."""
+    lr_find = commands.add_parser(
+        "lr-find", help="suggest a learning rate for the tutorial's model (a range test)",
+        description=textwrap.fill(
+            "Smith's learning-rate range test on the tutorial's MNIST model: train for --steps "
+            "batches with the learning rate rising exponentially from --start-lr to --end-lr, "
+            "stop once the smoothed loss passes 4 times its best, and suggest a learning rate by "
+            "the valley rule (the midpoint, in log learning rate, of the smoothed loss's descent "
+            "from 10% to 90% of its drop). Prints the suggestion and writes lr_find.png and "
+            "lr_find.json into --out.", width=79),
+        epilog=LR_FIND_EXAMPLES,
+    )
+    add_optimizer_flags(lr_find)
+    lr_find.add_argument("--batch-size", type=positive_int, default=32, help="default: 32")
+    lr_find.add_argument("--start-lr", type=positive_float, default=1e-7,
+                         help="the first learning rate; default: 1e-7")
+    lr_find.add_argument("--end-lr", type=positive_float, default=10.0,
+                         help="the last learning rate; default: 10")
+    lr_find.add_argument("--steps", type=_number(int, lambda x: x >= choices.LR_FIND_MIN_STEPS,
+                                                 f"expected an integer >= {choices.LR_FIND_MIN_STEPS}"),
+                         default=200, help="steps of the ramp; default: 200")
+    add_run_flags(lr_find)
+    lr_find.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``adamkit`` command's parser: every subcommand and flag (no framework is imported)."""
     parser = Parser(
@@ -280,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the newest valid checkpoint in --checkpoint-dir")
 
     add_tune_command(commands)
+    add_lr_find_command(commands)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
     reproduce.add_argument("paper", choices=["reddi", "kingma-ba"])
@@ -339,6 +375,15 @@ def check_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                              f"(--{flag.replace('_', '-')} is for adamkit's optimizers)")
 
 
+def check_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The combinations of ``adamkit lr-find``'s flags that are wrong whatever the framework says."""
+    if args.end_lr <= args.start_lr:
+        parser.error(f"--end-lr {args.end_lr:g} must be larger than --start-lr {args.start_lr:g}")
+    if args.optimizer == "keras-adam" and args.state_dtype is not None:
+        parser.error("--optimizer keras-adam: keras.optimizers.Adam takes no state_dtype "
+                     "(--state-dtype is for adamkit's optimizers)")
+
+
 def check_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if default_backend() != "tensorflow":
         parser.error(f"`adamkit bench` runs on the TensorFlow backend, not {default_backend()}: "
@@ -348,6 +393,7 @@ def check_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 
 CHECKS = {"train": check_train, "bench": check_bench}
+CHECKS["lr-find"] = check_lr_find
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:

@@ -31,6 +31,10 @@ DISTRIBUTE = ("mirrored", "multi-worker")
 PRUNERS = ("median", "none")
 
 
+# `adamkit lr-find --steps` and adamkit.lr_find's num_steps: fewer leave too few points to smooth.
+LR_FIND_MIN_STEPS = 10
+
+
 def one_step_per_call(backend: str, distribute: str | None) -> str | None:
     """Why Keras can run only one training step per call of its train function on ``backend``
     (under the tf.distribute strategy ``distribute``, if any), or None where it can run more."""

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from adamkit.choices import LR_FIND_MIN_STEPS
+
 RULE = ("valley: on the smoothed loss before its minimum, the stretch where it falls from 10% to "
         "90% of its total drop; the suggestion is its midpoint in log learning rate")
 
@@ -53,7 +55,7 @@ VALLEY_TOP = 0.1
 VALLEY_BOTTOM = 0.9
 VALLEY_POSITION = 1 / 2
 # Fewer steps than this leave too few points to smooth and to find a valley in.
-MIN_STEPS = 10
+MIN_STEPS = LR_FIND_MIN_STEPS
 
 
 def check_settings(start_lr: float, end_lr: float, num_steps: int, smooth: float,
@@ -461,3 +463,62 @@ def restore(saved: Sequence[tuple[Any, np.ndarray]]) -> None:
     """
     for variable, value in saved:
         variable.assign(value)
+
+
+def tutorial_lr_find(optimizer: str = "adam", hyperparameters: dict[str, Any] | None = None, *,
+                     dropout: float = 0.2, data: str | None = None, seed: int = 0,
+                     batch_size: int = 32, start_lr: float = 1e-7, end_lr: float = 10.0,
+                     num_steps: int = 200, out: str | os.PathLike | None = None,
+                     log=print) -> tuple[LRFindResult, Path]:
+    """``adamkit lr-find``: the range test on the tutorial's model (``adamkit.train.seed_model``,
+    compiled as ``adamkit train`` compiles it) and MNIST's training set; writes ``lr_find.json``
+    and ``lr_find.png`` into ``out``.
+
+    Args:
+        optimizer: a name ``adamkit train --optimizer`` takes.
+        hyperparameters: the optimizer's keyword arguments (its learning rate is the test's).
+        dropout: the model's dropout rate.
+        data: ``--data``: mnist.npz or a folder of the IDX files; None: the cache or a download.
+        seed: Keras's seed (the model's initial weights, dropout) and the batches' order.
+        batch_size: examples per step.
+        start_lr: the first learning rate.
+        end_lr: the last learning rate.
+        num_steps: steps of the ramp.
+        out: the folder; None: a new one under ``runs/``.
+        log: where progress lines go.
+
+    Returns:
+        The result and the folder it was written to.
+    """
+    import time
+
+    import keras
+
+    from adamkit.train import (
+        TrainSettings,
+        default_out_dir,
+        load_data,
+        make_optimizer,
+        seed_model,
+        seed_objective,
+        versions,
+    )
+
+    check_settings(start_lr, end_lr, num_steps, 0.98, 4.0)
+    settings = TrainSettings(optimizer=optimizer, hyperparameters=dict(hyperparameters or {}),
+                             dropout=dropout, seed=seed, data=data, batch_size=batch_size)
+    keras.utils.set_random_seed(seed)
+    (x_train, y_train), _ = load_data(settings, log)
+    model = seed_model(dropout)
+    model.compile(optimizer=make_optimizer(optimizer, settings.hyperparameters), **seed_objective())
+    started = time.perf_counter()
+    result = lr_find(model, x_train, y_train, start_lr=start_lr, end_lr=end_lr,
+                     num_steps=num_steps, batch_size=batch_size, seed=seed)
+    result.settings.update(optimizer=optimizer, hyperparameters=settings.hyperparameters,
+                           dropout=dropout, model="tutorial MLP on MNIST",
+                           wall_time_s=round(time.perf_counter() - started, 3),
+                           versions=versions())
+    folder = Path(out) if out else default_out_dir(f"lr-find-{optimizer}")
+    result.save(folder, f"Learning-rate range test: {optimizer} on the tutorial's model "
+                        f"({keras.backend.backend()})")
+    return result, folder
