@@ -130,7 +130,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                                               heartbeat_interval=30, grace_period=120)
     except ImportError as error:
         raise StudyError("--storage", f"the database driver is not installed ({error}); for "
-                         "PostgreSQL: pip install psycopg2-binary") from None
+                         "PostgreSQL: pip install 'psycopg[binary]'") from None
     except Exception as error:  # sqlalchemy's ArgumentError, OperationalError, …: all the user's
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         kind = ("not a storage URL Optuna takes" if type(error).__name__ in
