@@ -17,6 +17,7 @@ PORTABLE = [
     "test_family.py", "test_adam.py", "test_lazy.py", "test_state.py", "test_kernels.py",
     "test_conformance.py", "test_keras_suite.py",
     "test_peers.py",
+    "test_monitor.py",
 ]
 
 

@@ -28,8 +28,9 @@ seen across the whole call: with k steps in it, ``update_ratio`` is ‖θ_after 
 and ``grad_norm`` the norm of the β1-weighted mean gradient of the k steps,
 (m_after − β1ᵏ·m_before)/(1 − β1ᵏ). Both equal the step's own value for k = 1 and are lower
 bounds of the mean per-step value otherwise (equal when the steps point the same way). With
-bfloat16 or int8 state the recovered gradient carries the rounding of the stored moments,
-amplified by 1/(1 − β1ᵏ).
+bfloat16 state the recovered gradient carries the rounding of the stored moments, amplified by
+1/(1 − β1ᵏ) (a few per cent); with int8 state that error can exceed the gradient itself, so
+``grad_norm`` is left out there.
 
 The event files are written with TensorBoard's own record format and protocol buffers (the
 ``tensorboard`` package, ``pip install adamkit[monitor]``), without TensorFlow, so the monitor

@@ -1,0 +1,200 @@
+"""adamkit.callbacks.OptimizerMonitor: its TensorBoard scalars, read back with TensorBoard's own
+reader, against values computed here independently."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import adamkit
+from adamkit.callbacks import OptimizerMonitor
+from adamkit.tools.monitor import moments, read_scalars, step_sizes
+from conftest import BACKEND
+
+pytest.importorskip("tensorboard")
+
+ONE_STEP_ONLY = BACKEND == "torch"  # Keras's PyTorch trainer runs one step per call
+
+
+def linear_model(optimizer, steps_per_execution: int = 1) -> keras.Model:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=optimizer, loss="mse", steps_per_execution=steps_per_execution)
+    return model
+
+
+def data(scale: float = 1.0, n: int = 16):
+    rng = np.random.default_rng(0)
+    x = (scale * rng.normal(size=(n, 4))).astype("float32")
+    y = rng.normal(size=(n, 1)).astype("float32")
+    return x, y
+
+
+def monitored_fit(model, x, y, log_dir, every, epochs, batch_size=None):
+    monitor = OptimizerMonitor(log_dir, every=every)
+    model.fit(x, y, batch_size=batch_size or len(x), epochs=epochs, shuffle=False, verbose=0,
+              callbacks=[monitor])
+    monitor.close()
+    return monitor
+
+
+def test_tags_are_written_and_read_back_by_tensorboard(tmp_path):
+    x, y = np.random.default_rng(1).normal(size=(64, 6)).astype("float32"), np.arange(64) % 3
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
+    model.compile(optimizer=adamkit.Adam(skip_nonfinite=True),
+                  loss="sparse_categorical_crossentropy")
+    monitor = monitored_fit(model, x, y, tmp_path, every=2, epochs=1, batch_size=16)
+    scalars = read_scalars(tmp_path)
+    assert scalars == {tag: [(s, pytest.approx(v)) for s, v in values]
+                       for tag, values in monitor.history.items()}
+    assert scalars["optimizer/learning_rate"] == [(2, pytest.approx(1e-3)), (4, pytest.approx(1e-3))]
+    assert scalars["optimizer/skipped_steps"] == [(2, 0.0), (4, 0.0)]
+    for variable in model.trainable_variables:
+        for kind in ("update_ratio", "grad_norm", "epsilon_dominated", "effective_lr/{}/mean",
+                     "effective_lr/{}/p10", "effective_lr/{}/p50", "effective_lr/{}/p90"):
+            tag = (f"optimizer/{kind.format(variable.path)}" if "{}" in kind
+                   else f"optimizer/{kind}/{variable.path}")
+            assert [s for s, _ in scalars[tag]] == [2, 4], tag
+            assert all(np.isfinite(v) for _, v in scalars[tag])
+
+
+def test_update_ratio_grad_norm_and_step_size_match_a_computation_by_hand(tmp_path):
+    """Adam on a linear least-squares model, one full batch a step: θ, g, m, v computed here in
+    float64 from the same start, and the monitor's numbers compared with them."""
+    x, y = data()
+    model = linear_model(adamkit.Adam(learning_rate=0.01))
+    theta = keras.ops.convert_to_numpy(model.trainable_variables[0]).astype("float64")
+    monitor = monitored_fit(model, x, y, tmp_path, every=1, epochs=4)
+    name = model.trainable_variables[0].path
+    m = v = np.zeros_like(theta)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    for t in range(1, 5):
+        g = 2.0 / len(x) * x.T.astype("float64") @ (x.astype("float64") @ theta - y)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        sizes = lr / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        new = theta - sizes * m / (1 - b1 ** t)
+        expected = {
+            "update_ratio": np.linalg.norm(new - theta) / np.linalg.norm(theta),
+            "grad_norm": np.linalg.norm(g),
+            "effective_lr": sizes.mean(),
+        }
+        theta = new
+        for kind, value in expected.items():
+            tag = f"optimizer/{kind}/{name}" + ("/mean" if kind == "effective_lr" else "")
+            step, logged = monitor.history[tag][t - 1]
+            assert step == t
+            assert logged == pytest.approx(value, rel=2e-4), (kind, t)
+        assert monitor.history[f"optimizer/epsilon_dominated/{name}"][t - 1] == (t, 0.0)
+
+
+FAMILY = [
+    adamkit.Adam, lambda **k: adamkit.Adam(amsgrad=True, **k), adamkit.AdamW, adamkit.Nadam,
+    adamkit.Adamax, adamkit.RAdam, lambda **k: adamkit.Adam(epsilon_mode="keras", **k),
+    lambda **k: adamkit.Adam(state_dtype="bfloat16", **k),
+    lambda **k: adamkit.Adam(state_dtype="int8", **k),
+    lambda **k: keras.optimizers.Adam(**{"epsilon": 1e-8, **k}),
+]
+NAMES = ["adam", "amsgrad", "adamw", "nadam", "adamax", "radam", "adam-keras-eps", "adam-bf16",
+         "adam-int8", "keras-adam"]
+
+
+@pytest.mark.parametrize("make", FAMILY, ids=NAMES)
+@pytest.mark.parametrize("scale, dominated", [(1e-10, 1.0), (1.0, 0.0)])
+def test_epsilon_dominated_where_gradients_are_below_epsilon(make, scale, dominated, tmp_path):
+    """Inputs of 1e-10 make gradients of about 1e-10, below ε = 1e-8 on every coordinate; inputs
+    of 1 make them far above it. Six steps: RAdam's rectified branch starts at the sixth."""
+    x, y = data(scale)
+    model = linear_model(make(epsilon=1e-8))
+    monitor = monitored_fit(model, x, y, tmp_path, every=6, epochs=6)
+    name = model.trainable_variables[0].path
+    assert monitor.history[f"optimizer/epsilon_dominated/{name}"] == [(6, dominated)]
+    effective = monitor.history[f"optimizer/effective_lr/{name}/p50"][0][1]
+    # ε-dominated coordinates get about α/ε, a thousand times or more the step of the others
+    assert (effective > 1e4 * 1e-3) if dominated else (effective < 1e2 * 1e-3)
+
+
+@pytest.mark.parametrize("make", [m for m, n in zip(FAMILY, NAMES) if n != "nadam"],
+                         ids=[n for n in NAMES if n != "nadam"])
+def test_step_sizes_are_the_step_the_optimizer_applies(make):
+    """θ before minus θ after the step = step size × m̂ (after the decoupled decay), coordinate by
+    coordinate, from the state the optimizer itself stored. (Nadam's step mixes in the gradient.)"""
+    optimizer = make(learning_rate=0.01)
+    variable = keras.Variable(np.linspace(-1, 1, 12).reshape(3, 4).astype("float32"))
+    rng = np.random.default_rng(2)
+    for t in range(1, 8):
+        before = keras.ops.convert_to_numpy(variable).astype("float64")
+        gradient = rng.normal(size=(3, 4)).astype("float32")
+        optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+        after = keras.ops.convert_to_numpy(variable).astype("float64")
+        state = moments(optimizer, variable)
+        sizes, _ = step_sizes(optimizer, state, t, 0.01)
+        decay = getattr(optimizer, "weight_decay", None) or 0.0
+        m_hat = state["momentum"] / (1 - optimizer.beta_1 ** t)
+        rtol = {"int8": 0.02, "bfloat16": 0.02}.get(getattr(optimizer, "state_dtype", ""), 1e-4)
+        np.testing.assert_allclose(before * (1 - 0.01 * decay) - after, sizes * m_hat,
+                                   rtol=rtol, atol=1e-7, err_msg=f"step {t}")
+
+
+def test_works_with_int8_state(tmp_path):
+    """8-bit state: the step size and ε-dominated fraction from the decoded state, close to the
+    float32 run's; no gradient norm (the codes are too coarse to difference)."""
+    x, y = data(n=64)
+    runs = {}
+    for dtype in ("float32", "int8"):
+        keras.utils.set_random_seed(3)
+        model = linear_model(adamkit.Adam(state_dtype=dtype))
+        history = monitored_fit(model, x, y, tmp_path / dtype, every=4, epochs=3,
+                                batch_size=16).history
+        # the variable's name holds the model's number: keyed by the rest
+        name = model.trainable_variables[0].path
+        runs[dtype] = {tag.replace(name, "kernel"): values for tag, values in history.items()}
+    int8, float32 = runs["int8"], runs["float32"]
+    assert "optimizer/grad_norm/kernel" in float32 and "optimizer/grad_norm/kernel" not in int8
+    for tag in ("optimizer/effective_lr/kernel/p50", "optimizer/update_ratio/kernel"):
+        assert [s for s, _ in int8[tag]] == [4, 8, 12]
+        ratio = np.array([v for _, v in int8[tag]]) / np.array([v for _, v in float32[tag]])
+        assert np.all((ratio > 0.7) & (ratio < 1.4)), (tag, ratio)
+    assert len(read_scalars(tmp_path / "int8")) == len(int8)
+
+
+@pytest.mark.parametrize("steps_per_execution, logged", [
+    (1, [5, 10, 15, 20]),
+    # four steps a call: the calls holding steps 5, 10, 15, 20, logged at their last step
+    pytest.param(4, [8, 12, 16, 20], marks=pytest.mark.skipif(
+        ONE_STEP_ONLY, reason="Keras's PyTorch trainer runs one step per call")),
+])
+def test_logs_only_every_n_steps(steps_per_execution, logged, tmp_path):
+    x, y = data(n=23 * 2)
+    model = linear_model(adamkit.Adam(), steps_per_execution)
+    monitor = monitored_fit(model, x, y, tmp_path, every=5, epochs=1, batch_size=2)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
+    assert {tag: [s for s, _ in values] for tag, values in read_scalars(tmp_path).items()} == {
+        tag: logged for tag in monitor.history}
+
+
+def test_every_must_be_a_positive_integer(tmp_path):
+    for every in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="every"):
+            OptimizerMonitor(tmp_path, every=every)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the command runs on the default backend")
+def test_train_flag_writes_events_and_optimizer_png(tmp_path):
+    from test_cli import adamkit as run_adamkit
+
+    board, out = tmp_path / "tb", tmp_path / "out"
+    result = run_adamkit("train", "--train-examples", "6400", "--epochs", "1", "--tensorboard",
+                         str(board), "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
+    scalars = read_scalars(board)
+    # 200 steps, 32 a call: the calls holding steps 100 and 200 end at 128 and 200
+    assert [s for s, _ in scalars["optimizer/update_ratio/sequential/dense/kernel"]] == [128, 200]
+    assert {tag.split("/")[1] for tag in scalars} == {
+        "learning_rate", "update_ratio", "grad_norm", "effective_lr", "epsilon_dominated"}
+    png = (out / "optimizer.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and (out / "plot.png").exists()
+    assert json.loads((out / "run.json").read_text())["settings"]["tensorboard"] == str(board)
