@@ -16,11 +16,12 @@ The suggestion rule ("valley"), and why:
   learning rate. (A symmetric smoothing, forwards then backwards, has no lag but blurs a descent
   that spans fewer steps than its window; it was tried and dropped.)
 * Past the smoothed loss's minimum the model is heading for divergence: only the descent before
-  it counts. Its top is the highest smoothed loss before the minimum.
+  it counts.
 * The valley is the stretch of that descent between the points where the smoothed loss has
   fallen by 10% and by 90% of the total drop: the first 10% is the plateau of learning rates too
-  small to matter (and the start's noise), the last 10% the floor where the rate is already close
-  to too large.
+  small to matter, the last 10% the floor where the rate is already close to too large. The
+  drop is measured from the plateau's level, the median of the first tenth of the steps (their
+  maximum would be set by the noise of the first, barely averaged, points).
 * The suggestion is the valley's midpoint in log learning rate: well into the descent, where the
   loss falls fast, and well short of the floor, where training is close to unstable. Further in
   (two thirds, say) is too far once the average's lag is counted: on the tutorial's model it
@@ -54,6 +55,7 @@ RULE = ("valley: on the smoothed loss before its minimum, the stretch where it f
 VALLEY_TOP = 0.1
 VALLEY_BOTTOM = 0.9
 VALLEY_POSITION = 1 / 2
+PLATEAU_SHARE = 10  # the plateau's level is read off the first 1/PLATEAU_SHARE of the steps
 # Fewer steps than this leave too few points to smooth and to find a valley in.
 MIN_STEPS = LR_FIND_MIN_STEPS
 
@@ -177,15 +179,18 @@ def suggest(learning_rates: Sequence[float], smoothed: Sequence[float]) -> int |
         return None
     loss = np.where(finite, loss, np.inf)
     bottom = int(np.argmin(loss))
-    top = int(np.argmax(np.where(finite[:bottom + 1], loss[:bottom + 1], -np.inf)))
-    drop = loss[top] - loss[bottom]
-    if bottom <= top or not drop > 0:
+    # The plateau's level: the median of the first tenth of the steps before the minimum, not
+    # their maximum, which the first few (barely averaged) points' noise would set.
+    head = loss[:bottom + 1][: max(1, (bottom + 1) // PLATEAU_SHARE)]
+    plateau = float(np.median(head[np.isfinite(head)])) if np.isfinite(head).any() else np.nan
+    drop = plateau - loss[bottom]
+    if not drop > 0:
         return None
-    descent = loss[top:bottom + 1]
-    # the last point still above the valley's top level, and the first one at its floor
-    start = top + int(np.flatnonzero(descent >= loss[top] - VALLEY_TOP * drop)[-1])
-    end = top + int(np.flatnonzero(descent <= loss[top] - VALLEY_BOTTOM * drop)[0])
-    end = max(end, start)
+    before = loss[:bottom + 1]
+    # the last point still at the plateau's level (less 10% of the drop), then the first point
+    # after it down at the floor's (90% of the drop)
+    start = int(np.flatnonzero(before >= plateau - VALLEY_TOP * drop)[-1])
+    end = start + int(np.flatnonzero(before[start:] <= plateau - VALLEY_BOTTOM * drop)[0])
     log_rates = np.log(np.asarray(learning_rates, dtype=np.float64))
     target = log_rates[start] + VALLEY_POSITION * (log_rates[end] - log_rates[start])
     return start + int(np.argmin(np.abs(log_rates[start:end + 1] - target)))
