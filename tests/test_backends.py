@@ -18,6 +18,7 @@ PORTABLE = [
     "test_conformance.py", "test_keras_suite.py",
     "test_peers.py",
     "test_monitor.py",
+    "test_lr_find.py",
 ]
 
 
