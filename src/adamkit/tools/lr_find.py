@@ -342,7 +342,9 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     Afterwards every variable of the model (weights, non-trainable state such as batch-norm
     statistics, random-generator state) and of its optimizer (moments, the iteration count, the
     learning rate) holds exactly the value it held before, bit for bit: one can train right
-    after. An optimizer not yet built is built first (its fresh state is what is restored).
+    after. An optimizer not yet built is built first (its fresh state is what is restored). On
+    PyTorch, the global random generator, which Keras's dropout without a seed draws from, is
+    put back too.
 
     Args:
         model: a compiled ``keras.Model`` whose optimizer has a float learning rate (not a
@@ -391,6 +393,7 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     saved = snapshot([*model.variables, *model.optimizer.variables])
+    generator = global_generator_state()
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, smooth=smooth,
                       diverge=diverge)
     # One step per call of the train function, so that each step gets its own learning rate;
@@ -405,6 +408,7 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
         model.steps_per_execution, model.train_function = per_call, function
         model.history = history
         restore(saved)
+        restore_global_generator(generator)
     finder.result.settings.update(batch_size=batch_size, seed=seed)
     return finder.result
 
@@ -458,6 +462,35 @@ def snapshot(variables: Sequence) -> list[tuple[Any, np.ndarray]]:
             seen.add(id(variable))
             saved.append((variable, np.array(keras.ops.convert_to_numpy(variable), copy=True)))
     return saved
+
+
+def global_generator_state():
+    """PyTorch's global random state (Keras's unseeded dropout draws from it there), else None:
+    on TensorFlow and JAX the draws come from the layers' seed-generator variables."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def restore_global_generator(state) -> None:
+    """Puts back what ``global_generator_state`` saved.
+
+    Args:
+        state: its return value.
+    """
+    if state is None:
+        return
+    import torch
+
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def restore(saved: Sequence[tuple[Any, np.ndarray]]) -> None:
