@@ -23,8 +23,10 @@ import functools
 import json
 import logging
 import math
+import random
 import shlex
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +36,7 @@ import keras
 
 try:
     import optuna
+    import sqlalchemy.exc
 except ImportError:  # the extra is missing
     raise ImportError("tuning needs Optuna: pip install 'adamkit[tune]'") from None
 
@@ -124,10 +127,18 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     elif url.startswith(("postgresql", "mysql")):
         connect = {"connect_timeout": 10}  # an unreachable server: an error, not a hang
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect},
-                                              heartbeat_interval=30, grace_period=120)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect},
+                                                      heartbeat_interval=30, grace_period=120)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Processes opening a new database at once all create Optuna's tables; the
+                # losers' "already exists" errors pass once the winner's tables are in place.
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + random.random())
     except ImportError as error:
         raise StudyError("--storage", f"the database driver is not installed ({error}); for "
                          "PostgreSQL: pip install 'psycopg[binary]'") from None
