@@ -527,8 +527,8 @@ def write_plots(study: optuna.Study, out: Path, monitor: str = "val_accuracy") -
                 with warnings.catch_warnings():  # "few trials per regime": the title says how few
                     warnings.simplefilter("ignore", UserWarning)
                     ax = plots.plot_param_importances(study, target_name=monitor)
-                ax.set_title(f"Parameter importances for {monitor} (Optuna's default evaluator, "
-                             f"{len(complete)} complete trials)")
+                ax.set_title(f"Parameter importances for {monitor} ({len(complete)} complete "
+                             "trials)", loc="left")  # where Optuna's own title stands
                 _save(ax, out / "importances.png")
             except (ValueError, RuntimeError, ImportError, ZeroDivisionError) as error:
                 notes.append(f"importances.png: not drawn ({error})")
