@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from adamkit.state import PlainSlot
+
 __all__ = ["OptimizerMonitor", "EventWriter", "plot_optimizer", "read_scalars", "step_sizes"]
 
 PERCENTILES = (10, 50, 90)
@@ -57,6 +60,11 @@ PERCENTILES = (10, 50, 90)
 
 def _numpy(value: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+
+
+def _norm(a: np.ndarray) -> float:
+    # not np.linalg.norm: its BLAS call is slow where other processes load the cores
+    return math.sqrt(float(np.sum(np.square(a))))
 
 
 def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
@@ -90,13 +98,15 @@ def learning_rate_of_step(optimizer: keras.optimizers.Optimizer, step: int) -> f
     return float(_numpy(optimizer.learning_rate))
 
 
-def moments(optimizer: keras.optimizers.Optimizer, variable) -> dict[str, np.ndarray] | None:
+def moments(optimizer: keras.optimizers.Optimizer, variable,
+            names: Sequence[str] | None = None) -> dict[str, np.ndarray] | None:
     """The optimizer's per-coordinate state of ``variable`` as float64 arrays (bfloat16 and int8
     state decoded by adamkit's codecs), or None where the optimizer keeps none the monitor knows.
 
     Args:
         optimizer: adamkit's optimizers and ``keras.optimizers.Adam``/``AdamW`` are understood.
         variable: one of the trainable variables the optimizer updates.
+        names: only these state tensors (e.g. ``["momentum"]``); default: all of them.
     """
     optimizer = _inner(optimizer)
     if not optimizer.built:  # Keras builds it in the first step
@@ -105,14 +115,15 @@ def moments(optimizer: keras.optimizers.Optimizer, variable) -> dict[str, np.nda
         slots = optimizer.slots_of(variable)
         if any(slot is None for slot in slots.values()):
             return None  # a variable overwritten with its gradient has no state
-        return {name: _numpy(slot.read()) for name, slot in slots.items()}
+        return {name: _numpy(slot.variable if isinstance(slot, PlainSlot) else slot.read())
+                for name, slot in slots.items() if names is None or name in names}
     if _is_keras_adam(optimizer):
         index = optimizer._get_variable_index(variable)
-        found = {"momentum": _numpy(optimizer._momentums[index]),
-                 "velocity": _numpy(optimizer._velocities[index])}
+        found = {"momentum": optimizer._momentums, "velocity": optimizer._velocities}
         if optimizer.amsgrad:
-            found["velocity_hat"] = _numpy(optimizer._velocity_hats[index])
-        return found
+            found["velocity_hat"] = optimizer._velocity_hats
+        return {name: _numpy(slots[index]) for name, slots in found.items()
+                if names is None or name in names}
     return None
 
 
@@ -165,9 +176,32 @@ def step_sizes(optimizer: keras.optimizers.Optimizer, state: Mapping[str, np.nda
     return learning_rate * scale / (root + epsilon), epsilon >= root
 
 
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # Castagnoli, reflected
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The checksum of TFRecord framing: CRC-32C, rotated and offset as TensorFlow masks it."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 class EventWriter:
-    """Scalars into a TensorBoard event file, in TensorBoard's own record format (the
-    ``tensorboard`` package's protocol buffers and record writer; no TensorFlow needed).
+    """Scalars into a TensorBoard event file: TensorBoard's own protocol buffers (the
+    ``tensorboard`` package) in TFRecord framing, written here so that neither TensorFlow nor
+    ``tensorboard.summary`` (slow to import) is needed.
 
     Args:
         log_dir: the folder; created if missing. Each writer starts a new file in it.
@@ -175,18 +209,19 @@ class EventWriter:
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.adamkit"
         self.path = Path(log_dir) / name
         self._file = open(self.path, "wb")  # noqa: SIM115 - open for the writer's lifetime
-        self._records = RecordWriter(self._file)
         self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _write(self, event) -> None:
-        self._records.write(event.SerializeToString())
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + struct.pack("<I", masked_crc32c(header)) + data
+                         + struct.pack("<I", masked_crc32c(data)))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """Writes ``values`` (tag → number) as one event at ``step``.
@@ -288,7 +323,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
         variables = self.model.trainable_variables
         momenta = []
         for variable in variables:
-            state = moments(optimizer, variable)
+            state = moments(optimizer, variable, ["momentum"])
             # before the first step the optimizer may not be built yet: its moments start at 0
             momenta.append(np.zeros(variable.shape) if state is None and not optimizer.built
                            else (state or {}).get("momentum"))
@@ -311,9 +346,9 @@ class OptimizerMonitor(keras.callbacks.Callback):
                                              before["momentum"]):
             name = variable.path
             after = _numpy(variable)
-            norm = np.linalg.norm(theta)
+            norm = _norm(theta)
             values[f"optimizer/update_ratio/{name}"] = (
-                np.linalg.norm(after - theta) / max(taken, 1) / norm if norm > 0 else 0.0)
+                _norm(after - theta) / max(taken, 1) / norm if norm > 0 else 0.0)
             if taken == 0:  # every step of the call skipped: nothing moved
                 continue
             state = moments(optimizer, variable)
@@ -324,7 +359,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
             if momentum is not None and beta_1 is not None and not coarse:
                 decay = float(beta_1) ** taken
                 gradient = (state["momentum"] - decay * momentum) / (1.0 - decay)
-                values[f"optimizer/grad_norm/{name}"] = float(np.linalg.norm(gradient))
+                values[f"optimizer/grad_norm/{name}"] = float(_norm(gradient))
             found = step_sizes(optimizer, state, step, learning_rate)
             if found is None:
                 continue
