@@ -10,6 +10,8 @@ that difference as the reason (``SKIPS``).
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib.util
 import sys
 import types
@@ -62,17 +64,21 @@ SKIPS = {
 }
 
 
+@functools.cache
 def equivalent(name: str, fused: bool | None) -> type:
-    """A subclass of the adamkit member for Keras's ``name`` whose defaults are Keras's."""
+    """A subclass of the adamkit member for Keras's ``name`` whose defaults are Keras's (one per
+    path, a global of this module under its qualified name, so that it pickles)."""
     base, defaults = EQUIVALENTS[name]
     defaults = {**defaults, "fused": fused}
+    path = "ops" if fused is False else "default"
 
     def __init__(self, *args, **kwargs):
         base.__init__(self, *args, **{**defaults, **kwargs})
 
-    cls = type(name, (base,), {"__init__": __init__, "__module__": __name__})
-    package = f"adamkit_keras_suite_{'ops' if fused is False else 'default'}"
-    return keras.saving.register_keras_serializable(package=package)(cls)
+    cls = type(name, (base,), {"__init__": __init__, "__module__": __name__,
+                               "__qualname__": f"{name}_{path}"})
+    globals()[cls.__qualname__] = cls
+    return keras.saving.register_keras_serializable(package=f"adamkit_keras_suite_{path}")(cls)
 
 
 @contextmanager
@@ -96,6 +102,57 @@ def keras_replaced(fused):
             setattr(owner, attribute, value)
 
 
+# Keras's tests that run over every Keras optimizer (by name, through ``optimizers.get``, or by
+# case name): only the Adam family's cases are adamkit's to run; the others test Keras's own
+# optimizers and are skipped as such.
+FAMILY_CASES = ("adam", "adam_amsgrad", "adamw", "adamw_amsgrad", "adamax", "nadam")
+OVER_EVERY_OPTIMIZER = ("test_gradient_accumulation_with_weigth_decay", "test_pickleable_optimizers",
+                        "test_sparse_gradients", "test_sparse_correctness")
+_FAMILY_ONLY = contextvars.ContextVar("family_only", default=False)
+
+
+def optimizers_namespace(fused) -> types.ModuleType:
+    """``keras.src.optimizers`` as a test file sees it: the family's classes are adamkit's
+    equivalents, and ``get`` builds them by name or config; everything else is Keras's."""
+    namespace = types.ModuleType("keras.src.optimizers (adamkit)")
+    namespace.__dict__.update(vars(keras_optimizers))
+    classes = {name: equivalent(name, fused) for name in EQUIVALENTS}
+    namespace.__dict__.update(classes)
+    by_name = {name.lower(): cls for name, cls in classes.items()}
+
+    def get(identifier):
+        config = ({"class_name": identifier, "config": {}} if isinstance(identifier, str)
+                  else identifier)
+        if isinstance(config, dict) and str(config.get("class_name")).lower() in by_name:
+            return by_name[config["class_name"].lower()].from_config(config.get("config", {}))
+        if isinstance(config, dict) and _FAMILY_ONLY.get():
+            raise unittest.SkipTest(f"Keras's {config['class_name']} is not an Adam-family "
+                                    "optimizer: nothing of adamkit's to test")
+        return keras_optimizers.get(identifier)
+
+    namespace.get = get
+    return namespace
+
+
+def family_only(method, name: str):
+    """``method`` (one generated case of a test over every optimizer), skipped unless its case
+    is one of the Adam family's."""
+    case = next((c for c in sorted(FAMILY_CASES, key=len, reverse=True)
+                 if name.endswith("_" + c)), None)
+    if name.startswith(("test_sparse_gradients", "test_sparse_correctness")) and case is None:
+        return unittest.skip("a Keras optimizer outside the Adam family")(method)
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        token = _FAMILY_ONLY.set(True)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _FAMILY_ONLY.reset(token)
+
+    return run
+
+
 def load(file: str, fused) -> types.ModuleType:
     path = keras_optimizers.__path__[0] + f"/{file}.py"
     name = f"adamkit_keras_suite.{file}_{'ops' if fused is False else 'default'}"
@@ -103,6 +160,8 @@ def load(file: str, fused) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     with keras_replaced(fused):
         spec.loader.exec_module(module)
+    if hasattr(module, "optimizers"):  # looked up when each test runs
+        module.optimizers = optimizers_namespace(fused)
     return module
 
 
@@ -122,6 +181,8 @@ for _file in FILES:
                     continue
                 for _attribute in [a for a in dir(_case) if a == _test]:
                     setattr(_case, _attribute, unittest.skip(_reason)(getattr(_case, _attribute)))
+            for _attribute in [a for a in dir(_case) if a.startswith(OVER_EVERY_OPTIMIZER)]:
+                setattr(_case, _attribute, family_only(getattr(_case, _attribute), _attribute))
             globals()[f"TestKeras_{_case.__name__}_{_path}"] = _case
 
 del _file, _fused, _case, _path, _test, _reason, _applies, _attribute
