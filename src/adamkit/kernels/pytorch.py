@@ -7,8 +7,8 @@ kernels, and called through ctypes on the tensors' memory: every rule of the fam
 AdamW's decay, RAdam, NAdam, AdaMax, and the ``"keras"`` ε̂), float32 parameters with float32 or
 bfloat16 state and float64 with float64, split over ``torch.get_num_threads()`` threads; and
 float32 parameters with 8-bit state, one call per variable (``adamkit_adam8bit_host``). It reads
-θ, g, m, v and writes θ, m, v once: 1.16× the speed of ``torch._fused_adam_`` on the same bare
-tensors at 10M parameters (``benchmarks/README.md``, session 8).
+θ, g, m, v and writes θ, m, v once, so it runs level with ``torch._fused_adam_`` on the same
+tensors (``benchmarks/README.md`` has the measured ratios).
 
 Where it cannot be built (no compiler; ``ADAMKIT_BUILD_KERNEL=0``), or for tensors off the CPU,
 ``torch._fused_adam_`` (what ``torch.optim.Adam(fused=True)`` runs) serves Adam's own rule with

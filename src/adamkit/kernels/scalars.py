@@ -28,14 +28,15 @@ def kernel_scalars(dtype: str, step, learning_rate, beta_1: float, beta_2: float
     the entry of ``decays`` is None). TensorFlow and PyTorch form them in float64 (rounded once
     to the parameters' dtype by the caller), JAX in the parameters' dtype."""
     t = _as(step, dtype)
-    step_size = _as(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
-    inverse_root = 1.0 if infinity_norm else ops.rsqrt(adam_ops.bias_correction(beta_2, t))
     eps = epsilon
     if epsilon_mode == "keras" and not infinity_norm and not rectify:
         # Keras's own αₜ, formed in the parameters' dtype (``step``'s) as Keras forms it, and
         # ε̂ on √v unscaled: the kernels then compute Keras's Adam bit for bit.
         step_size = _as(adam_ops.epsilon_hat_step_size(learning_rate, step, beta_1, beta_2), dtype)
         inverse_root = 1.0
+    else:
+        step_size = _as(learning_rate, dtype) / adam_ops.bias_correction(beta_1, t)
+        inverse_root = 1.0 if infinity_norm else ops.rsqrt(adam_ops.bias_correction(beta_2, t))
     if rectify:
         rectified, r = adam_ops.radam_rectifier(t, beta_2)
         step_size = ops.where(rectified, step_size * r / inverse_root, step_size)

@@ -225,9 +225,14 @@ class AdamFamily(keras.optimizers.Optimizer):
         # apply() adds one to the iteration count afterwards; a skipped step must not advance it.
         self._iterations.assign_sub(ops.cast(skipped, self._iterations.dtype))
 
+    def _finite_step(self):
+        """Whether this step's gradients were finite, where ``skip_nonfinite`` checked them (the
+        tensor of the step being traced or run); None where it did not."""
+        return getattr(self, "_step_finite", None) if self.skip_nonfinite else None
+
     def _update_model_variables_moving_average(self, trainable_variables):
         # A step that skip_nonfinite skipped leaves the EMA of the weights as it was, too.
-        finite = getattr(self, "_step_finite", None) if self.skip_nonfinite else None
+        finite = self._finite_step()
         if finite is None:
             return super()._update_model_variables_moving_average(trainable_variables)
         averages = [a for a in self._model_variables_moving_average if a is not None]
@@ -237,7 +242,7 @@ class AdamFamily(keras.optimizers.Optimizer):
             average.assign(ops.where(finite, ops.convert_to_tensor(average), old))
 
     def _overwrite_model_variables_with_average_value(self, trainable_variables):
-        finite = getattr(self, "_step_finite", None) if self.skip_nonfinite else None
+        finite = self._finite_step()
         if finite is None:
             return super()._overwrite_model_variables_with_average_value(trainable_variables)
         ops.cond(finite, lambda: super(AdamFamily, self)
