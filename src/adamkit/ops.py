@@ -1,7 +1,7 @@
 """The Adam family's math, once, as small pure functions on ``keras.ops`` tensors.
 
-Every optimizer in adamkit is a short composition of these pieces; the fused, compressed and lazy
-paths reuse them too, so there is exactly one place where each equation is written.
+A member's rule (``adamkit.rule``) forms its step from these pieces; every path (the ops path, the
+kernels' scalars, the lazy rows) takes them from there, so each equation is written here once.
 
 Conventions: ``step`` is the 1-based iteration count ``t`` as a float tensor; ``beta_1``, ``beta_2``
 and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive in.
@@ -60,15 +60,6 @@ def bias_correction(beta, step):
     return -ops.expm1(step * math.log(beta))
 
 
-def adam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
-    """Kingma & Ba, Algorithm 1: α·m̂/(√v̂ + ε), with m̂ = m/(1 − β1ᵗ) and v̂ = v/(1 − β2ᵗ).
-
-    Computed as (α/(1 − β1ᵗ))·m / (√v/√(1 − β2ᵗ) + ε), the order ``torch.optim.Adam`` uses.
-    """
-    denominator = ops.sqrt(v) / ops.sqrt(bias_correction(beta_2, step)) + epsilon
-    return m * (learning_rate / bias_correction(beta_1, step)) / denominator
-
-
 def epsilon_hat_step_size(learning_rate, step, beta_1, beta_2):
     """αₜ = α·√(1 − β2ᵗ)/(1 − β1ᵗ), formed as ``keras.optimizers.Adam`` forms it: βᵗ as
     pow(β rounded to ``step``'s dtype, t), in that dtype and in the same order, so that every path
@@ -77,17 +68,6 @@ def epsilon_hat_step_size(learning_rate, step, beta_1, beta_2):
     beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
     beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
     return learning_rate * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-
-
-def epsilon_hat_update(m, v, step, learning_rate, beta_1, beta_2, epsilon_hat):
-    """Kingma & Ba, Section 2's faster form: αₜ·m/(√v + ε̂), αₜ = α·√(1 − β2ᵗ)/(1 − β1ᵗ).
-
-    ε̂ is added to √v *before* bias correction; this is what ``keras.optimizers.Adam`` computes,
-    in the same order and with the same 1 − pow(β, t), so that the two agree bit for bit.
-    It equals Algorithm 1 only when ε̂ = ε·√(1 − β2ᵗ).
-    """
-    alpha = epsilon_hat_step_size(learning_rate, step, beta_1, beta_2)
-    return m * alpha / (ops.sqrt(v) + epsilon_hat)
 
 
 def running_max(maximum, value):
@@ -108,29 +88,6 @@ def nadam_momentum(beta_1, step, momentum_decay):
     return beta_1 * (1.0 - 0.5 * power(0.96, step * momentum_decay))
 
 
-def adamax_update(m, u, step, learning_rate, beta_1):
-    """AdaMax (Kingma & Ba, Section 7.1): (α/(1 − β1ᵗ))·m/u."""
-    return m * (learning_rate / bias_correction(beta_1, step)) / u
-
-
-def nadam_coefficients(learning_rate, mu, mu_next, mu_product):
-    """NAdam's step as a·m + b·g over the denominator: (a, b) = (α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁),
-    α·(1 − μₜ)/(1 − Πμ₁..ₜ)), with ``mu_product`` = Πμ₁..ₜ (already including μₜ)."""
-    return (learning_rate * mu_next / (1.0 - mu_product * mu_next),
-            learning_rate * (1.0 - mu) / (1.0 - mu_product))
-
-
-def nadam_update(g, m, v, step, learning_rate, mu, mu_next, mu_product, beta_2, epsilon):
-    """NAdam's Nesterov look-ahead, as in ``torch.optim.NAdam``.
-
-    α·(1 − μₜ)/(1 − Πμ₁..ₜ)·g/d + α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁)·m/d, with d = √(v/(1 − β2ᵗ)) + ε and
-    ``mu_product`` = Πμ₁..ₜ (already including μₜ).
-    """
-    denominator = ops.sqrt(v / bias_correction(beta_2, step)) + epsilon
-    momentum_step, gradient_step = nadam_coefficients(learning_rate, mu, mu_next, mu_product)
-    return (g * gradient_step + m * momentum_step) / denominator
-
-
 def radam_rectifier(step, beta_2):
     """RAdam's variance rectification (Liu et al. 2020).
 
@@ -142,15 +99,6 @@ def radam_rectifier(step, beta_2):
     rectified = ops.greater(rho, 5.0)
     ratio = (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
     return rectified, ops.sqrt(larger(ratio, 0.0))
-
-
-def radam_update(m, v, step, learning_rate, beta_1, beta_2, epsilon):
-    """RAdam, as in ``torch.optim.RAdam``: α·m̂·rₜ·√(1 − β2ᵗ)/(√v + ε) once ρₜ > 5, else α·m̂
-    (SGD with momentum while the variance estimate is too young to trust)."""
-    m_hat = m * (learning_rate / bias_correction(beta_1, step))
-    rectified, r = radam_rectifier(step, beta_2)
-    adaptive = r * ops.sqrt(bias_correction(beta_2, step)) / (ops.sqrt(v) + epsilon)
-    return ops.where(rectified, m_hat * adaptive, m_hat)
 
 
 def decay_factor(learning_rate, weight_decay):

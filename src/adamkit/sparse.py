@@ -2,7 +2,7 @@
 
 An embedding lookup's gradient (TensorFlow's ``IndexedSlices``) names the rows it touches. Adam
 normally decays every row's moments on every step — work proportional to the table. The lazy step
-gathers the touched rows of θ, m and v, runs the optimizer's own ``compute_update`` on them (the math
+gathers the touched rows of θ, m and v, runs the optimizer's rule (``adamkit.rule``) on them (the math
 is elementwise, so rows are as good as whole tensors), and scatters the results back: work
 proportional to the rows touched. Duplicate indices are summed first; bias correction uses the
 global step, as TF Addons' LazyAdam and ``torch.optim.SparseAdam`` do.
@@ -58,22 +58,29 @@ def named_rows(gradient, shape):
     return touched_rows(densified(gradient))
 
 
-def lazy_sparse_step(optimizer, gradient, variable, slots, step, learning_rate, dtype) -> None:
-    """Updates only ``gradient.indices``' rows of ``variable`` and of its state (TensorFlow).
-
-    ``slots`` are ``adamkit.state.PlainSlot``s (float32/float64/bfloat16, one row per row)."""
+def lazy_sparse_step(job) -> None:
+    """Updates only the touched rows of the job's one variable and of its state (TensorFlow; an
+    ``adamkit.executors.Job`` whose gradient is ``IndexedSlices``, whose slots are
+    ``adamkit.state.PlainSlot``s: float32/float64/bfloat16, one row per row)."""
     import tensorflow as tf
 
     from adamkit.kernels.tensorflow import tf_variable
-    from adamkit.state import flat_positions
+    from adamkit.state import compute_dtype, flat_positions
 
+    optimizer, rule = job.optimizer, job.rule
+    (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
+    dtype = compute_dtype(variable)
+    slots = job.state(0)
     unique, position = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(unique)[0])
     state = {name: tf_variable(slot.variable) for name, slot in slots.items()}
     rows = {name: tf.cast(tf.gather(stored, unique), dtype) for name, stored in state.items()}
-    theta = tf.gather(tf_variable(variable), unique)
-    theta = optimizer.decayed(variable, theta, learning_rate, dtype)  # the touched rows only
-    update, new_rows = optimizer.compute_update(tf.cast(values, dtype), rows, step, learning_rate)
+    theta = tf.cast(tf.gather(tf_variable(variable), unique), dtype)
+    if decay is not None:
+        theta = theta * decay  # the touched rows only
+    values = tf.cast(values, dtype)
+    new_rows = rule.moments(values, rows)
+    update = rule.update(values, new_rows, job.scalars(dtype))
     # The static shape: tf.shape() would read the whole table, and a pending read makes the
     # scatter below copy the entire buffer first (copy-on-write), undoing the point of being lazy.
     shape = tf.constant(tuple(variable.shape), dtype=unique.dtype)

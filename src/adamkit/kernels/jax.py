@@ -1,4 +1,4 @@
-"""JAX backend: the whole Adam/AMSGrad step of all float variables as one XLA custom call.
+"""JAX's executor: the step of every float variable of a dtype as one XLA custom call.
 
 XLA compiles adamkit's ops path (and Keras's Adam) to three loops per variable — m, v, then θ
 reading both back — 40 bytes of memory traffic per parameter where an Adam step needs 28. Here
@@ -14,8 +14,8 @@ same dtype, float32 parameters with bfloat16 state (the same stochastic rounding
 ``adamkit.state``), and float32 parameters with 8-bit state (one call per variable,
 ``adamkit_adam8bit``, bit for bit adamkit.state's codes); Algorithm 1 and the ``"keras"`` ε form
 alike; under ``keras.distribution.DataParallel`` one call per variable (8-bit state: the ops
-path). Variables sharded across devices and other device types take the ``adamkit.ops`` path. The
-scalars are formed in the parameters' dtype with the ops path's own functions. Where the kernel
+path). Variables sharded across devices and other device types take the ops path. The
+scalars are formed in the parameters' dtype. Where the kernel
 cannot be built (no compiler) adamkit says why once and runs the ops path;
 ``ADAMKIT_BUILD_KERNEL=0`` skips the build.
 """
@@ -33,16 +33,14 @@ import keras
 import numpy as np
 
 from adamkit import state as state_storage
-from adamkit.kernels import state_names
+from adamkit.kernels import is_8bit, kernel_slots, plain_state, refuse_state, state_names
 from adamkit.kernels.build import compile_library
-from adamkit.kernels.scalars import kernel_scalars
+from adamkit.kernels.scalars import scalar_table
 
 SOURCE = Path(__file__).with_name("adam_ffi.cc")
 TARGET = "adamkit_adam"
 TARGET_8BIT = "adamkit_adam8bit"  # one variable with adamkit.state's 8-bit block-wise state
 _LIBRARY: dict[str, object] = {}
-# JAX runs the optimizer's Python only while tracing: ``supports`` is asked then, never per step.
-FIXED_SUPPORT = False
 
 
 def build_library() -> Path:
@@ -74,76 +72,51 @@ def _dtype(x) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
-def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
-    """A float32 (or, with x64, float64) variable whose state tensors share its dtype, or a
-    float32 one with bfloat16 state; not sharded across devices (no Keras distribution, or data
-    parallel: every device holds all of it)."""
-    dtype = _dtype(variable)
-    stored = {_dtype(s) for s in state.values()}
-    distribution = keras.distribution.distribution()
-    return (dtype in ("float32", "float64")
-            and (stored == {dtype} or (dtype == "float32" and stored == {"bfloat16"}))
-            and (distribution is None or isinstance(distribution, keras.distribution.DataParallel))
-            and custom_kernel())
+class XlaCall:
+    """adamkit's custom call in the traced step: every float variable of a dtype in one call with
+    no Keras distribution in effect (data parallel: one per variable), 8-bit state one variable
+    at a time. The scalars are formed in the parameters' dtype."""
+
+    name = "adamkit kernel (XLA custom call)"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        if not custom_kernel():
+            return "the custom call could not be built (or the device is not a CPU)"
+        distribution = keras.distribution.distribution()
+        if distribution is not None and (
+                is_8bit(slots) or not isinstance(distribution, keras.distribution.DataParallel)):
+            return "sharded by a Keras distribution"
+        return refuse_state(_dtype(variable), slots, _dtype)
+
+    def groups(self, slots):
+        return not is_8bit(slots) and keras.distribution.distribution() is None
+
+    def apply(self, job):
+        dtype = _dtype(job.variables[0])
+        scalars = scalar_table(job.rule, job.scalars(dtype), job.decays, dtype)
+        flags = dict(amsgrad=job.rule.second_moment == "max",
+                     adamax=job.rule.second_moment == "infinity_norm")
+        step = jnp.asarray(job.step, jnp.int32)
+        if is_8bit(job.slots[0]):
+            return _apply_8bit(job, scalars[0], step, flags)
+        states = [plain_state(s) for s in job.slots]
+        names = state_names(states[0])
+        updated = [*job.variables, *(s[name] for name in names for s in states)]
+        grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in job.gradients]
+        _call_in_place(TARGET, updated, [*grads, scalars, step],
+                       n=np.int64(len(job.variables)), **flags)
 
 
-def supports_8bit(variable) -> bool:
-    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable, on one device."""
-    return (_dtype(variable) == "float32" and keras.distribution.distribution() is None
-            and custom_kernel())
-
-
-def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
-    """One step of Adam/AMSGrad (RAdam with ``rectify``, NAdam with ``look_ahead``, its (a, b)
-    as one-entry vectors; AdaMax with ``infinity_norm``) on a float32 ``variable`` whose state
-    ``slots`` are 8-bit: decode, update, re-encode block by block in one custom call, bit for bit
-    the codec of ``adamkit.state``."""
-    amsgrad = "velocity_hat" in slots
+def _apply_8bit(job, scalars, step, flags):
+    """One float32 variable with 8-bit state: decode, update, re-encode block by block in one
+    custom call, bit for bit the codec of ``adamkit.state``."""
+    slots = kernel_slots(job.slots[0])
     names = state_names(slots)
-    updated = [variable, *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
-    scalars = kernel_scalars("float32", step, learning_rate, beta_1, beta_2, epsilon,
-                             epsilon_mode, [decay], rectify, look_ahead, infinity_norm)[0]
+    updated = [job.variables[0],
+               *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
-    gradient = jnp.asarray(keras.ops.convert_to_tensor(gradient), jnp.float32)
-    _call_in_place(TARGET_8BIT, updated,
-                   [gradient, scalars, jnp.asarray(step, jnp.int32), *tables], amsgrad=amsgrad,
-                   adamax=infinity_norm)
-
-
-def can_apply_together() -> bool:
-    """Whether ``apply_adam_together`` can run: the kernel, and no Keras distribution in effect
-    (data parallel runs it per variable; sharded variables take the ops path)."""
-    return keras.distribution.distribution() is None and custom_kernel()
-
-
-def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``) on ``variable``."""
-    apply_adam_together([variable], [gradient], [state], step=step, learning_rate=learning_rate,
-                        beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, epsilon_mode=epsilon_mode,
-                        decays=[decay], rectify=rectify, look_ahead=look_ahead,
-                        infinity_norm=infinity_norm)
-
-
-def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None,
-                        infinity_norm=False):
-    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``, see ``adamkit.optimizers.fused``)
-    on variables of one dtype whose
-    states share one storage dtype, as one custom call; each variable first decays by its factor
-    in ``decays`` (None: no decay)."""
-    dtype = _dtype(variables[0])
-    amsgrad = "velocity_hat" in states[0]
-    names = state_names(states[0])
-    updated = [*variables, *(s[name] for name in names for s in states)]
-    grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in gradients]
-    scalars = kernel_scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode,
-                             decays, rectify, look_ahead, infinity_norm)
-    _call_in_place(TARGET, updated, [*grads, scalars, jnp.asarray(step, jnp.int32)],
-                   n=np.int64(len(variables)), amsgrad=amsgrad, adamax=infinity_norm)
+    gradient = jnp.asarray(keras.ops.convert_to_tensor(job.gradients[0]), jnp.float32)
+    _call_in_place(TARGET_8BIT, updated, [gradient, scalars, step, *tables], **flags)
 
 
 def _call_in_place(target, updated, inputs, **attributes):
@@ -155,3 +128,6 @@ def _call_in_place(target, updated, inputs, **attributes):
                             input_output_aliases={i: i for i in range(len(values))})
     for variable, value in zip(updated, call(*values, *inputs, **attributes)):
         variable.assign(value)
+
+
+EXECUTORS = (XlaCall(),)

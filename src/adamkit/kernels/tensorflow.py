@@ -1,35 +1,17 @@
-"""TensorFlow: the whole Adam/AMSGrad step in one fused kernel launch for all variables.
+"""TensorFlow's executors: adamkit's op, adamkit's XLA custom call, and TensorFlow's own Adam.
 
-adamkit's own kernel (``adam_op.cc``, one vectorised multi-threaded pass; measured at rough parity
-with ``torch.optim.Adam(fused=True)``, see benchmarks/README.md) is compiled against the installed
-TensorFlow with the system's C++ compiler on first use and cached in
-``$ADAMKIT_CACHE/kernels`` (default ``~/.cache/adamkit``). Where it cannot be built (no compiler,
-headers missing) adamkit says why once and uses TensorFlow's own kernel instead, described below.
-XLA (``jit_compile=True``) cannot run a TensorFlow op; there the same loop runs as an XLA custom
-call (``adam_ffi.cc``, built the same way and registered with TensorFlow's XLA through its FFI),
-placed by an ``XlaCallModule`` op whose StableHLO module holds the one call: XLA hands it the
-buffers of θ, m, v to update in place, where XLA's own lowering of the ops path computes m, v and
-θ in three loops (40 bytes per parameter instead of 28). It covers float32/float64, bfloat16 and
-(one call per variable, ``adamkit_adam8bit``) 8-bit state on the CPU. ``ADAMKIT_BUILD_KERNEL=0`` skips both
-builds. With one device (no tf.distribute strategy) the
-optimizer hands it every float variable of a step at once (``apply_adam_together``): the scalars
-are formed once and one launch covers all, split across the CPU threads as one index space; under
-a strategy, for sparse gradients and for 8-bit state it runs per variable. The same library holds
-the step for 8-bit state (``apply_adam_8bit``): it decodes, updates and re-encodes each block of
-256 in one pass, with the codec tables of ``adamkit.state`` and the same float32 operations, so it
-writes the very codes the portable path would (tested bit for bit); without the library, 8-bit
-state takes the portable path.
-
-TensorFlow's ``ResourceApplyAdam`` (and ``...WithAmsgrad``) kernels compute Kingma & Ba's Section-2
-form, θ ← θ − α·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε̂). Passing ε̂ = ε·√(1 − β2ᵗ) makes that equal to
-Algorithm 1, θ ← θ − α·m̂/(√v̂ + ε), so one kernel serves both of adamkit's epsilon modes. Under
-``tf.function`` without XLA (what ``model.fit`` runs on a CPU) this replaces a dozen small ops per
-variable with one multi-threaded pass over θ, g, m and v.
-
-Precision: in float32 the kernel forms 1 − β2 from β2's float32 value, i.e. it runs Adam with
-β2 = 0.99900001… in both terms of the moment update, where the ops path and PyTorch form 1 − β2 in
-double precision. The second moment then differs by up to 1.3e-5 relative (β2's own rounding); the
-tests hold the two paths to that.
+adamkit's op (``adam_op.cc``, one vectorised multi-threaded pass over θ, g, m and v) is compiled
+against the installed TensorFlow with the system's C++ compiler on first use and cached in
+``$ADAMKIT_CACHE/kernels`` (default ``~/.cache/adamkit``). XLA (``jit_compile=True``) cannot run a
+TensorFlow op; there the same loop runs as an XLA custom call (``adam_ffi.cc``, registered with
+TensorFlow's XLA through its FFI), placed by an ``XlaCallModule`` op whose StableHLO module holds
+the one call, so XLA hands it the buffers of θ and the state to update in place (XLA's own lowering
+of the ops path makes three loops: 40 bytes per parameter instead of 28). Both take float32/float64
+parameters on the CPU with state of their dtype, float32 with bfloat16 state, and float32 with
+8-bit state (decoded, updated and re-encoded per block of 256 in one pass, bit for bit the codes
+of ``adamkit.state``). With no tf.distribute strategy one launch covers every variable of a dtype.
+Where they cannot be built (no compiler; ``ADAMKIT_BUILD_KERNEL=0``) adamkit says why once and
+``ResourceApplyAdam`` serves Adam's own rule; the other rules take the ops path.
 """
 
 from __future__ import annotations
@@ -45,19 +27,14 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from adamkit import state as state_storage
-from adamkit.kernels import state_names
+from adamkit.kernels import is_8bit, kernel_slots, plain_state, refuse_state, state_names
 from adamkit.kernels.build import compile_library
-from adamkit.kernels.scalars import kernel_scalars
+from adamkit.kernels.scalars import scalar_table
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
 FFI_SOURCE = Path(__file__).with_name("adam_ffi.cc")  # the XLA custom call
 _LIBRARY: dict[str, object] = {}
 
-# 16-bit variables take the ops path, which computes in float32.
-SUPPORTED_DTYPES = (tf.float32, tf.float64)
-# ``supports``' answer differs under XLA and not, so it is asked afresh each trace (TensorFlow runs
-# the optimizer's Python only while tracing: asking is free at step time).
-FIXED_SUPPORT = False
 
 
 def tf_variable(variable):
@@ -84,24 +61,6 @@ def on_cpu(variable) -> bool:
                          bool(tf.config.list_logical_devices("GPU")))
 
 
-def supports(variable, gradient, state, own_kernel_only: bool = False) -> bool:
-    """A float32/float64 variable on the CPU whose state tensors share its dtype, or (adamkit's
-    kernel only) a float32 variable with bfloat16 state. A sparse gradient is densified first:
-    without ``lazy=True`` every row's moments decay anyway. ``own_kernel_only`` (RAdam, NAdam,
-    AdaMax, the ``"keras"`` ε form): a rule TensorFlow's own Adam kernel does not run exactly."""
-    dtype = tf.as_dtype(variable.dtype)
-    if not on_cpu(variable) or (own_kernel_only and not _fused_here()):
-        return False
-    stored = {tf.as_dtype(s.dtype) for s in state.values()}
-    if dtype not in SUPPORTED_DTYPES:
-        return False
-    if stored == {tf.bfloat16} and dtype == tf.float32:
-        return _fused_here()
-    if "velocity_hat" in state and _in_xla() and not xla_kernel():
-        return False  # TensorFlow has no XLA kernel for ResourceApplyAdamWithAmsgrad
-    return stored == {dtype}
-
-
 def build_library() -> Path:
     """Compiles ``adam_op.cc`` for this TensorFlow (once: cached by source, flags and version)."""
     flags = [*tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
@@ -115,8 +74,13 @@ def build_xla_library() -> Path:
                                         "-DADAMKIT_REGISTER_WITH_TENSORFLOW"], salt=tf.__version__)
 
 
-def custom_kernel():
-    """adamkit's compiled op module, or None (with the reason said once) where it cannot be had."""
+def custom_kernel() -> bool:
+    """Whether adamkit's op is built and loaded (on first use; the reason said once if not)."""
+    return _op_module() is not None
+
+
+def _op_module():
+    """adamkit's compiled op module, or None where it cannot be had."""
     if "module" not in _LIBRARY:
         _LIBRARY["module"] = None
         if os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0":
@@ -150,98 +114,9 @@ def _in_xla() -> bool:
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
-def apply_adam(variable, gradient, state, *, step, learning_rate, beta_1, beta_2, epsilon,
-               epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
-    """One step of Adam (AMSGrad when ``state`` has ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``, its u as ``velocity``) on
-    ``variable``, in place, after θ ← θ·decay when ``decay`` (the decoupled weight decay's factor)
-    is given."""
-    if _fused_here():  # the decay happens inside the same pass
-        return apply_adam_together([variable], [gradient], [state], step=step,
-                                   learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                                   epsilon=epsilon, epsilon_mode=epsilon_mode, decays=[decay],
-                                   rectify=rectify, look_ahead=look_ahead,
-                                   infinity_norm=infinity_norm)
-    dtype = tf.as_dtype(variable.dtype)
-    if decay is not None:
-        tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
-    step = tf.cast(step, dtype)
-    beta_2_power = tf.pow(tf.constant(beta_2, dtype), step)
-    epsilon_hat = tf.constant(epsilon, dtype)
-    if epsilon_mode == "paper":
-        epsilon_hat = epsilon_hat * tf.sqrt(1.0 - beta_2_power)
-    arguments = dict(
-        var=_handle(variable),
-        m=_handle(state["momentum"]),
-        v=_handle(state["velocity"]),
-        beta1_power=tf.pow(tf.constant(beta_1, dtype), step),
-        beta2_power=beta_2_power,
-        lr=tf.cast(learning_rate, dtype),
-        beta1=tf.constant(beta_1, dtype),
-        beta2=tf.constant(beta_2, dtype),
-        epsilon=epsilon_hat,
-        grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
-        use_locking=False,
-    )
-    if "velocity_hat" in state:
-        return tf.raw_ops.ResourceApplyAdamWithAmsgrad(vhat=_handle(state["velocity_hat"]),
-                                                       **arguments)
-    return tf.raw_ops.ResourceApplyAdam(**arguments)
-
-
-def can_apply_together() -> bool:
-    """Whether ``apply_adam_together`` can run here: adamkit's kernel (its XLA custom call under
-    XLA) and no tf.distribute strategy (whose per-variable updates Keras's own loop does)."""
-    return not tf.distribute.has_strategy() and _fused_here()
-
-
-def _fused_here() -> bool:
-    """adamkit's kernel for where this code runs: its XLA custom call under XLA, else its op."""
-    return xla_kernel() if _in_xla() else custom_kernel() is not None
-
-
-def apply_adam_together(variables, gradients, states, *, step, learning_rate, beta_1, beta_2,
-                        epsilon, epsilon_mode, decays, rectify=False, look_ahead=None,
-                        infinity_norm=False):
-    """One step of Adam (AMSGrad when the states have ``velocity_hat``; RAdam with ``rectify``;
-    NAdam with ``look_ahead``; AdaMax with ``infinity_norm``, see ``adamkit.optimizers.fused``)
-    on several variables of one dtype whose states share one storage dtype, in one launch of
-    adamkit's kernel; each variable first decays by its factor in ``decays`` (None: no decay).
-    Needs adamkit's kernel (under XLA its custom call); under a tf.distribute strategy, one
-    variable per call."""
-    dtype = tf.as_dtype(variables[0].dtype)
-    scalars = _scalars(dtype, step, learning_rate, beta_1, beta_2, epsilon, epsilon_mode, decays,
-                       rectify, look_ahead, infinity_norm)
-    amsgrad = "velocity_hat" in states[0]
-    if _in_xla():
-        return _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad,
-                               infinity_norm)
-    return custom_kernel().adamkit_apply_adam(
-        [_handle(v) for v in variables], [_handle(s["momentum"]) for s in states],
-        [_handle(s["velocity"]) for s in states],
-        [_handle(s["velocity_hat"] if amsgrad else s["velocity"]) for s in states],
-        [tf.cast(tf.convert_to_tensor(g), dtype) for g in gradients], scalars,
-        tf.cast(step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), amsgrad=amsgrad,
-        adamax=infinity_norm)
-
-
 def _rule(amsgrad: bool, adamax: bool) -> str:
     """The custom calls' rule attributes, as MLIR."""
     return f"amsgrad = {str(amsgrad).lower()}, adamax = {str(adamax).lower()}"
-
-
-def _apply_adam_xla(variables, gradients, states, scalars, step, amsgrad, adamax):
-    """The step as one XLA custom call (``adamkit_adam``) for all the variables."""
-    names = state_names(states[0])
-    updated = [tf_variable(v) for v in variables]
-    updated += [tf_variable(s[name]) for name in names for s in states]
-    dtype = tf.as_dtype(variables[0].dtype)
-    # reshaped to the variable's static shape (a densified sparse gradient's may be unknown)
-    inputs = [tf.reshape(tf.cast(tf.convert_to_tensor(g), dtype), v.shape)
-              for g, v in zip(gradients, variables)]
-    attributes = f"{_rule(amsgrad, adamax)}, n = {len(variables)} : i64"
-    return _xla_call("adamkit_adam", updated, [*inputs, scalars, tf.cast(step, tf.int32)],
-                     attributes)
 
 
 def _xla_call(target, updated, inputs, attributes):
@@ -292,40 +167,173 @@ def _call_module(target: str, operands: tuple, updated: int, attributes: str) ->
     return stablehlo.serialize_portable_artifact_str(text, stablehlo.get_current_version())
 
 
-def _scalars(dtype, *args, **kwargs):
-    """The kernels' seven scalars per variable (``adamkit.kernels.scalars``), formed in double and
-    rounded once to ``dtype``."""
-    return tf.cast(kernel_scalars("float64", *args, **kwargs), dtype)
+# -- the executors --------------------------------------------------------------------------------
 
 
-def supports_8bit(variable) -> bool:
-    """8-bit state (``adamkit.state.QuantizedSlot``) of a float32 variable: adamkit's kernel only
-    (under XLA its custom call)."""
-    return tf.as_dtype(variable.dtype) == tf.float32 and on_cpu(variable) and _fused_here()
+def _refuse_own(variable, slots) -> str | None:
+    """adamkit's kernels (op or XLA call): the state terms of ``refuse_state``, on the CPU."""
+    if not on_cpu(variable):
+        return "not on the CPU"
+    return refuse_state(keras.backend.standardize_dtype(variable.dtype), slots,
+                        lambda v: keras.backend.standardize_dtype(v.dtype))
 
 
-def apply_adam_8bit(variable, gradient, slots, *, step, learning_rate, beta_1, beta_2, epsilon,
-                    epsilon_mode, decay=None, rectify=False, look_ahead=None, infinity_norm=False):
-    """One step of Adam/AMSGrad (RAdam, NAdam, AdaMax as ``apply_adam``) on a float32
-    ``variable`` whose state ``slots`` are 8-bit: decode, update, re-encode, block by block in one
-    pass (bit for bit the codec of ``adamkit.state``)."""
-    scalars = tf.reshape(_scalars(tf.float32, step, learning_rate, beta_1, beta_2, epsilon,
-                                  epsilon_mode, [decay], rectify, look_ahead, infinity_norm),
-                         [-1])
-    amsgrad = "velocity_hat" in slots
+def _table(job, dtype):
+    """The job's scalar table (``adamkit.kernels.scalars``), formed in double, rounded once."""
+    return tf.cast(scalar_table(job.rule, job.scalars("float64"), job.decays, "float64"), dtype)
+
+
+def _gradient(gradient, dtype, shape=None):
+    """A gradient (``IndexedSlices`` densified) in ``dtype``; reshaped to the variable's static
+    shape where given (a densified sparse gradient's may be unknown)."""
+    gradient = tf.cast(tf.convert_to_tensor(gradient), dtype)
+    return gradient if shape is None else tf.reshape(gradient, shape)
+
+
+def _flags(job) -> tuple[bool, bool]:
+    """(amsgrad, adamax): the kernels' rule template arguments."""
+    kind = job.rule.second_moment
+    return kind == "max", kind == "infinity_norm"
+
+
+class TensorFlowOp:
+    """adamkit's TensorFlow op (``adam_op.cc``): every float variable of a dtype in one launch
+    where no tf.distribute strategy runs; 8-bit state one variable at a time."""
+
+    name = "adamkit kernel (TensorFlow op)"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        if _in_xla():
+            return "under XLA"
+        if not custom_kernel():
+            return "the op could not be built"
+        return _refuse_own(variable, slots)
+
+    def groups(self, slots):
+        return not is_8bit(slots) and not tf.distribute.has_strategy()
+
+    def apply(self, job):
+        amsgrad, adamax = _flags(job)
+        if is_8bit(job.slots[0]):
+            return _apply_8bit_op(job, amsgrad, adamax)
+        dtype = tf.as_dtype(job.variables[0].dtype)
+        states = [plain_state(s) for s in job.slots]
+        kernel_state = [[_handle(s[name]) for s in states] for name in ("momentum", "velocity")]
+        vhat = [_handle(s["velocity_hat" if amsgrad else "velocity"]) for s in states]
+        _op_module().adamkit_apply_adam(
+            [_handle(v) for v in job.variables], *kernel_state, vhat,
+            [_gradient(g, dtype) for g in job.gradients], _table(job, dtype),
+            tf.cast(job.step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype),
+            amsgrad=amsgrad, adamax=adamax)
+
+
+def _apply_8bit_op(job, amsgrad, adamax):
+    """One float32 variable with 8-bit state: decode, update, re-encode block by block in one
+    pass, bit for bit the codec of ``adamkit.state``."""
+    (variable,), slots = job.variables, kernel_slots(job.slots[0])
     m, v = slots["momentum"], slots["velocity"]
     h = slots["velocity_hat"] if amsgrad else v
-    tables = [tf.constant(state_storage.codec_table(signed)) for signed in (True, False)]
-    if _in_xla():  # custom call adamkit_adam8bit: θ, codes and absmax updated in place
-        updated = [tf_variable(variable)]
-        updated += [tf_variable(x) for s in (m, v, h)[:3 if amsgrad else 2]
-                    for x in (s.codes, s.absmax)]
-        return _xla_call("adamkit_adam8bit", updated,
-                         [tf.reshape(tf.cast(tf.convert_to_tensor(gradient), tf.float32),
-                                     variable.shape), scalars,
-                          tf.cast(step, tf.int32), *tables], _rule(amsgrad, infinity_norm))
-    return custom_kernel().adamkit_apply_adam8bit(
+    _op_module().adamkit_apply_adam8bit(
         _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
         _handle(v.absmax), _handle(h.codes), _handle(h.absmax),
-        tf.cast(tf.convert_to_tensor(gradient), tf.float32), scalars, tf.cast(step, tf.int32),
-        *tables, amsgrad=amsgrad, adamax=infinity_norm)
+        _gradient(job.gradients[0], tf.float32), tf.reshape(_table(job, tf.float32), [-1]),
+        tf.cast(job.step, tf.int32), *_codec_tables(), amsgrad=amsgrad, adamax=adamax)
+
+
+def _codec_tables() -> list:
+    return [tf.constant(state_storage.codec_table(signed)) for signed in (True, False)]
+
+
+class XlaCall:
+    """adamkit's XLA custom call (``adam_ffi.cc``) under ``jit_compile=True``: XLA hands it the
+    buffers of θ and the state to update in place; every float variable of a dtype in one call
+    where no tf.distribute strategy runs, 8-bit state one variable at a time."""
+
+    name = "adamkit kernel (XLA custom call)"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        if not _in_xla():
+            return "not under XLA"
+        if not xla_kernel():
+            return "the XLA custom call could not be built (or a GPU is visible)"
+        return _refuse_own(variable, slots)
+
+    groups = TensorFlowOp.groups
+
+    def apply(self, job):
+        amsgrad, adamax = _flags(job)
+        if is_8bit(job.slots[0]):
+            return _apply_8bit_xla(job, amsgrad, adamax)
+        states = [plain_state(s) for s in job.slots]
+        names = state_names(states[0])
+        updated = [tf_variable(v) for v in job.variables]
+        updated += [tf_variable(s[name]) for name in names for s in states]
+        dtype = tf.as_dtype(job.variables[0].dtype)
+        inputs = [_gradient(g, dtype, v.shape) for g, v in zip(job.gradients, job.variables)]
+        attributes = f"{_rule(amsgrad, adamax)}, n = {len(job.variables)} : i64"
+        return _xla_call("adamkit_adam", updated,
+                         [*inputs, _table(job, dtype), tf.cast(job.step, tf.int32)], attributes)
+
+
+def _apply_8bit_xla(job, amsgrad, adamax):
+    """Custom call adamkit_adam8bit: θ, codes and absmax updated in place."""
+    (variable,), slots = job.variables, kernel_slots(job.slots[0])
+    names = state_names(slots)
+    updated = [tf_variable(variable)]
+    updated += [tf_variable(x) for name in names for x in (slots[name].codes, slots[name].absmax)]
+    inputs = [_gradient(job.gradients[0], tf.float32, variable.shape),
+              tf.reshape(_table(job, tf.float32), [-1]), tf.cast(job.step, tf.int32),
+              *_codec_tables()]
+    return _xla_call("adamkit_adam8bit", updated, inputs, _rule(amsgrad, adamax))
+
+
+class ResourceApplyAdam:
+    """TensorFlow's own Adam kernels (``ResourceApplyAdam``, ``...WithAmsgrad``), where adamkit's
+    cannot run. They compute Kingma & Ba's Section-2 form, θ ← θ − α·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε̂);
+    ε̂ = ε·√(1 − β2ᵗ) makes that Algorithm 1. In float32 they form 1 − β2 from β2's float32 value
+    (β2 = 0.99900001…), so v differs from the ops path's by up to 1.3e-5 relative; the tests hold
+    the two to that. Only Adam's own rule in the paper's ε form."""
+
+    name = "TensorFlow's ResourceApplyAdam"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        if not optimizer.rule.peer_exact:
+            return "not Adam's rule in the paper's ε form"
+        if not on_cpu(variable):
+            return "not on the CPU"
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        state = plain_state(slots)
+        if state is None or {keras.backend.standardize_dtype(s.dtype)
+                             for s in state.values()} != {dtype} or dtype == "bfloat16":
+            return "state not stored in the parameters' float dtype"
+        if dtype not in ("float32", "float64"):
+            return f"{dtype} parameters"
+        if "velocity_hat" in state and _in_xla():
+            return "AMSGrad under XLA (TensorFlow has no XLA kernel for it)"
+        return None
+
+    def groups(self, slots):
+        return False
+
+    def apply(self, job):
+        (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
+        state, rule = plain_state(job.slots[0]), job.rule
+        dtype = tf.as_dtype(variable.dtype)
+        if decay is not None:
+            tf_variable(variable).assign(tf_variable(variable) * tf.cast(decay, dtype))
+        step = tf.cast(job.step, dtype)
+        beta_2_power = tf.pow(tf.constant(rule.beta_2, dtype), step)
+        arguments = dict(
+            var=_handle(variable), m=_handle(state["momentum"]), v=_handle(state["velocity"]),
+            beta1_power=tf.pow(tf.constant(rule.beta_1, dtype), step), beta2_power=beta_2_power,
+            lr=tf.cast(job.learning_rate, dtype), beta1=tf.constant(rule.beta_1, dtype),
+            beta2=tf.constant(rule.beta_2, dtype),
+            epsilon=tf.constant(rule.epsilon, dtype) * tf.sqrt(1.0 - beta_2_power),
+            grad=_gradient(gradient, dtype), use_locking=False)
+        if "velocity_hat" in state:
+            return tf.raw_ops.ResourceApplyAdamWithAmsgrad(vhat=_handle(state["velocity_hat"]),
+                                                           **arguments)
+        return tf.raw_ops.ResourceApplyAdam(**arguments)
+
+
+EXECUTORS = (XlaCall(), TensorFlowOp(), ResourceApplyAdam())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
@@ -9,14 +10,38 @@ import keras
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_bool, check_choice
 from adamkit.optimizers.docs import shared_args
-from adamkit.optimizers.fused import FusedAdamStep
+from adamkit.rule import Rule, Scalars
 
 EPSILON_MODES = ("paper", "keras")
 
 
+@dataclasses.dataclass(frozen=True)
+class AdamRule(Rule):
+    """Adam's scalars: a = α/(1 − β1ᵗ), c = 1 − β2ᵗ; in the ``"keras"`` ε form (ε̂ on √v before
+    bias correction) a = α·√(1 − β2ᵗ)/(1 − β1ᵗ) as Keras forms it, and no c."""
+
+    epsilon_mode: str = "paper"
+
+    @property
+    def scalars_in_parameter_dtype(self) -> bool:
+        return self.epsilon_mode == "keras"  # Keras's own rounding of αₜ, bit for bit
+
+    @property
+    def peer_exact(self) -> bool:
+        return self.epsilon_mode == "paper" and self.second_moment in ("ema", "max")
+
+    def scalars(self, step, learning_rate, carried):
+        if self.epsilon_mode == "keras":
+            step_size = adam_ops.epsilon_hat_step_size(learning_rate, step, self.beta_1,
+                                                       self.beta_2)
+            return Scalars(step_size, self.epsilon), {}
+        return Scalars(learning_rate / adam_ops.bias_correction(self.beta_1, step), self.epsilon,
+                       correction=adam_ops.bias_correction(self.beta_2, step)), {}
+
+
 @keras.saving.register_keras_serializable(package="adamkit")
 @shared_args
-class Adam(FusedAdamStep, AdamFamily):
+class Adam(AdamFamily):
     r"""Adam (Kingma & Ba, ICLR 2015), a drop-in for ``keras.optimizers.Adam``, with AMSGrad.
 
     With gradient gₜ at step t = 1, 2, … and m₀ = v₀ = 0 (Algorithm 1 of the paper):
@@ -87,25 +112,12 @@ class Adam(FusedAdamStep, AdamFamily):
         fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
-        self.amsgrad = check_bool("amsgrad", amsgrad)
-        self.epsilon_mode = check_choice("epsilon_mode", epsilon_mode, EPSILON_MODES)
-        self.select_kernel(fused)
-
-    def state_names(self) -> tuple[str, ...]:
-        return ("momentum", "velocity", "velocity_hat") if self.amsgrad else ("momentum", "velocity")
-
-    def compute_update(self, gradient, state, step, learning_rate):
-        m = adam_ops.first_moment(state["momentum"], gradient, self.beta_1)
-        v = adam_ops.second_moment(state["velocity"], gradient, self.beta_2)
-        new_state = {"momentum": m, "velocity": v}
-        if self.amsgrad:
-            v = new_state["velocity_hat"] = adam_ops.running_max(state["velocity_hat"], v)
-        direction = (
-            adam_ops.epsilon_hat_update if self.epsilon_mode == "keras" else adam_ops.adam_update
-        )
-        update = direction(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
-        return update, new_state
+        check_bool("amsgrad", amsgrad)
+        check_choice("epsilon_mode", epsilon_mode, EPSILON_MODES)
+        rule = AdamRule(beta_1, beta_2, epsilon, "max" if amsgrad else "ema",
+                        epsilon_mode=epsilon_mode)
+        super().__init__(learning_rate, rule, fused=fused, **kwargs)
+        self.amsgrad, self.epsilon_mode = amsgrad, epsilon_mode
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -9,12 +9,20 @@ import keras
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule
 from adamkit.optimizers.docs import shared_args
-from adamkit.optimizers.fused import FusedAdamStep
+from adamkit.rule import Rule, Scalars
+
+
+class AdamaxRule(Rule):
+    """AdaMax's scalar: a = α/(1 − β1ᵗ); its infinity norm u is the denominator itself."""
+
+    def scalars(self, step, learning_rate, carried):
+        return Scalars(learning_rate / adam_ops.bias_correction(self.beta_1, step),
+                       self.epsilon), {}
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
 @shared_args
-class Adamax(FusedAdamStep, AdamFamily):
+class Adamax(AdamFamily):
     r"""AdaMax (Kingma & Ba, ICLR 2015, Section 7.1): Adam with the infinity norm.
 
     Adam's second moment is replaced by an exponentially weighted infinity norm:
@@ -50,8 +58,6 @@ class Adamax(FusedAdamStep, AdamFamily):
           arXiv:1412.6980.
     """
 
-    infinity_norm = True
-
     def __init__(
         self,
         learning_rate: FloatOrSchedule = 0.002,
@@ -61,14 +67,5 @@ class Adamax(FusedAdamStep, AdamFamily):
         fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
-        self.select_kernel(fused)
-
-    def state_names(self) -> tuple[str, ...]:
-        return ("momentum", "norm")
-
-    def compute_update(self, gradient, state, step, learning_rate):
-        m = adam_ops.first_moment(state["momentum"], gradient, self.beta_1)
-        u = adam_ops.infinity_norm(state["norm"], gradient, self.beta_2, self.epsilon)
-        update = adam_ops.adamax_update(m, u, step, learning_rate, self.beta_1)
-        return update, {"momentum": m, "norm": u}
+        rule = AdamaxRule(beta_1, beta_2, epsilon, "infinity_norm")
+        super().__init__(learning_rate, rule, fused=fused, **kwargs)

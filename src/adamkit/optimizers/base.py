@@ -1,14 +1,14 @@
-"""The Keras plumbing every member of the Adam family shares.
+"""The Keras wiring every member of the Adam family shares.
 
-A family member only says which per-parameter state it keeps (``state_names``) and how one step
-turns a gradient and that state into an update (``compute_update``), by composing ``adamkit.ops``.
-This class does the rest: validation, building the state, the decoupled weight decay, assigning the
-results through ``self.assign*`` (which is what makes distribution strategies work), and
-serialisation.
+A family member hands this class its rule (``adamkit.rule``: the state it keeps and the scalars of
+each step). This class does the rest: validation, building the state, the decoupled weight decay,
+skipping non-finite steps, serialisation, and handing each step to an executor
+(``adamkit.executors``, chosen there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -17,9 +17,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from adamkit import executors, sparse
 from adamkit import ops as adam_ops
-from adamkit import sparse
 from adamkit import state as state_storage
+from adamkit.rule import Rule
 
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 FloatOrSchedule = float | Schedule | Callable[[], Any]
@@ -98,93 +99,79 @@ class AdamFamily(keras.optimizers.Optimizer):
     (the default; float64 parameters keep float64 state), ``"bfloat16"`` (half the memory) or
     ``"int8"`` (block-wise 8-bit codes, about a quarter). The update is always computed in float32
     (float64 for float64 parameters) from the decoded state, and re-encoded afterwards.
+
+    ``fused``: None (the default) runs each variable on the fastest executor that takes it
+    (adamkit's kernels, then the peers' where they compute the same rule, then the ops path);
+    False, the ops path only; True, as None, but an error where this backend has no kernel for
+    the rule. ``explain()`` lists each variable's executor and why the faster ones passed.
     """
 
     def __init__(
         self,
         learning_rate: FloatOrSchedule,
-        beta_1: float,
-        beta_2: float,
-        epsilon: float,
+        rule: Rule,
         weight_decay: FloatOrSchedule | None = None,
         exclude_from_weight_decay: Sequence[str] | None = None,
         exclude_1d: bool = False,
         lazy: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str = "float32",
+        fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
         learning_rate = check_schedulable("learning_rate", learning_rate, positive=True)
         if weight_decay is not None:
             weight_decay = check_schedulable("weight_decay", weight_decay, positive=False)
-        if exclude_from_weight_decay is not None:
-            if isinstance(exclude_from_weight_decay, str) or not all(
-                isinstance(p, str) for p in exclude_from_weight_decay
-            ):
-                raise TypeError(
-                    "`exclude_from_weight_decay` must be a list of name patterns (strings); "
-                    f"got {_describe(exclude_from_weight_decay)}."
-                )
-            exclude_from_weight_decay = list(exclude_from_weight_decay)
+        exclude_from_weight_decay = _name_patterns(exclude_from_weight_decay)
+        rule = dataclasses.replace(rule, beta_1=check_beta("beta_1", rule.beta_1),
+                                   beta_2=check_beta("beta_2", rule.beta_2),
+                                   epsilon=check_real("epsilon", rule.epsilon, low=0.0))
+        fused = executors.check_fused(fused, rule)
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
-        self.beta_1 = check_beta("beta_1", beta_1)
-        self.beta_2 = check_beta("beta_2", beta_2)
-        self.epsilon = check_real("epsilon", epsilon, low=0.0)
+        self.rule, self.fused = rule, fused
+        self.beta_1, self.beta_2, self.epsilon = rule.beta_1, rule.beta_2, rule.epsilon
         self.exclude_1d = check_bool("exclude_1d", exclude_1d)
         self.lazy = check_bool("lazy", lazy)
         self.skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
         self.state_dtype = check_choice("state_dtype", state_dtype, state_storage.STATE_DTYPES)
+        self._check_lazy()
+        self._excluded_names = exclude_from_weight_decay
+        if exclude_from_weight_decay:
+            self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
+        self._choices = {}  # variable index -> (executor, reasons), where the answer is fixed
+
+    def _check_lazy(self) -> None:
         if self.lazy and self.state_dtype == "int8":
             raise ValueError(
                 "`lazy=True` cannot be combined with `state_dtype='int8'`: 8-bit state is stored in "
                 "blocks of 256 values that span rows, so a row cannot be updated alone. Use "
                 "state_dtype='bfloat16' (rows are stored independently) or lazy=False."
             )
-        if self.lazy and self.scalar_state():
+        if self.lazy and self.rule.carried:
             raise ValueError(
                 f"`lazy=True` is not available for {type(self).__name__}: its state includes "
-                f"{', '.join(self.scalar_state())}, a per-variable scalar that advances at every "
+                f"{', '.join(self.rule.carried)}, a per-variable scalar that advances at every "
                 "step, so untouched rows cannot simply be skipped. Lazy updates are available for "
                 "Adam, AMSGrad, AdamW, Adamax and RAdam."
             )
-        self._excluded_names = exclude_from_weight_decay
-        if exclude_from_weight_decay:
-            self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
 
-    # -- what a family member provides -------------------------------------------------------
-
-    def state_names(self) -> tuple[str, ...]:
-        """Names of the per-parameter state tensors, each shaped like its parameter."""
-        return ("momentum", "velocity")
-
-    def signed_state(self) -> tuple[str, ...]:
-        """The state tensors that can be negative (the others get the unsigned 8-bit map)."""
-        return ("momentum",)
-
-    def scalar_state(self) -> dict[str, float]:
-        """Per-parameter scalar state and its initial value (NAdam keeps its product of μ here)."""
-        return {}
-
-    def compute_update(self, gradient, state: dict, step, learning_rate):
-        """Returns ``(update, new_state)``: θ ← θ − update, and each state tensor's next value."""
-        raise NotImplementedError
-
-    # -- Keras wiring --------------------------------------------------------------------------
+    # -- state -----------------------------------------------------------------------------------
 
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
+        rule = self.rule
         self._state = {
             name: [
                 None if self._overwrite_variable_with_gradient(variable) else
                 state_storage.create_slot(self, variable, name, self.state_dtype,
-                                          signed=name in self.signed_state())
+                                          signed=name in rule.signed_state)
                 for variable in var_list
             ]
-            for name in self.state_names()
+            for name in rule.state_names
         }
-        for name, initial in self.scalar_state().items():
+        for name, initial in rule.carried.items():
             self._state[name] = [
                 state_storage.PlainSlot(self.add_variable(
                     (),
@@ -194,14 +181,94 @@ class AdamFamily(keras.optimizers.Optimizer):
                 ), "float32")
                 for variable in var_list
             ]
-
         if self.skip_nonfinite:
             self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int32",
                                                    name="skipped_steps")
 
+    def slots_of(self, variable) -> dict:
+        """This parameter's state as stored (``adamkit.state`` slots), by name."""
+        index = self._get_variable_index(variable)
+        return {name: slots[index] for name, slots in self._state.items()}
+
+    def state_of(self, variable) -> dict:
+        """This parameter's optimizer state, by name, decoded to float tensors."""
+        return {name: slot.read() for name, slot in self.slots_of(variable).items()}
+
+    def state_values(self) -> dict:
+        """Every parameter's decoded state: ``{name: [tensor per parameter]}``."""
+        return {name: [slot.read() for slot in slots] for name, slots in self._state.items()}
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def explain(self) -> executors.Explanation:
+        """Which executor each variable's step takes (for a dense gradient) and why the faster
+        ones passed it over: dtype, device, state dtype, strategy, a kernel that could not be
+        built. Call it after the optimizer is built (``build`` or a first step).
+
+        Examples:
+            >>> import keras, adamkit
+            >>> optimizer = adamkit.Adam(fused=False)
+            >>> optimizer.build([keras.Variable([1.0, 2.0], name="w")])
+            >>> print(optimizer.explain())
+            w: ops
+        """
+        if not self.built:
+            raise ValueError("explain() needs a built optimizer: call build(variables) or apply() "
+                             "first.")
+        return executors.Explanation(
+            executors.Choice(getattr(v, "path", v.name), executor.name, reasons)
+            for v in self._trainable_variables
+            for executor, reasons in [self._executor(v, None)])
+
+    def _executor(self, variable, gradient) -> tuple:
+        """``executors.choose``'s answer, asked once per variable where the backend says it is
+        fixed (PyTorch, whose step runs this Python every time); TensorFlow and JAX ask only
+        while tracing, and TensorFlow's answer differs under XLA and not."""
+        fixed = keras.backend.backend() == "torch" and not self.lazy
+        index = self._get_variable_index(variable) if fixed else None
+        if index in self._choices:
+            return self._choices[index]
+        found = executors.choose(self, variable, gradient)
+        if fixed:
+            self._choices[index] = found
+        return found
+
+    def _job(self, pairs: list, learning_rate) -> executors.Job:
+        """The step of these (gradient, variable) pairs, which share a compute dtype."""
+        dtype = state_storage.compute_dtype(pairs[0][1])
+        rate = ops.cast(learning_rate, dtype)
+        factor = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
+        return executors.Job(self, [v for _, v in pairs], [g for g, _ in pairs],
+                             [self.slots_of(v) for _, v in pairs],
+                             ops.cast(self.iterations + 1, dtype), rate,
+                             [factor if self._decays(v) else None for _, v in pairs])
+
+    def _apply_grouped(self, grads_and_variables: list, learning_rate) -> list:
+        """Runs the variables whose executor takes many at once, one call per executor, dtype and
+        state dtype; returns the (gradient, variable) pairs left for Keras's per-variable loop."""
+        groups, rest = {}, []
+        for gradient, variable in grads_and_variables:
+            executor = None
+            if gradient is not None and not sparse.is_sparse(gradient):  # sparse: one at a time
+                executor, _ = self._executor(variable, gradient)
+            slots = self.slots_of(variable) if executor is not None else {}
+            if executor is None or not executor.groups(slots):
+                rest.append((gradient, variable))
+                continue
+            key = (executor.name, variable.dtype,
+                   *(v.dtype for s in slots.values() for v in s.variables))
+            groups.setdefault(key, (executor, []))[1].append((gradient, variable))
+        for executor, pairs in groups.values():
+            executor.apply(self._job(pairs, learning_rate))
+        return rest
+
+    def update_step(self, gradient, variable, learning_rate):
+        executor, _ = self._executor(variable, gradient)
+        executor.apply(self._job([(gradient, variable)], learning_rate))
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         def run_update():
-            rest = self.update_together(list(zip(grads, trainable_variables)), learning_rate)
+            rest = self._apply_grouped(list(zip(grads, trainable_variables)), learning_rate)
             if rest:  # Keras's loop: update_step for each variable
                 super(AdamFamily, self)._backend_update_step(
                     [g for g, _ in rest], [v for _, v in rest], learning_rate)
@@ -249,79 +316,13 @@ class AdamFamily(keras.optimizers.Optimizer):
                  ._overwrite_model_variables_with_average_value(trainable_variables),
                  lambda: None)
 
-    def slots_of(self, variable) -> dict:
-        """This parameter's state as stored (``adamkit.state`` slots), by name."""
-        index = self._get_variable_index(variable)
-        return {name: slots[index] for name, slots in self._state.items()}
-
-    def state_of(self, variable) -> dict:
-        """This parameter's optimizer state, by name, decoded to float tensors."""
-        return {name: slot.read() for name, slot in self.slots_of(variable).items()}
-
-    def state_values(self) -> dict:
-        """Every parameter's decoded state: ``{name: [tensor per parameter]}``."""
-        return {name: [slot.read() for slot in slots] for name, slots in self._state.items()}
-
-    def update_together(self, grads_and_variables: list, learning_rate) -> list:
-        """A backend fast path that updates many variables at once, if there is one: applies it to
-        those it can take and returns the (gradient, variable) pairs left for ``update_step``."""
-        return grads_and_variables
-
-    def fused_update(self, gradient, variable, slots: dict, step, learning_rate, decay) -> bool:
-        """A backend fast path for this step, if there is one: applies it and returns True.
-        ``decay``: the factor 1 − αₜλ to multiply θ by first, or None."""
-        return False
-
-    def masks_dense_gradients(self) -> bool:
-        """Dense gradients on JAX/PyTorch: lazy means rows whose gradient is all zero stay as they
-        are (the fused paths do not mask)."""
-        return self.lazy and keras.backend.backend() != "tensorflow"
-
-    def update_step(self, gradient, variable, learning_rate):
-        # 16-bit parameters are updated in float32 so that ε and the moments never underflow.
-        dtype = state_storage.compute_dtype(variable)
-        learning_rate = ops.cast(learning_rate, dtype)
-        step = ops.cast(self.iterations + 1, dtype)
-        slots = self.slots_of(variable)
-        if self.lazy and sparse.is_sparse(gradient) and keras.backend.backend() == "tensorflow":
-            sparse.lazy_sparse_step(self, gradient, variable, slots, step, learning_rate, dtype)
-            return
-        masked = self.masks_dense_gradients()
-        touched = sparse.named_rows(gradient, variable.shape) if masked else None
-        gradient = sparse.densified(gradient)
-        decays = self._decays(variable) and not masked
-        if not masked:
-            decay = self._decay_factor(learning_rate, dtype) if decays else None
-            if self.fused_update(gradient, variable, slots, step, learning_rate, decay):
-                return
-        if decays:
-            self.assign(variable, self.decayed(variable, variable, learning_rate, dtype))
-        gradient = ops.cast(gradient, dtype)
-        state = {name: slot.read() for name, slot in slots.items()}
-        update, new_state = self.compute_update(gradient, state, step, learning_rate)
-        if masked:
-            theta = self.decayed(variable, variable, learning_rate, dtype)
-            new_state = {k: ops.where(touched, v, state[k]) for k, v in new_state.items()}
-            self.assign(variable, ops.where(touched, theta - update, ops.cast(variable, dtype)))
-        else:
-            self.assign_sub(variable, ops.cast(update, variable.dtype))
-        iteration = ops.cast(self.iterations + 1, "int32")
-        for name, value in new_state.items():
-            slots[name].write(self, value, iteration)
-
-    def decayed(self, variable, theta, learning_rate, dtype):
-        """``theta`` (all of ``variable`` or some of its rows) as θ·(1 − αₜλ) where ``variable``
-        decays, else unchanged; in ``dtype``."""
-        theta = ops.cast(theta, dtype)
-        if not self._decays(variable):
-            return theta
-        return theta * self._decay_factor(learning_rate, dtype)
+    # -- weight decay ----------------------------------------------------------------------------
 
     def _decay_factor(self, learning_rate, dtype):
         return adam_ops.decay_factor(learning_rate, ops.cast(self._current_weight_decay(), dtype))
 
     def _apply_weight_decay(self, variables):
-        """Keras's own pass is replaced: the decay happens inside ``update_step``."""
+        """Keras's own pass is replaced: the executors decay inside the step."""
 
     def _decays(self, variable) -> bool:
         if self.weight_decay is None:
@@ -338,6 +339,8 @@ class AdamFamily(keras.optimizers.Optimizer):
             return decay()
         return decay
 
+    # -- serialisation ---------------------------------------------------------------------------
+
     def get_config(self) -> dict:
         config = super().get_config()
         if isinstance(self.weight_decay, Schedule) or callable(self.weight_decay):
@@ -351,6 +354,7 @@ class AdamFamily(keras.optimizers.Optimizer):
             lazy=self.lazy,
             skip_nonfinite=self.skip_nonfinite,
             state_dtype=self.state_dtype,
+            fused=self.fused,  # as given: None stays "wherever it applies"
         )
         return config
 
@@ -363,3 +367,11 @@ class AdamFamily(keras.optimizers.Optimizer):
             )
         return super().from_config(config, custom_objects=custom_objects)
 
+
+def _name_patterns(patterns: Sequence[str] | None) -> list[str] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError("`exclude_from_weight_decay` must be a list of name patterns (strings); "
+                        f"got {_describe(patterns)}.")
+    return list(patterns)

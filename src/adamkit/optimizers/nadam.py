@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
@@ -10,12 +11,33 @@ from keras import ops
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule, check_real
 from adamkit.optimizers.docs import shared_args
-from adamkit.optimizers.fused import FusedAdamStep
+from adamkit.rule import Rule, Scalars
+
+
+@dataclasses.dataclass(frozen=True)
+class NadamRule(Rule):
+    """NAdam's scalars: a = α·μₜ₊₁/(1 − Πμ₁..ₜ₊₁) on m and b = α·(1 − μₜ)/(1 − Πμ₁..ₜ) on g, with
+    c = 1 − β2ᵗ. Each variable carries its product Πμ₁..ₜ; the μ terms are formed in the dtype it
+    arrives in (the parameters'), so every path stores the same product."""
+
+    momentum_decay: float = 0.004
+    carried = {"mu_product": 1.0}
+
+    def scalars(self, step, learning_rate, carried):
+        product = carried["mu_product"]
+        t, rate = ops.cast(step, product.dtype), ops.cast(learning_rate, product.dtype)
+        mu = adam_ops.nadam_momentum(self.beta_1, t, self.momentum_decay)
+        mu_next = adam_ops.nadam_momentum(self.beta_1, t + 1.0, self.momentum_decay)
+        product = product * mu
+        return Scalars(rate * mu_next / (1.0 - product * mu_next), self.epsilon,
+                       correction=adam_ops.bias_correction(self.beta_2, step),
+                       gradient_step=rate * (1.0 - mu) / (1.0 - product)), \
+            {"mu_product": product}
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
 @shared_args
-class Nadam(FusedAdamStep, AdamFamily):
+class Nadam(AdamFamily):
     r"""NAdam (Dozat, ICLR 2016 workshop): Adam with Nesterov momentum.
 
     Adam whose first moment looks one step ahead, with Dozat's warming momentum schedule:
@@ -66,8 +88,6 @@ class Nadam(FusedAdamStep, AdamFamily):
         - T. Dozat. Incorporating Nesterov Momentum into Adam. ICLR 2016 workshop.
     """
 
-    nesterov = True
-
     def __init__(
         self,
         learning_rate: FloatOrSchedule = 0.002,
@@ -78,36 +98,10 @@ class Nadam(FusedAdamStep, AdamFamily):
         fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
-        self.momentum_decay = check_real("momentum_decay", momentum_decay, low=0.0)
-        self.select_kernel(fused)
-
-    def scalar_state(self) -> dict[str, float]:
-        return {"mu_product": 1.0}
-
-    def _momenta(self, mu_product, step):
-        """μₜ, μₜ₊₁ and the product Πμ₁..ₜ advanced from ``mu_product`` (Πμ₁..ₜ₋₁)."""
-        mu = adam_ops.nadam_momentum(self.beta_1, step, self.momentum_decay)
-        mu_next = adam_ops.nadam_momentum(self.beta_1, step + 1.0, self.momentum_decay)
-        return mu, mu_next, ops.cast(mu_product, keras.backend.standardize_dtype(step.dtype)) * mu
-
-    def look_ahead(self, slots, step, learning_rate):
-        # μₜ and μₜ₊₁ once, the products as one vector: a few ops per step, not ~45 per variable
-        products = ops.stack([s["mu_product"].read() for s in slots])
-        mu, mu_next, products = self._momenta(products, step)
-        written = ops.cast(self.iterations + 1, "int32")
-        for s, product in zip(slots, ops.unstack(products, num=len(slots))):
-            s["mu_product"].write(self, product, written)
-        return adam_ops.nadam_coefficients(learning_rate, mu, mu_next, products)
-
-    def compute_update(self, gradient, state, step, learning_rate):
-        mu, mu_next, mu_product = self._momenta(state["mu_product"], step)
-        m = adam_ops.first_moment(state["momentum"], gradient, self.beta_1)
-        v = adam_ops.second_moment(state["velocity"], gradient, self.beta_2)
-        update = adam_ops.nadam_update(
-            gradient, m, v, step, learning_rate, mu, mu_next, mu_product, self.beta_2, self.epsilon
-        )
-        return update, {"momentum": m, "velocity": v, "mu_product": mu_product}
+        momentum_decay = check_real("momentum_decay", momentum_decay, low=0.0)
+        rule = NadamRule(beta_1, beta_2, epsilon, momentum_decay=momentum_decay)
+        super().__init__(learning_rate, rule, fused=fused, **kwargs)
+        self.momentum_decay = momentum_decay
 
     def get_config(self) -> dict:
         config = super().get_config()

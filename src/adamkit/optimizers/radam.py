@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import keras
+from keras import ops
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule
 from adamkit.optimizers.docs import shared_args
-from adamkit.optimizers.fused import FusedAdamStep
+from adamkit.rule import Rule, Scalars, constant
+
+
+@dataclasses.dataclass(frozen=True)
+class RAdamRule(Rule):
+    """RAdam's scalars: once ρₜ > 5, a = α·rₜ·√(1 − β2ᵗ)/(1 − β1ᵗ), c = 1; before, a = α/(1 − β1ᵗ),
+    c = ∞ and ε = 1, so that the denominator is 1 and θ ← θ − α·m̂ (momentum SGD)."""
+
+    def scalars(self, step, learning_rate, carried):
+        step_size = learning_rate / adam_ops.bias_correction(self.beta_1, step)
+        rectified, r = adam_ops.radam_rectifier(step, self.beta_2)
+        root = ops.sqrt(adam_ops.bias_correction(self.beta_2, step))
+        return Scalars(ops.where(rectified, step_size * r * root, step_size),
+                       ops.where(rectified, constant(self.epsilon, step), constant(1.0, step)),
+                       correction=ops.where(rectified, constant(1.0, step),
+                                            constant(math.inf, step))), {}
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
 @shared_args
-class RAdam(FusedAdamStep, AdamFamily):
+class RAdam(AdamFamily):
     r"""RAdam (Liu et al., ICLR 2020): Adam with the variance of the adaptive learning rate
     rectified.
 
@@ -53,8 +71,6 @@ class RAdam(FusedAdamStep, AdamFamily):
           Learning Rate and Beyond. ICLR 2020. arXiv:1908.03265.
     """
 
-    rectified = True
-
     def __init__(
         self,
         learning_rate: FloatOrSchedule = 0.001,
@@ -64,11 +80,4 @@ class RAdam(FusedAdamStep, AdamFamily):
         fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, **kwargs)
-        self.select_kernel(fused)
-
-    def compute_update(self, gradient, state, step, learning_rate):
-        m = adam_ops.first_moment(state["momentum"], gradient, self.beta_1)
-        v = adam_ops.second_moment(state["velocity"], gradient, self.beta_2)
-        update = adam_ops.radam_update(m, v, step, learning_rate, self.beta_1, self.beta_2, self.epsilon)
-        return update, {"momentum": m, "velocity": v}
+        super().__init__(learning_rate, RAdamRule(beta_1, beta_2, epsilon), fused=fused, **kwargs)

@@ -1,0 +1,249 @@
+"""Executors: what applies a rule's step to variables, and the one place that chooses among them.
+
+Every executor has one shape (``Executor``): it says why it cannot take a variable (or None when
+it can), whether it takes many variables in one call, and applies a ``Job``, one step of the rule
+on some variables. The ops path (``OpsPath``) is the reference and takes anything; the lazy paths
+run the same rule on rows; each backend's kernels (``adamkit.kernels``) and the peers' kernels used
+as fallbacks are executors too. ``choose`` asks them in order of speed, once per variable where
+the answer cannot change, and ``AdamFamily.explain`` shows its answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import keras
+from keras import ops
+
+from adamkit import sparse
+from adamkit import state as state_storage
+
+
+@dataclasses.dataclass
+class Job:
+    """One step of ``optimizer``'s rule on ``variables`` (one dtype, one state dtype).
+
+    ``step`` (t) and ``learning_rate`` are tensors of the variables' compute dtype; ``decays``
+    holds each variable's weight-decay factor 1 − αₜλ, or None where it does not decay (one
+    object shared by the variables that do)."""
+
+    optimizer: Any
+    variables: list
+    gradients: list
+    slots: list[dict]
+    step: Any
+    learning_rate: Any
+    decays: list
+
+    @property
+    def rule(self):
+        return self.optimizer.rule
+
+    def scalars(self, dtype: str):
+        """The rule's scalars of this step, formed in ``dtype`` (the parameters' own where the
+        rule says so), one entry per variable where they differ; advances the state the rule
+        carries (NAdam's Πμ, handed over in the parameters' dtype), which each executor asks for
+        exactly once per step."""
+        rule = self.rule
+        parameter_dtype = keras.backend.standardize_dtype(self.step.dtype)
+        if rule.scalars_in_parameter_dtype:
+            dtype = parameter_dtype
+        step, rate = ops.cast(self.step, dtype), ops.cast(self.learning_rate, dtype)
+        carried = {}  # in the parameters' dtype, whatever ``dtype`` the scalars are formed in
+        for name in rule.carried:
+            values = [ops.cast(s[name].read(), parameter_dtype) for s in self.slots]
+            carried[name] = values[0] if len(values) == 1 else ops.stack(values)
+        scalars, advanced = rule.scalars(step, rate, carried)
+        written = ops.cast(self.optimizer.iterations + 1, "int32")
+        for name, value in advanced.items():
+            values = [value] if len(self.slots) == 1 else ops.unstack(value, num=len(self.slots))
+            for s, v in zip(self.slots, values):
+                s[name].write(self.optimizer, v, written)
+        return scalars
+
+    def state(self, index: int) -> dict:
+        """The per-parameter state of variable ``index`` as stored (slots), by name."""
+        return {n: s for n, s in self.slots[index].items() if n not in self.rule.carried}
+
+
+class Executor(Protocol):
+    """Applies a rule's step; see the module docstring."""
+
+    name: str
+
+    def refuses(self, optimizer, variable, gradient, slots: dict) -> str | None:
+        """Why this executor cannot take ``variable`` (with this gradient and state); None if it
+        can. ``gradient`` may be None: a dense gradient shaped like the variable."""
+
+    def groups(self, slots: dict) -> bool:
+        """Whether it takes many variables (of one dtype and state dtype) in one call."""
+
+    def apply(self, job: Job) -> None:
+        """One step of ``job.rule`` on ``job.variables``, in place."""
+
+
+def read_state(job: Job, index: int, dtype: str) -> dict:
+    return {name: ops.cast(slot.read(), dtype) for name, slot in job.state(index).items()}
+
+
+def write_state(job: Job, index: int, values: dict) -> None:
+    iteration = ops.cast(job.optimizer.iterations + 1, "int32")
+    for name, value in values.items():
+        job.slots[index][name].write(job.optimizer, value, iteration)
+
+
+class OpsPath:
+    """The reference: the rule on ``keras.ops`` tensors, one variable at a time, every result
+    assigned through the optimizer (which is what distribution strategies need)."""
+
+    name = "ops"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        return None
+
+    def groups(self, slots):
+        return False
+
+    def apply(self, job):
+        optimizer, rule = job.optimizer, job.rule
+        (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
+        dtype = state_storage.compute_dtype(variable)
+        if decay is not None:
+            optimizer.assign(variable, ops.cast(variable, dtype) * decay)
+        gradient = ops.cast(sparse.densified(gradient), dtype)
+        scalars = job.scalars(dtype)
+        state = rule.moments(gradient, read_state(job, 0, dtype))
+        optimizer.assign_sub(variable, ops.cast(rule.update(gradient, state, scalars),
+                                                variable.dtype))
+        write_state(job, 0, state)
+
+
+class MaskedRows:
+    """``lazy=True`` on JAX and PyTorch, whose gradients are dense: the rule on whole tensors, and
+    only the rows the gradient touches (``sparse.named_rows``) take the results, decay included."""
+
+    name = "lazy rows (masked)"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        if not optimizer.lazy:
+            return "lazy=False"
+        if keras.backend.backend() == "tensorflow":
+            return "TensorFlow: sparse gradients name their rows"
+        return None
+
+    def groups(self, slots):
+        return False
+
+    def apply(self, job):
+        optimizer, rule = job.optimizer, job.rule
+        (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
+        dtype = state_storage.compute_dtype(variable)
+        touched = sparse.named_rows(gradient, variable.shape)
+        gradient = ops.cast(sparse.densified(gradient), dtype)
+        before = read_state(job, 0, dtype)
+        state = rule.moments(gradient, before)
+        update = rule.update(gradient, state, job.scalars(dtype))
+        theta = ops.cast(variable, dtype)
+        decayed = theta if decay is None else theta * decay
+        write_state(job, 0, {k: ops.where(touched, v, before[k]) for k, v in state.items()})
+        optimizer.assign(variable, ops.where(touched, decayed - update, theta))
+
+
+class SparseRows:
+    """``lazy=True`` with a TensorFlow ``IndexedSlices`` gradient: the rule on the touched rows
+    only (``sparse.lazy_sparse_step``)."""
+
+    name = "lazy rows (sparse)"
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        if not optimizer.lazy:
+            return "lazy=False"
+        if gradient is None or not sparse.is_sparse(gradient):
+            return "dense gradient"
+        if keras.backend.backend() != "tensorflow":
+            return "not TensorFlow"
+        return None
+
+    def groups(self, slots):
+        return False
+
+    def apply(self, job):
+        sparse.lazy_sparse_step(job)
+
+
+def backend_executors(optimizer) -> tuple:
+    """The backend's kernels in order of preference (none with ``fused=False``)."""
+    if optimizer.fused is False:
+        return ()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from adamkit.kernels import tensorflow as kernels
+    elif backend == "jax":
+        from adamkit.kernels import jax as kernels
+    elif backend == "torch":
+        from adamkit.kernels import pytorch as kernels
+    else:
+        return ()
+    return kernels.EXECUTORS
+
+
+def candidates(optimizer) -> tuple:
+    return (SparseRows(), MaskedRows(), *backend_executors(optimizer), OpsPath())
+
+
+@dataclasses.dataclass
+class Choice:
+    """The executor a variable takes, and why each one before it in line did not take it."""
+
+    variable: str
+    executor: str
+    passed_over: dict[str, str]
+
+    def __str__(self) -> str:
+        reasons = "; ".join(f"not {name}: {why}" for name, why in self.passed_over.items())
+        return f"{self.variable}: {self.executor}" + (f" ({reasons})" if reasons else "")
+
+
+def choose(optimizer, variable, gradient) -> tuple[Executor, dict[str, str]]:
+    """The first executor in line that takes ``variable``, and the others' reasons."""
+    slots = optimizer.slots_of(variable)
+    passed_over = {}
+    for executor in candidates(optimizer):
+        why = executor.refuses(optimizer, variable, gradient, slots)
+        if why is None:
+            return executor, passed_over
+        if not why.startswith("lazy=False"):  # not worth listing for every variable
+            passed_over[executor.name] = why
+    raise AssertionError("the ops path takes every variable")
+
+
+class Explanation(list):
+    """``explain()``'s answer: a list of ``Choice``; printed, one line per variable."""
+
+    def __str__(self) -> str:
+        return "\n".join(str(choice) for choice in self)
+
+
+def check_fused(fused: object, rule) -> bool | None:
+    """``fused``: None, the kernels wherever they apply; False, never; True, require them (a clear
+    error where this backend has none for the rule)."""
+    if fused is None or fused is False:
+        return fused
+    if fused is not True:
+        raise TypeError(f"`fused` must be True, False or None; got {fused!r} "
+                        f"({type(fused).__name__}).")
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax", "torch"):
+        raise ValueError(
+            f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
+            "Use fused=None (the fast path wherever it exists) or fused=False.")
+    if backend == "torch" and not rule.peer_exact:
+        from adamkit.kernels import pytorch
+
+        if not pytorch.custom_kernel():
+            raise ValueError(
+                "`fused=True` on PyTorch without adamkit's kernel (it could not be built here) "
+                "needs Adam with epsilon_mode='paper' (PyTorch's fused kernel adds ε after bias "
+                f"correction), not {type(rule).__name__}'s rule; use fused=None or fused=False.")
+    return fused
