@@ -4,12 +4,12 @@ timing of each can be off by ±30% on a shared machine; the median of per-round 
     python benchmarks/backend_ratios.py {jax,torch} [--sizes 10 50] [--rounds 7]
 
 Each optimizer runs as Keras's trainer on that backend runs it (on JAX ``stateless_apply`` under
-``jax.jit`` with the state donated; ``adamkit.bench.backend_stepper``). Rows, > 1 meaning the first
+``jax.jit`` with the state donated; ``adamkit.bench.timing.backend_stepper``). Rows, > 1 meaning the first
 is faster: adamkit (Adam, AdamW, AMSGrad, Adamax; on JAX its XLA custom call, on PyTorch one
 call of its own kernel, ``adam_host.cc``) / the ``keras.optimizers`` counterpart,
 adamkit / adamkit's ops path (``fused=False``), adamkit Adam / the backend's own library (optax
 under jit; torch.optim.Adam fused), and adamkit / the bandwidth limit (the step's own bytes
-streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36; 1 = at the limit).
+streamed, ``adamkit.bench.stream.stream_step``: 28 B/param, AMSGrad 36; 1 = at the limit).
 """
 
 from __future__ import annotations
@@ -25,13 +25,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamkit  # noqa: E402
-from adamkit.bench import (  # noqa: E402
-    backend_stepper,
-    optax_steps,
-    parameter_shapes,
-    stream_step,
-)
-from fused_ratios import torch_fused  # noqa: E402
+from adamkit.bench.peers import optax_steps, torch_fused  # noqa: E402
+from adamkit.bench.stream import stream_step  # noqa: E402
+from adamkit.bench.timing import backend_stepper, parameter_shapes  # noqa: E402
 from results import RATIO_COLUMNS, Table, alternate  # noqa: E402
 
 OURS = {  # name → (adamkit's, Keras's counterpart)

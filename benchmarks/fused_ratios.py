@@ -8,7 +8,7 @@
    its custom call) against torch.optim's fused counterpart (for RAdam, NAdam and AdaMax, which
    have none, their foreach ones):
    adamkit / torch (> 1: adamkit faster), and against the bandwidth limit (the step's own bytes
-   streamed, ``adamkit.bench.stream_step``: 28 B/param, AMSGrad 36): adamkit / limit (1 = at it).
+   streamed, ``adamkit.bench.stream.stream_step``: 28 B/param, AMSGrad 36): adamkit / limit (1 = at it).
 2. The framework's call overhead: the same step over as many one-element variables (the same
    graph and captures, next to no bytes), as a share of the real step's time; torch fused alike.
    Each such call is timed right after a pass that streams the step's bytes, as in training,
@@ -16,7 +16,7 @@
    half of that.
 3. The step as ``model.fit`` runs it with ``steps_per_execution=32`` (``adamkit train``'s
    default): 32 steps in a ``tf.range`` loop inside one call, against 32 passes of the limit.
-4. adamkit's Adam loop alone (``adamkit.bench.kernel_loop_step``: the kernels' loop on plain
+4. adamkit's Adam loop alone (``adamkit.bench.stream.kernel_loop_step``: the kernels' loop on plain
    arrays, no framework) / limit: what the step costs apart from the framework's call.
 5. adamkit.Adam with bfloat16 and with int8 state against float32 state (> 1: faster).
 """
@@ -30,14 +30,9 @@ import time
 import numpy as np
 
 import adamkit
-from adamkit.bench import (
-    compiled_apply,
-    kernel_loop_step,
-    median_seconds,
-    parameter_shapes,
-    repeated,
-    stream_step,
-)
+from adamkit.bench.peers import torch_fused
+from adamkit.bench.stream import kernel_loop_step, stream_step
+from adamkit.bench.timing import compiled_apply, median_seconds, parameter_shapes, repeated
 from results import RATIO_COLUMNS, Table, alternate
 
 
@@ -59,19 +54,6 @@ def overhead_shares(step, tiny_step, flush, rounds: int) -> list[float]:
 def tiny(shapes) -> list[tuple[int]]:
     """As many variables as ``shapes``, one element each: a step that is all overhead."""
     return [(1,)] * len(shapes)
-
-
-def torch_fused(name: str, shapes):
-    import torch
-
-    params = [torch.zeros(s, requires_grad=True) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape)
-    if name == "AdamW":
-        return torch.optim.AdamW(params, weight_decay=0.01, fused=True).step
-    if name in ("RAdam", "NAdam", "Adamax"):  # torch has no fused form of these: foreach
-        return getattr(torch.optim, name)(params, foreach=True).step
-    return torch.optim.Adam(params, amsgrad=name == "AMSGrad", fused=True).step
 
 
 PATHS = {"tf.function": False, "XLA": True}  # path -> jit_compile

@@ -53,7 +53,7 @@ def machine() -> dict:
 def alternate(ours, theirs, rounds: int) -> list[float]:
     """Per-round ratio time(theirs) / time(ours), the two timed back to back each round
     (> 1: ours is faster)."""
-    from adamkit.bench import median_seconds  # imports Keras: not needed to render
+    from adamkit.bench.timing import median_seconds  # imports Keras: not needed to render
 
     return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
 

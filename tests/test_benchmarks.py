@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+import render  # benchmarks/, on pytest's pythonpath (pyproject.toml)
+import results
 
-import render  # noqa: E402
-import results  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_readme_tables_are_the_result_files_rendered():

@@ -11,7 +11,7 @@ from adamkit.kernels import build
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="needs a C++ compiler")
-STREAM = Path(build.__file__).with_name("stream.cc")
+STREAM = Path(build.__file__).parents[1] / "bench" / "stream.cc"  # a small source to build
 
 
 def test_native_options_keep_only_what_the_compiler_accepts(monkeypatch):
@@ -46,17 +46,18 @@ def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
 
 
 def test_the_benchmarks_loop_alone_is_adams_step(rng):
-    """``adamkit.bench.kernel_loop_step`` times the kernels' own loop outside any framework
-    (``adamkit_adam_loop`` in stream.cc): three steps of it equal the float64 oracle's Adam."""
+    """``adamkit.bench.stream.kernel_loop_step`` times the kernels' own loop outside any
+    framework (``adamkit_adam_loop`` in stream.cc): three steps of it equal the float64 oracle's
+    Adam."""
     import ctypes
     import math
 
     import numpy as np
 
     import reference
-    from adamkit.bench import _stream_library
+    from adamkit.bench.stream import stream_library
 
-    loop = _stream_library().adamkit_adam_loop
+    loop = stream_library().adamkit_adam_loop
     n, lr, b1, b2, eps = 100_003, 1e-2, 0.9, 0.999, 1e-8
     theta0 = rng.normal(size=n)
     grads = [rng.normal(size=n) for _ in range(3)]

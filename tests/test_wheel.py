@@ -73,7 +73,7 @@ for state_dtype, eight_bit in (("float32", False), ("int8", True)):
         import tensorflow as tf
         from adamkit.kernels import tensorflow as kernels
 
-        assert kernels.custom_kernel() is not None and kernels.xla_kernel()
+        assert kernels.custom_kernel() and kernels.xla_kernel()
         for jit in (False, True):  # model.fit's tf.function, and XLA (jit_compile=True)
             traced = {}
 
@@ -111,7 +111,7 @@ for state_dtype, eight_bit in (("float32", False), ("int8", True)):
     else:
         from adamkit.kernels import pytorch as kernels
 
-        assert kernels.custom_kernel() is not None
+        assert kernels.custom_kernel()
         entries = []
         run = kernels._run
 
@@ -179,11 +179,13 @@ def test_the_packages_carry_the_kernels_sources_and_the_license(installed):
                if p.suffix in (".cc", ".h")}
     in_wheel = set(zipfile.ZipFile(wheel).namelist())
     assert {f"adamkit/kernels/{name}" for name in kernels} <= in_wheel
+    assert "adamkit/bench/stream.cc" in in_wheel  # `adamkit bench step`'s bandwidth limit
     assert any(name.endswith("licenses/LICENSE") for name in in_wheel)
     with tarfile.open(sdist) as archive:
         in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {"LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml"} <= in_sdist
     assert {f"src/adamkit/kernels/{name}" for name in kernels} <= in_sdist
+    assert "src/adamkit/bench/stream.cc" in in_sdist
 
 
 def test_the_installed_command_answers(installed):
@@ -206,3 +208,14 @@ def test_the_installed_kernels_build_and_run(installed, backend):
                  env=clean_environment(KERAS_BACKEND=backend, ADAMKIT_CACHE=str(cache)))
     assert "could not build" not in result.stderr, result.stderr[-3000:]
     assert "built " in result.stdout and ".so" in result.stdout, result.stdout
+
+
+def test_the_installed_bandwidth_kernel_builds(installed):
+    """``adamkit bench step``'s limit: ``bench/stream.cc`` compiles from the installed package (it
+    includes the kernels' header by a path relative to itself) and runs."""
+    python, work, _, _ = installed
+    code = ("from adamkit.bench.stream import kernel_loop_step, stream_step\n"
+            "stream_step(1000)(); kernel_loop_step(1000)(); print('ran')")
+    result = run([python, "-c", code], cwd=work, timeout=600,
+                 env=clean_environment(ADAMKIT_CACHE=str(work / "cache-bench")))
+    assert result.stdout.split()[-1:] == ["ran"], result.stdout

@@ -14,17 +14,9 @@ from adamkit_cli import build_parser, parse
 __all__ = ["build_parser", "main", "parse", "run"]
 
 
-def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from adamkit.data import DataError
-    from adamkit.train import (
-        PRESETS,
-        CheckpointConflict,
-        TrainSettings,
-        WorkerLost,
-        make_optimizer,
-        prepare_strategy,
-        train,
-    )
+def train_settings(args: argparse.Namespace):
+    """``adamkit train``'s ``TrainSettings``: the chosen preset, with the flags given over it."""
+    from adamkit.train import PRESETS, TrainSettings
 
     preset = dict(PRESETS[args.preset])
     names = {"learning_rate": args.learning_rate, "beta_1": args.beta_1, "beta_2": args.beta_2,
@@ -38,14 +30,21 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for flag in ("epochs", "batch_size", "dropout", "schedule"):
         if getattr(args, flag) is not None:
             preset[flag] = getattr(args, flag)
-    settings = TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
-                             train_examples=args.train_examples,
-                             out=args.out, checkpoint_dir=args.checkpoint_dir,
-                             checkpoint_every=args.checkpoint_every, keep=args.keep,
-                             resume=args.resume, precision=args.precision,
-                             distribute=args.distribute,
-                             steps_per_execution=args.steps_per_execution,
-                             tensorboard=args.tensorboard, **preset)
+    return TrainSettings(optimizer=args.optimizer, seed=args.seed, data=args.data,
+                         train_examples=args.train_examples,
+                         out=args.out, checkpoint_dir=args.checkpoint_dir,
+                         checkpoint_every=args.checkpoint_every, keep=args.keep,
+                         resume=args.resume, precision=args.precision,
+                         distribute=args.distribute,
+                         steps_per_execution=args.steps_per_execution,
+                         tensorboard=args.tensorboard, **preset)
+
+
+def check_train_settings(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                         settings) -> None:
+    """The usage errors of ``adamkit train`` that only the framework or an extra can find."""
+    from adamkit.train import make_optimizer, prepare_strategy
+
     if args.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
         parser.error("--tensorboard needs the tensorboard package: pip install 'adamkit[monitor]'")
     try:  # before the check below initialises TensorFlow's devices
@@ -56,6 +55,14 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         make_optimizer(settings.optimizer, settings.hyperparameters)
     except (ValueError, TypeError) as error:
         parser.error(f"--optimizer {args.optimizer}: {error}")
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from adamkit.data import DataError
+    from adamkit.train import CheckpointConflict, WorkerLost, train
+
+    settings = train_settings(args)
+    check_train_settings(args, parser, settings)
     try:
         train(settings)
     except CheckpointConflict as error:
@@ -92,7 +99,7 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from adamkit import bench
+    from adamkit.bench import command as bench
 
     if args.suite == "step":
         results = bench.step(sizes=args.sizes, repeats=args.repeats, rounds=args.rounds)
@@ -152,14 +159,25 @@ def run_lr_find(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 HANDLERS["lr-find"] = run_lr_find
 
 
+# The commands whose results are plots: they need matplotlib, an extra (adamkit[train]). `adamkit
+# train` runs without it, leaving its plot out.
+PLOTTING = ("reproduce", "bench", "lr-find")
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Runs the subcommand of ``args`` (from ``adamkit_cli.parse``); ``parser`` is its own, for
     the usage errors only a framework can find."""
+    from adamkit.train.artifacts import PLOT_EXTRA, can_plot
+
     if getattr(args, "backend", keras.backend.backend()) != keras.backend.backend():
         parser.error(
             f"--backend {args.backend}: Keras was already imported with the "
             f"{keras.backend.backend()} backend; run the `adamkit` command, or set KERAS_BACKEND."
         )
+    if args.command in PLOTTING and not can_plot():
+        print(f"adamkit: error: `adamkit {args.command}` draws its results with matplotlib, which "
+              f"is not installed: {PLOT_EXTRA}", file=sys.stderr)
+        return 1
     return HANDLERS[args.command](args, parser)
 
 

@@ -1,0 +1,174 @@
+"""``adamkit bench``: optimizer steps timed against peers in one run, printed as ratios. Only the
+CLI imports this module; the scripts in ``benchmarks/`` share its helpers (``timing``, ``peers``,
+``stream``), not it.
+
+``step``: one dense Adam step over float32 parameters (1000 × 1000 matrices plus biases: 1M, 10M,
+50M parameters) for adamkit on its paths (float32, bfloat16 and int8 state) and for every peer in
+this process — keras.optimizers.Adam
+(TensorFlow tf.function, and XLA), TensorFlow's raw ``ResourceApplyAdam``, ``torch.optim.Adam``
+(single-tensor, foreach, fused), ``optax.adam`` under ``jax.jit`` — and, each in a child process
+(Keras fixes its backend at import), ``keras.optimizers.Adam`` and adamkit's Adam on the JAX backend
+(``stateless_apply`` under ``jax.jit``, as ``model.fit`` runs it) and on the PyTorch backend
+(``optimizer.apply``) — in million parameters per second, with ratios to torch's fused Adam and to
+the memory-bandwidth limit. The limit is measured, not assumed: a kernel that moves an Adam step's
+bytes (read θ, g, m, v; write θ, m, v: 28 per parameter) with next to no arithmetic, on every
+core — or torch's fused step, where that moved them faster in the same run.
+
+``lazy``: an embedding table's update against the rows a batch touches. A 1,000,000 × 64 float32
+table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's step runs under
+``tf.function`` (the ``model.fit`` path), warmed up, median of repeats: ``keras.optimizers.Adam``
+(decays every row), ``adamkit.Adam`` (dense, the default), ``adamkit.Adam(lazy=True)``, and
+``torch.optim.SparseAdam`` for reference (if torch is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import adamkit
+from adamkit.bench.peers import (
+    backend_steps,
+    optax_steps,
+    tensorflow_steps,
+    torch_sparse_step,
+    torch_steps,
+)
+from adamkit.bench.stream import stream_step
+from adamkit.bench.timing import compiled_apply, median_seconds, parameter_shapes
+
+DIM = 64  # the embedding table's width in ``lazy``
+LIMIT = "bandwidth limit (best of stream, torch fused)"
+
+
+def step_paths(shapes, count: int, rng, log=print) -> dict:
+    """Every path ``step`` times, the streaming kernel first (if it builds)."""
+    try:
+        paths = {LIMIT: stream_step(count)}
+    except (RuntimeError, OSError) as error:  # no compiler: torch's fused step is the ceiling
+        log(f"(the streaming kernel could not be built: {error}; the limit row is torch fused)")
+        paths = {}
+    paths.update({**tensorflow_steps(shapes, rng), **torch_steps(shapes, rng),
+                  **optax_steps(shapes, rng)})
+    return paths
+
+
+def log_speeds(speeds: dict[str, float], limit: float, count: int, millions: int, repeats: int,
+               rounds: int, log=print) -> None:
+    torch_fused = speeds["torch.optim.Adam fused"]
+    log(f"\n{count / 1e6:.1f}M float32 parameters ({millions} × 1000×1000 + biases); "
+        f"median over {rounds} rounds of the median of {repeats} steps after 3 warm-up")
+    log(f"{'path':45s} {'Mparam/s':>9s} {'/ torch fused':>14s} {'/ limit':>8s}")
+    log(f"{LIMIT:45s} {limit / 1e6:>9.0f} "
+        f"{limit / torch_fused:>14.2f} {1.0:>8.2f}")
+    for name, speed in sorted(speeds.items(), key=lambda kv: -kv[1]):
+        log(f"{name:45s} {speed / 1e6:>9.0f} {speed / torch_fused:>14.2f} {speed / limit:>8.2f}")
+
+
+def step(sizes=(1, 10, 50), repeats: int = 10, rounds: int = 3, log=print) -> list[dict]:
+    """Prints and returns, per size, every path's throughput in parameters per second: the median
+    over ``rounds`` of each path's median of ``repeats`` steps, the paths taking turns each round
+    (on a shared machine one pass over them can be off by ±30%), the streaming kernel among them.
+    The limit is the faster of that kernel and torch's fused step."""
+    rng = np.random.default_rng(0)
+    results = []
+    for millions in sizes:
+        shapes = parameter_shapes(millions)
+        count = sum(int(np.prod(s)) for s in shapes)
+        paths = step_paths(shapes, count, rng, log)
+        seconds = {name: [] for name in paths}
+        for _ in range(rounds):
+            for name, fn in paths.items():
+                seconds[name].append(median_seconds(fn, repeats))
+        speeds = {name: count / statistics.median(times) for name, times in seconds.items()}
+        # A ceiling no Adam step beat in this run: the 28 bytes streamed, or torch's fused step where
+        # it moved them faster (one pass over the paths can catch the stream on a slow moment).
+        limit = max(speeds.pop(LIMIT, 0.0), speeds["torch.optim.Adam fused"])
+        for backend in ("jax", "torch"):
+            speeds.update(backend_steps(backend, millions, repeats, log))
+        log_speeds(speeds, limit, count, millions, repeats, rounds, log)
+        results.append({"parameters": count, "limit": limit, "speeds": speeds})
+        del paths
+    return results
+
+
+def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: int = 10,
+         log=print) -> list[dict]:
+    """Prints and returns, per number of rows touched, each optimizer's step time in seconds."""
+    import tensorflow as tf
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    log(f"table {rows:,} x {DIM} float32; step time in ms (median of {repeats}), TensorFlow "
+        "tf.function")
+    log(f"{'rows touched':>12} {'keras Adam':>11} {'adamkit':>9} {'adamkit lazy':>13} "
+        f"{'torch SparseAdam':>17} {'keras/lazy':>11}")
+    results = []
+    for k in touched:
+        indices = rng.integers(0, rows, size=k).astype(np.int32)
+        values = rng.normal(size=(k, DIM)).astype(np.float32)
+        gradient = tf.IndexedSlices(tf.constant(values), tf.constant(indices), (rows, DIM))
+        peers = (("keras", keras.optimizers.Adam()), ("adamkit", adamkit.Adam()),
+                 ("lazy", adamkit.Adam(lazy=True)))
+        timings = {name: median_seconds(compiled_apply(optimizer, [(rows, DIM)], [gradient]), repeats)
+                   for name, optimizer in peers}
+        timings["torch"] = (median_seconds(torch_sparse_step(rows, indices, values), repeats)
+                            if torch else None)
+        ms = {name: "n/a" if t is None else f"{1e3 * t:.3f}" for name, t in timings.items()}
+        log(f"{k:>12,} {ms['keras']:>11} {ms['adamkit']:>9} {ms['lazy']:>13} {ms['torch']:>17} "
+            f"{timings['keras'] / timings['lazy']:>10.0f}x")
+        results.append({"rows_touched": k, **timings})
+    return results
+
+
+def plot_step(plt, results: list[dict]):
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        speeds = sorted(result["speeds"].items(), key=lambda kv: kv[1])
+        ax.barh([name for name, _ in speeds], [s / 1e6 for _, s in speeds])
+        ax.axvline(result["limit"] / 1e6, color="black", linestyle="--", label="bandwidth limit")
+        ax.set_title(f"{result['parameters'] / 1e6:.0f}M float32 parameters", fontsize=10)
+        ax.set_xlabel("million parameters per second")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_lazy(plt, results: list[dict]):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    touched = [r["rows_touched"] for r in results]
+    for key, label in (("keras", "keras Adam"), ("adamkit", "adamkit Adam"),
+                       ("lazy", "adamkit Adam(lazy=True)"), ("torch", "torch SparseAdam")):
+        if all(r[key] is not None for r in results):
+            ax.plot(touched, [1e3 * r[key] for r in results], "o-", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows touched per step")
+    ax.set_ylabel("step time (ms)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save(results: list[dict], suite: str, out) -> None:
+    """Writes ``bench_<suite>.json`` and a plot ``bench_<suite>.png`` into ``out`` (the plot needs
+    matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_{suite}.json").write_text(json.dumps(results, indent=2))
+    fig = plot_step(plt, results) if suite == "step" else plot_lazy(plt, results)
+    fig.tight_layout()
+    fig.savefig(out / f"bench_{suite}.png", dpi=100)
+    plt.close(fig)
