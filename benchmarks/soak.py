@@ -19,7 +19,8 @@ import time
 import keras
 import numpy as np
 
-from adamkit.train import OPTIMIZERS, TrainSettings, train
+from adamkit.choices import OPTIMIZERS
+from adamkit.train import TrainSettings, train
 from results import Table
 
 

@@ -92,11 +92,13 @@ rate = beta  # a dropout rate: [0, 1) too
 
 
 class Parser(argparse.ArgumentParser):
-    """Keeps examples and the defaults' help readable."""
+    """Keeps examples and the defaults' help readable; ``commands`` maps each subcommand's name to
+    its parser (``build_parser`` fills it), whose usage line a usage error about its flags shows."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
 
 TRAIN_EXAMPLES = """
@@ -242,24 +244,20 @@ def add_lr_find_command(commands) -> None:
     lr_find.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``adamkit`` command's parser: every subcommand and flag (no framework is imported)."""
-    parser = Parser(
-        prog="adamkit",
-        description="The Adam family of optimizers for Keras 3, and the jobs around them.",
-        epilog=textwrap.dedent(
-            """
-            examples:
-              adamkit train                      # train the tutorial's MNIST model with adamkit.Adam
-              adamkit train --help               # every training flag
-              adamkit reproduce reddi            # Reddi et al.'s counterexample, Adam vs AMSGrad
-            """
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"adamkit {version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``adamkit train``'s checkpoints: where, how often, how many, and resuming."""
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
+    parser.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
+                        help="also save every STEPS optimizer steps")
+    parser.add_argument("--keep", type=positive_int, default=3, metavar="N",
+                        help="keep the newest N checkpoints; default: 3")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest valid checkpoint in --checkpoint-dir")
 
+
+def add_train_command(commands) -> None:
+    """``adamkit train``: the tutorial's MNIST model trained, with every option of the job."""
     train = commands.add_parser(
         "train",
         help="train the MNIST model of the \"Adam Optimizer in TensorFlow\" tutorial",
@@ -305,20 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "gradient norm, effective step size, ε-dominated fraction per variable; "
                        "every 100 steps) into DIR, and draw them into optimizer.png in --out; "
                        "needs the tensorboard package (adamkit[monitor])")
-    train.add_argument("--checkpoint-dir", metavar="DIR",
-                       help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
-    train.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
-                       help="also save every STEPS optimizer steps")
-    train.add_argument("--keep", type=positive_int, default=3, metavar="N",
-                       help="keep the newest N checkpoints; default: 3")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest valid checkpoint in --checkpoint-dir")
+    add_checkpoint_flags(train)
 
-    add_tune_command(commands)
-    add_lr_find_command(commands)
 
+def add_reproduce_command(commands) -> None:
+    """``adamkit reproduce``: a paper's experiment."""
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
-    reproduce.add_argument("paper", choices=["reddi", "kingma-ba"])
+    reproduce.add_argument("paper", choices=choices.PAPERS)
     reproduce.add_argument("--out", metavar="DIR", default="runs/reproduce",
                            help="where plots and results go (default: runs/reproduce)")
     reproduce.add_argument("--steps", type=positive_int,
@@ -327,13 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="kingma-ba: a smaller run (fewer epochs and samples) for tests")
     reproduce.add_argument("--data", metavar="PATH", help="kingma-ba: as for train")
 
+
+def add_bench_command(commands) -> None:
+    """``adamkit bench``: optimizer steps timed against the peers."""
     bench = commands.add_parser(
         "bench", help="time optimizer steps against peers (prints ratios)",
         description="Time optimizer steps against peers in one run (TensorFlow backend). `step`: a "
         "dense Adam step for adamkit's paths and every peer, against the memory-bandwidth limit. "
         "`lazy`: an embedding table's update against the number of rows a sparse gradient touches.",
     )
-    bench.add_argument("suite", choices=["step", "lazy"])
+    bench.add_argument("suite", choices=choices.BENCH_SUITES)
     bench.add_argument("--sizes", type=positive_int, nargs="+", default=[1, 10, 50],
                        help="step: millions of parameters (default: 1 10 50)")
     bench.add_argument("--rows", type=positive_int, default=1_000_000,
@@ -345,12 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="step: rounds in which the paths take turns (median; default: 3)")
     bench.add_argument("--out", metavar="DIR", default="runs/bench",
                        help="where bench_<suite>.json and .png go (default: runs/bench)")
+
+
+def build_parser() -> Parser:
+    """The ``adamkit`` command's parser: every subcommand and flag (no framework is imported)."""
+    parser = Parser(
+        prog="adamkit",
+        description="The Adam family of optimizers for Keras 3, and the jobs around them.",
+        epilog=textwrap.dedent(
+            """
+            examples:
+              adamkit train                      # train the tutorial's MNIST model with adamkit.Adam
+              adamkit train --help               # every training flag
+              adamkit reproduce reddi            # Reddi et al.'s counterexample, Adam vs AMSGrad
+            """
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"adamkit {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    for add in (add_train_command, add_tune_command, add_lr_find_command,
+                add_reproduce_command, add_bench_command):
+        add(commands)
+    parser.commands = dict(commands.choices)  # the subparsers action's name → parser
     return parser
-
-
-def subcommand_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    """The parser of ``command``, whose usage line a usage error about its flags shows."""
-    return parser._subparsers._group_actions[0].choices[command]
 
 
 def check_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -401,7 +414,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.A
     usage error exits here, with code 2, before any framework is imported."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    subparser = subcommand_parser(parser, args.command)
+    subparser = parser.commands[args.command]
     if unknown:  # reported by the subcommand, so that its usage line is the one shown
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in CHECKS:

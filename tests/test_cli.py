@@ -84,14 +84,33 @@ def test_help_and_usage_errors_answer_at_once():
 
 
 def test_choices_are_the_librarys():
-    """The parser's names, kept keras-free in adamkit.choices, are the ones the library takes."""
+    """The parser's names, kept keras-free in adamkit.choices, are the ones the library takes: each
+    list against the library's own table where it has one, else each name used as the library uses
+    it."""
+    import keras
+
     import adamkit
-    from adamkit import choices, state, train
+    from adamkit import choices, reproduce, state, train
+    from adamkit.bench import command as bench
 
     assert tuple(adamkit.FAMILY) == choices.FAMILY_NAMES
     assert tuple(train.PRESETS) == choices.PRESETS
     assert state.STATE_DTYPES == choices.STATE_DTYPES
-    assert (*adamkit.FAMILY, "keras-adam") == train.OPTIMIZERS
+    assert (*adamkit.FAMILY, "keras-adam") == train.OPTIMIZERS == choices.OPTIMIZERS
+    for name in choices.OPTIMIZERS:
+        assert isinstance(train.make_optimizer(name, {}), keras.optimizers.Optimizer)
+    for state_dtype in choices.STATE_DTYPES:
+        assert adamkit.Adam(state_dtype=state_dtype).state_dtype == state_dtype
+    constant, cosine = (train.make_optimizer("adam", {}, s, steps=10) for s in choices.SCHEDULES)
+    assert isinstance(constant.learning_rate, float) or constant.learning_rate.shape == ()
+    assert type(cosine._learning_rate).__name__ == "CosineDecay"
+    for precision in choices.PRECISIONS:
+        assert keras.DTypePolicy(precision).variable_dtype == "float32"
+    assert set(choices.BACKENDS) == {"tensorflow", "jax", "torch"}
+    for paper in choices.PAPERS:
+        assert callable(getattr(reproduce, paper.replace("-", "_")))
+    for suite in choices.BENCH_SUITES:
+        assert callable(getattr(bench, suite))
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,11 @@ WIDTH = "100"  # argparse wraps help to $COLUMNS; fixed so the page does not dep
 
 
 def _commands(parser: argparse.ArgumentParser, prog: str):
-    """(command line, parser) for the parser and every subcommand, depth first."""
+    """(command line, parser) for the parser and every subcommand (``Parser.commands``), depth
+    first."""
     yield prog, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _commands(sub, f"{prog} {name}")
+    for name, sub in getattr(parser, "commands", {}).items():
+        yield from _commands(sub, f"{prog} {name}")
 
 
 def render() -> str:

@@ -26,6 +26,11 @@ SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTE = ("mirrored", "multi-worker")
 
+# `adamkit reproduce`'s papers (adamkit.reproduce's functions, with "_" for "-") and `adamkit bench`'s
+# suites (adamkit.bench.command's functions).
+PAPERS = ("reddi", "kingma-ba")
+BENCH_SUITES = ("step", "lazy")
+
 # `adamkit tune`'s Optuna pruners: "median" stops a trial whose validation accuracy after an epoch
 # is below the median of earlier trials' at that epoch (optuna.pruners.MedianPruner).
 PRUNERS = ("median", "none")
