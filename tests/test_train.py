@@ -67,3 +67,19 @@ def test_train_without_matplotlib_writes_everything_but_the_plot(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["history.csv", "history.json", "model.keras",
                                                     "run.json"]
     assert json.loads((out / "run.json").read_text())["final"]["val_accuracy"] > 0.5
+
+
+IMPORTS = """
+import sys
+import adamkit, adamkit.optimizers, adamkit.callbacks
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("adamkit.train", "adamkit.bench")))))
+"""
+
+
+def test_the_library_imports_neither_the_job_nor_the_benchmarks():
+    """``adamkit.train`` and ``adamkit.bench`` are applications of the library: importing adamkit
+    (its optimizers, callbacks and tools) loads neither."""
+    result = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
