@@ -265,15 +265,18 @@ def test_kernels_are_chosen_from_the_variable_device():
     variable = keras.Variable(np.ones((4, 4), np.float32))
     optimizer = adamkit.Adam(fused=None)
     optimizer.build([variable])
-    state = {name: slot.variable for name, slot in optimizer.slots_of(variable).items()}
-    assert kernel.on_cpu(variable) and kernel.supports(variable, None, state)
+    slots = optimizer.slots_of(variable)
+    assert kernel.on_cpu(variable)
+    assert all(e.refuses(optimizer, variable, None, slots) is None
+               for e in (kernel.TensorFlowOp(), kernel.ResourceApplyAdam()))
 
     class OnGpu:  # a variable as TensorFlow describes one in a GPU's memory
         dtype = "float32"
         device = gpu
 
-    assert not kernel.on_cpu(OnGpu()) and not kernel.supports(OnGpu(), None, state)
-    assert not kernel.supports_8bit(OnGpu())
+    assert not kernel.on_cpu(OnGpu())
+    for executor in kernel.EXECUTORS:  # none of adamkit's or TensorFlow's kernels takes it
+        assert executor.refuses(optimizer, OnGpu(), None, slots) is not None
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's platforms")

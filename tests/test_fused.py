@@ -57,7 +57,7 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
     # rounding only. Where it cannot be built TensorFlow's kernel runs; in float32 it forms 1 − β2
     # from β2's float32 value (0.99900001…), so its v differs from the ops path's by 1.3e-5
     # relative: β2's own rounding.
-    own_kernel = kernel.xla_kernel() if jit else kernel.custom_kernel() is not None
+    own_kernel = kernel.xla_kernel() if jit else kernel.custom_kernel()
     rtol = (2e-6 if own_kernel else 2e-5) if dtype == "float32" else 1e-12
     if "state_dtype" in kwargs and dtype == "float64":
         pytest.skip("float64 parameters keep float64 math; compressed state is for float32 ones")
@@ -223,21 +223,25 @@ def test_sixteen_bit_variables_take_the_float32_ops_path(rng):
     low = keras.Variable(keras.ops.cast(variable, "bfloat16"))
     gradient = keras.ops.cast(keras.ops.ones((8,)), "bfloat16")
     optimizer.apply([gradient], [low])  # must not reach the float32-only kernel
-    assert optimizer._kernel.supports(low, gradient, {}) is False
+    (choice,) = optimizer.explain()
+    assert choice.executor == "ops" and "bfloat16 parameters" in str(choice)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(low, "float32")),
                                keras.ops.convert_to_numpy(variable) - 0.001, atol=2e-2)
 
 
-def test_fused_true_requires_tensorflow():
-    assert adamkit.Adam(fused=True)._kernel is not None
-    assert adamkit.Adam(fused=False)._kernel is None
+def test_fused_chooses_the_kernel_or_the_ops_path(rng):
+    variables = make_variables([rng.normal(size=(8,))])
+    for fused, executor in ((True, "adamkit kernel (TensorFlow op)"), (False, "ops")):
+        optimizer = adamkit.Adam(fused=fused)
+        optimizer.build(variables)
+        assert [c.executor for c in optimizer.explain()] == [executor]
 
 
 def test_the_own_kernel_is_built_here_and_used_by_default():
     from adamkit.kernels import build
     from adamkit.kernels import tensorflow as kernel
 
-    assert kernel.custom_kernel() is not None, "g++ is on this machine: the kernel must build"
+    assert kernel.custom_kernel(), "g++ is on this machine: the kernel must build"
     assert any(p.suffix == ".so" for p in build.cache_dir().iterdir())
 
 

@@ -76,8 +76,9 @@ def test_fused_path_matches_ops_path_each_step(config, rng):
     # On PyTorch adamkit's own kernel takes every rule; without it, PyTorch's fused Adam only
     # Adam's own (the others then take the ops path twice, which passes trivially).
     torch_has_none = config == "keras-epsilon" or config.startswith(("radam", "nadam", "adamax"))
-    own_kernel = BACKEND != "torch" or pytorch_kernel() is not None
-    assert (fused._kernel is None) == (BACKEND == "torch" and torch_has_none and not own_kernel)
+    own_kernel = BACKEND != "torch" or pytorch_kernel()
+    ops_only = BACKEND == "torch" and torch_has_none and not own_kernel
+    assert ({c.executor for c in fused.explain()} == {"ops"}) == ops_only
     for t, (ours, plain) in enumerate(zip(history_fused, history_plain)):
         for a, b in zip(ours, plain):
             if a.dtype.kind == "f" and a.dtype.itemsize > 2:
@@ -181,7 +182,7 @@ def test_torch_runs_adamkits_kernel_and_no_torch_ops(rng, cls):
     1e-12)."""
     import torch
 
-    assert pytorch_kernel() is not None, "adamkit's PyTorch kernel should build here"
+    assert pytorch_kernel(), "adamkit's PyTorch kernel should build here"
     shapes_dtypes = [((40, 30), "float32"), ((30,), "float32"), ((20, 7), "float64")]
     initial = [rng.normal(size=s) for s, _ in shapes_dtypes]
     grads = [rng.normal(size=s).astype(d) for s, d in shapes_dtypes]
@@ -209,14 +210,19 @@ def test_torch_runs_adamkits_kernel_and_no_torch_ops(rng, cls):
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch runs the step's Python every step")
 def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
-    """Whether the kernel takes a variable is settled on the first step (``FIXED_SUPPORT``): the
-    later steps ask nothing, a variable left out of one step is back in the kernel's group on
-    the next, and the steps equal the ops path's."""
-    from adamkit.kernels import pytorch
+    """Which executor takes a variable is settled on the first step: the later steps ask
+    nothing, a variable left out of one step is back in the kernel's group on the next, and the
+    steps equal the ops path's."""
+    from adamkit import executors
 
-    asked = []
-    supports = pytorch.supports
-    monkeypatch.setattr(pytorch, "supports", lambda *a, **k: asked.append(a[0]) or supports(*a, **k))
+    asked, choose = [], executors.choose
+
+    def counted(optimizer, variable, gradient):
+        if optimizer.fused is None:
+            asked.append(variable)
+        return choose(optimizer, variable, gradient)
+
+    monkeypatch.setattr(executors, "choose", counted)
     variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES]
     fused, plain = (adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, exclude_1d=True,
                                   fused=f) for f in (None, False))
@@ -234,16 +240,19 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("decays", [[None, None, None], ["d", None, "d", None], [None, "d", "e"]])
-def test_kernel_scalars_decay_column(decays):
-    """The kernels' per-variable rows: the decay factor first (1 where there is none; each
-    distinct factor in its own variables' rows), the shared six after it."""
-    from adamkit.kernels.scalars import kernel_scalars
+def test_scalar_table_rows(decays):
+    """The kernels' per-variable rows from Adam's rule: the decay factor first (1 where there is
+    none; each distinct factor in its own variables' rows), the shared six after it."""
+    from adamkit.kernels.scalars import scalar_table
+    from adamkit.optimizers.adam import AdamRule
 
     factors = {"d": keras.ops.convert_to_tensor(0.999, "float32"),
                "e": keras.ops.convert_to_tensor(0.5, "float32")}
-    step, rate = keras.ops.convert_to_tensor(3.0), keras.ops.convert_to_tensor(1e-3)
-    rows = keras.ops.convert_to_numpy(kernel_scalars(
-        "float64", step, rate, 0.9, 0.999, 1e-8, "paper", [factors.get(d) for d in decays]))
+    rule = AdamRule(0.9, 0.999, 1e-8)
+    step, rate = (keras.ops.cast(keras.ops.convert_to_tensor(x), "float64") for x in (3.0, 1e-3))
+    scalars, _ = rule.scalars(step, rate, {})
+    rows = keras.ops.convert_to_numpy(scalar_table(
+        rule, scalars, [factors.get(d) for d in decays], "float64"))
     expected = [1.0 if d is None else float(np.float32({"d": 0.999, "e": 0.5}[d])) for d in decays]
     np.testing.assert_array_equal(rows[:, 0], expected)
     rate = float(np.float32(1e-3))  # a float32 tensor, as Keras's learning rate
@@ -311,28 +320,30 @@ def test_jax_without_a_compiler_says_so_once_and_runs_the_ops_path(tmp_path):
     assert abs(float(result.stdout.split()[-1]) - 0.8) < 1e-5  # two steps of α = 0.1
 
 
-def test_every_kernel_module_offers_what_the_optimizers_call():
-    """``adamkit.optimizers.fused`` calls the backend's kernel module through one set of names:
-    each of the three modules defines all of them (read from the source, so that the check runs
-    under any backend, without importing the other two frameworks)."""
+def test_every_backend_offers_executors_of_one_shape():
+    """Each backend module lists its executors (``EXECUTORS``), each with a ``name`` and the
+    ``Executor`` protocol's methods (read from the source, so that the check runs under any
+    backend, without importing the other two frameworks)."""
     import ast
-    import inspect
+    import typing
     from pathlib import Path
 
-    from adamkit.optimizers import fused
+    from adamkit import executors
 
-    called = set()
-    for node in ast.walk(ast.parse(inspect.getsource(fused))):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                and node.value.attr == "_kernel") or (
-                isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id == "kernel"):
-            called.add(node.attr)
-    assert {"supports", "apply_adam_together", "FIXED_SUPPORT"} <= called
-    folder = Path(fused.__file__).parents[1] / "kernels"
+    methods = {n for n in vars(executors.Executor) if not n.startswith("_")} - {"name"}
+    assert methods == {"refuses", "groups", "apply"}
+    assert typing.get_type_hints(executors.Executor)["name"] is str
+    folder = Path(executors.__file__).parent / "kernels"
     for module in ("tensorflow", "jax", "pytorch"):
         tree = ast.parse((folder / f"{module}.py").read_text())
-        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-        defined |= {target.id for node in tree.body if isinstance(node, ast.Assign)
-                    for target in node.targets if isinstance(target, ast.Name)}
-        assert called <= defined, f"adamkit.kernels.{module} lacks {sorted(called - defined)}"
+        classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+        (listed,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                     and any(getattr(t, "id", "") == "EXECUTORS" for t in node.targets)]
+        names = [call.func.id for call in listed.elts]
+        assert names, module
+        for name in names:
+            body = classes[name].body
+            defined = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+            defined |= {t.id for n in body if isinstance(n, ast.Assign) for t in n.targets
+                        if isinstance(t, ast.Name)}
+            assert methods | {"name"} <= defined, f"{module}.{name} lacks {methods - defined}"

@@ -242,8 +242,10 @@ def check_fused(fused: object, rule) -> bool | None:
         from adamkit.kernels import pytorch
 
         if not pytorch.custom_kernel():
+            what = ("epsilon_mode='keras'" if getattr(rule, "epsilon_mode", "") == "keras"
+                    else type(rule).__name__.removesuffix("Rule"))
             raise ValueError(
                 "`fused=True` on PyTorch without adamkit's kernel (it could not be built here) "
                 "needs Adam with epsilon_mode='paper' (PyTorch's fused kernel adds ε after bias "
-                f"correction), not {type(rule).__name__}'s rule; use fused=None or fused=False.")
+                f"correction), not {what}; use fused=None or fused=False.")
     return fused

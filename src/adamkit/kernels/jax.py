@@ -36,6 +36,7 @@ from adamkit import state as state_storage
 from adamkit.kernels import is_8bit, kernel_slots, plain_state, refuse_state, state_names
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import scalar_table
+from adamkit.sparse import densified
 
 SOURCE = Path(__file__).with_name("adam_ffi.cc")
 TARGET = "adamkit_adam"
@@ -102,7 +103,7 @@ class XlaCall:
         states = [plain_state(s) for s in job.slots]
         names = state_names(states[0])
         updated = [*job.variables, *(s[name] for name in names for s in states)]
-        grads = [jnp.asarray(keras.ops.convert_to_tensor(g), dtype) for g in job.gradients]
+        grads = [jnp.asarray(densified(g), dtype) for g in job.gradients]  # BCOO: dense
         _call_in_place(TARGET, updated, [*grads, scalars, step],
                        n=np.int64(len(job.variables)), **flags)
 
@@ -115,7 +116,7 @@ def _apply_8bit(job, scalars, step, flags):
     updated = [job.variables[0],
                *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
-    gradient = jnp.asarray(keras.ops.convert_to_tensor(job.gradients[0]), jnp.float32)
+    gradient = jnp.asarray(densified(job.gradients[0]), jnp.float32)
     _call_in_place(TARGET_8BIT, updated, [gradient, scalars, step, *tables], **flags)
 
 
