@@ -12,7 +12,7 @@
 // adamkit.state's 8-bit block-wise codes, decoding, updating and re-encoding one block of 256 at a
 // time while it sits in L1.
 //
-// The seven scalars arrive already formed in double precision and rounded once to T, so 1 − β2 is
+// The scalars (adamkit/kernels/scalars.py) arrive already formed in double precision and rounded once to T, so 1 − β2 is
 // exact to T's precision (TensorFlow's own kernel forms it from T-rounded β2). Compiled with
 // -ffp-contract=off so that m and v round exactly as the ops path's separate operations do.
 #define EIGEN_USE_THREADS

@@ -5,10 +5,11 @@
 //   m ← m + (g − m)(1 − β1)          v ← v + (g² − v)(1 − β2)         [v̂max ← max(v̂max, v)]
 //   θ ← θ·decay − (a·m + b·g) / (√v·s + ε)
 //
-// with the step's scalars per variable, kScalars of them: decay, 1 − β1, 1 − β2, a, s, ε, b.
-// Adam: a = α/(1 − β1ᵗ), s = 1/√(1 − β2ᵗ), b = 0; RAdam and NAdam (its look-ahead on g: b ≠ 0)
-// only choose other values (adamkit/optimizers/fused.py). AdaMax (Rule::kAdamax) keeps the
-// infinity norm u in v's place, with the third scalar β2 itself and ε inside the max:
+// with the step's scalars per variable, kScalars of them: decay, 1 − β1, 1 − β2, a, s, ε, b. What
+// they are for each rule of the family is stated once, in Python: the rule's own file forms a, b,
+// c and ε (adamkit/rule.py), adamkit/kernels/scalars.py turns them into these rows (s = 1/√c).
+// AdaMax (Rule::kAdamax) keeps the infinity norm u in v's place, with the third scalar β2 itself
+// and ε inside the max:
 //
 //   u ← max(β2·u, |g| + ε)           θ ← θ·decay − (a·m + b·g) / u
 #ifndef ADAMKIT_ADAM_UPDATE_H_

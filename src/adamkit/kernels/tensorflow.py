@@ -302,12 +302,12 @@ class ResourceApplyAdam:
         if not on_cpu(variable):
             return "not on the CPU"
         dtype = keras.backend.standardize_dtype(variable.dtype)
-        state = plain_state(slots)
-        if state is None or {keras.backend.standardize_dtype(s.dtype)
-                             for s in state.values()} != {dtype} or dtype == "bfloat16":
-            return "state not stored in the parameters' float dtype"
         if dtype not in ("float32", "float64"):
             return f"{dtype} parameters"
+        state = plain_state(slots)
+        if state is None or {keras.backend.standardize_dtype(s.dtype)
+                             for s in state.values()} != {dtype}:
+            return "state not stored in the parameters' dtype"
         if "velocity_hat" in state and _in_xla():
             return "AMSGrad under XLA (TensorFlow has no XLA kernel for it)"
         return None
