@@ -18,8 +18,9 @@ MARKER = "{{shared_args}}"
 # the name, as in a Google-style Args section.
 SHARED_ARGS: tuple[tuple[str, str], ...] = (
     ("fused (bool | None)", """\
-``None`` (default): run the step in adamkit's fused kernel wherever it applies (see the
-    fused-kernels page); ``False``: always the plain ``adamkit.ops`` path; ``True``: require
+``None`` (default): run each variable's step in the fastest executor that takes it
+    (adamkit's kernel, the peer's where it computes the same rule, else the ops path; see the
+    fused-kernels page and ``explain()``); ``False``: always the ops path; ``True``: require
     the backend to have a kernel for this rule, else ``ValueError`` at construction."""),
     ("weight_decay (float | LearningRateSchedule | Callable | None)", """\
 decoupled weight decay λ ≥ 0, θ ← θ·(1 − αₜ·λ) before the step (as every Keras optimizer and
