@@ -218,17 +218,24 @@ class AdamFamily(keras.optimizers.Optimizer):
         return executors.Explanation(
             executors.Choice(getattr(v, "path", v.name), executor.name, reasons)
             for v in self._trainable_variables
-            for executor, reasons in [self._executor(v, None)])
+            for executor, reasons, _ in [self._executor(v, None)])
 
     def _executor(self, variable, gradient) -> tuple:
-        """``executors.choose``'s answer, asked once per variable where the backend says it is
-        fixed (PyTorch, whose step runs this Python every time); TensorFlow and JAX ask only
-        while tracing, and TensorFlow's answer differs under XLA and not."""
+        """(executor, the others' reasons, group key: None where it runs alone) for this variable
+        and gradient: ``executors.choose``'s answer, asked once per variable where it is fixed
+        (PyTorch, whose step runs this Python every time); TensorFlow and JAX ask only while
+        tracing, and TensorFlow's answer differs under XLA and not."""
         fixed = keras.backend.backend() == "torch" and not self.lazy
         index = self._get_variable_index(variable) if fixed else None
         if index in self._choices:
             return self._choices[index]
-        found = executors.choose(self, variable, gradient)
+        executor, reasons = executors.choose(self, variable, gradient)
+        slots, group = self.slots_of(variable), None
+        dense = gradient is None or not sparse.is_sparse(gradient)  # sparse: one at a time
+        if dense and executor.groups(slots):
+            group = (executor.name, variable.dtype,
+                     *(v.dtype for s in slots.values() for v in s.variables))
+        found = (executor, reasons, group)
         if fixed:
             self._choices[index] = found
         return found
@@ -248,22 +255,18 @@ class AdamFamily(keras.optimizers.Optimizer):
         state dtype; returns the (gradient, variable) pairs left for Keras's per-variable loop."""
         groups, rest = {}, []
         for gradient, variable in grads_and_variables:
-            executor = None
-            if gradient is not None and not sparse.is_sparse(gradient):  # sparse: one at a time
-                executor, _ = self._executor(variable, gradient)
-            slots = self.slots_of(variable) if executor is not None else {}
-            if executor is None or not executor.groups(slots):
+            executor, _, group = self._executor(variable, gradient) if gradient is not None \
+                else (None, None, None)
+            if group is None:
                 rest.append((gradient, variable))
-                continue
-            key = (executor.name, variable.dtype,
-                   *(v.dtype for s in slots.values() for v in s.variables))
-            groups.setdefault(key, (executor, []))[1].append((gradient, variable))
+            else:
+                groups.setdefault(group, (executor, []))[1].append((gradient, variable))
         for executor, pairs in groups.values():
             executor.apply(self._job(pairs, learning_rate))
         return rest
 
     def update_step(self, gradient, variable, learning_rate):
-        executor, _ = self._executor(variable, gradient)
+        executor, _, _ = self._executor(variable, gradient)
         executor.apply(self._job([(gradient, variable)], learning_rate))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
