@@ -62,6 +62,11 @@ class Job:
                 s[name].write(self.optimizer, v, written)
         return scalars
 
+    def single(self) -> tuple:
+        """(variable, gradient, decay factor or None, compute dtype) of a one-variable job."""
+        (variable,), (gradient,), (decay,) = self.variables, self.gradients, self.decays
+        return variable, gradient, decay, state_storage.compute_dtype(variable)
+
     def state(self, index: int) -> dict:
         """The per-parameter state of variable ``index`` as stored (slots), by name."""
         return {n: s for n, s in self.slots[index].items() if n not in self.rule.carried}
@@ -93,7 +98,14 @@ def write_state(job: Job, index: int, values: dict) -> None:
         job.slots[index][name].write(job.optimizer, value, iteration)
 
 
-class OpsPath:
+class OneAtATime:
+    """An executor that takes one variable per call."""
+
+    def groups(self, slots):
+        return False
+
+
+class OpsPath(OneAtATime):
     """The reference: the rule on ``keras.ops`` tensors, one variable at a time, every result
     assigned through the optimizer (which is what distribution strategies need)."""
 
@@ -102,13 +114,9 @@ class OpsPath:
     def refuses(self, optimizer, variable, gradient, slots):
         return None
 
-    def groups(self, slots):
-        return False
-
     def apply(self, job):
         optimizer, rule = job.optimizer, job.rule
-        (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
-        dtype = state_storage.compute_dtype(variable)
+        variable, gradient, decay, dtype = job.single()
         if decay is not None:
             optimizer.assign(variable, ops.cast(variable, dtype) * decay)
         gradient = ops.cast(sparse.densified(gradient), dtype)
@@ -119,7 +127,7 @@ class OpsPath:
         write_state(job, 0, state)
 
 
-class MaskedRows:
+class MaskedRows(OneAtATime):
     """``lazy=True`` on JAX and PyTorch, whose gradients are dense: the rule on whole tensors, and
     only the rows the gradient touches (``sparse.named_rows``) take the results, decay included."""
 
@@ -132,13 +140,9 @@ class MaskedRows:
             return "TensorFlow: sparse gradients name their rows"
         return None
 
-    def groups(self, slots):
-        return False
-
     def apply(self, job):
         optimizer, rule = job.optimizer, job.rule
-        (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
-        dtype = state_storage.compute_dtype(variable)
+        variable, gradient, decay, dtype = job.single()
         touched = sparse.named_rows(gradient, variable.shape)
         gradient = ops.cast(sparse.densified(gradient), dtype)
         before = read_state(job, 0, dtype)
@@ -150,7 +154,7 @@ class MaskedRows:
         optimizer.assign(variable, ops.where(touched, decayed - update, theta))
 
 
-class SparseRows:
+class SparseRows(OneAtATime):
     """``lazy=True`` with a TensorFlow ``IndexedSlices`` gradient: the rule on the touched rows
     only (``sparse.lazy_sparse_step``)."""
 
@@ -164,9 +168,6 @@ class SparseRows:
         if keras.backend.backend() != "tensorflow":
             return "not TensorFlow"
         return None
-
-    def groups(self, slots):
-        return False
 
     def apply(self, job):
         sparse.lazy_sparse_step(job)

@@ -65,11 +65,10 @@ def lazy_sparse_step(job) -> None:
     import tensorflow as tf
 
     from adamkit.kernels.tensorflow import tf_variable
-    from adamkit.state import compute_dtype, flat_positions
+    from adamkit.state import flat_positions
 
     optimizer, rule = job.optimizer, job.rule
-    (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
-    dtype = compute_dtype(variable)
+    variable, gradient, decay, dtype = job.single()
     slots = job.state(0)
     unique, position = tf.unique(gradient.indices)
     values = tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(unique)[0])
