@@ -369,10 +369,19 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
         ValueError: a setting out of range, an uncompiled model, empty data, or an optimizer
             whose learning rate cannot be set.
     """
-    import keras
+    _check_arguments(model, batch_size, start_lr, end_lr, num_steps, smooth, diverge)
+    x_run, y_run = _test_data(x, y, num_steps * batch_size, seed)
+    ramp = {"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps, "smooth": smooth,
+            "diverge": diverge}
+    result = _run_restoring(model, x_run, y_run, batch_size, verbose, ramp)
+    result.settings.update(batch_size=batch_size, seed=seed)
+    return result
 
-    from adamkit.callbacks import LRFinder
 
+def _check_arguments(model, batch_size: int, start_lr: float, end_lr: float, num_steps: int,
+                     smooth: float, diverge: float) -> None:
+    """Raises ``ValueError`` for a setting or model ``lr_find`` cannot run with, before the model
+    is touched."""
     check_settings(start_lr, end_lr, num_steps, smooth, diverge)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
@@ -380,22 +389,34 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
         raise ValueError("lr_find needs a compiled model: call model.compile(optimizer=..., "
                          "loss=...) first")
     check_settable(model.optimizer)
+
+
+def _test_data(x, y, count: int, seed: int) -> tuple[Any, Any]:
+    """``x`` and ``y`` as the ``count`` examples the test's steps take, in order (``batch_order``):
+    ``model.fit`` then runs them unshuffled, one batch a step."""
+    import keras
+
     arrays = keras.tree.map_structure(np.asarray, x)
     examples = len(keras.tree.flatten(arrays)[0])
     if examples == 0:
         raise ValueError("lr_find needs data: x holds no examples")
-    order = batch_order(examples, num_steps * batch_size, seed)
+    order = batch_order(examples, count, seed)
     x_run = keras.tree.map_structure(lambda a: a[order], arrays)
     y_run = None if y is None else keras.tree.map_structure(lambda a: np.asarray(a)[order], y)
+    return x_run, y_run
 
-    if not model.built:  # its variables must exist to be saved
-        model(keras.tree.map_structure(lambda a: a[:batch_size], x_run))
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+
+def _run_restoring(model, x_run, y_run, batch_size: int, verbose: int,
+                   ramp: dict[str, Any]) -> LRFindResult:
+    """Runs ``LRFinder(**ramp)`` over ``x_run``, ``y_run`` in one epoch of ``model.fit``, then
+    puts back all it changed: the model's and its optimizer's variables, PyTorch's global random
+    state, and the model's ``steps_per_execution``, compiled train function and history."""
+    from adamkit.callbacks import LRFinder
+
+    _build(model, x_run, batch_size)
     saved = snapshot([*model.variables, *model.optimizer.variables])
     generator = global_generator_state()
-    finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, smooth=smooth,
-                      diverge=diverge)
+    finder = LRFinder(**ramp)
     # One step per call of the train function, so that each step gets its own learning rate;
     # the model's own setting and compiled function come back afterwards.
     per_call, function = model.steps_per_execution, model.train_function
@@ -409,8 +430,18 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
         model.history = history
         restore(saved)
         restore_global_generator(generator)
-    finder.result.settings.update(batch_size=batch_size, seed=seed)
     return finder.result
+
+
+def _build(model, x_run, batch_size: int) -> None:
+    """Builds the model and its optimizer where not built yet: their variables must exist to be
+    saved (an optimizer's fresh state is then what is restored)."""
+    import keras
+
+    if not model.built:
+        model(keras.tree.map_structure(lambda a: a[:batch_size], x_run))
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
 
 
 def check_settable(optimizer) -> None:
@@ -530,25 +561,11 @@ def tutorial_lr_find(optimizer: str = "adam", hyperparameters: dict[str, Any] | 
     """
     import time
 
-    import keras
+    from adamkit.train import versions
 
-    from adamkit.train import (
-        TrainSettings,
-        default_out_dir,
-        load_data,
-        make_optimizer,
-        seed_model,
-        seed_objective,
-        versions,
-    )
-
-    check_settings(start_lr, end_lr, num_steps, 0.98, 4.0)
-    settings = TrainSettings(optimizer=optimizer, hyperparameters=dict(hyperparameters or {}),
-                             dropout=dropout, seed=seed, data=data, batch_size=batch_size)
-    keras.utils.set_random_seed(seed)
-    (x_train, y_train), _ = load_data(settings, log)
-    model = seed_model(dropout)
-    model.compile(optimizer=make_optimizer(optimizer, settings.hyperparameters), **seed_objective())
+    check_settings(start_lr, end_lr, num_steps, 0.98, 4.0)  # before the data is loaded
+    settings, model, (x_train, y_train) = _tutorial_setup(optimizer, hyperparameters, dropout,
+                                                          data, seed, batch_size, log)
     started = time.perf_counter()
     result = lr_find(model, x_train, y_train, start_lr=start_lr, end_lr=end_lr,
                      num_steps=num_steps, batch_size=batch_size, seed=seed)
@@ -556,7 +573,33 @@ def tutorial_lr_find(optimizer: str = "adam", hyperparameters: dict[str, Any] | 
                            dropout=dropout, model="tutorial MLP on MNIST",
                            wall_time_s=round(time.perf_counter() - started, 3),
                            versions=versions())
+    return result, _save_tutorial(result, optimizer, out)
+
+
+def _tutorial_setup(optimizer: str, hyperparameters: dict[str, Any] | None, dropout: float,
+                    data: str | None, seed: int, batch_size: int, log) -> tuple[Any, Any, Any]:
+    """The settings, the compiled tutorial model and MNIST's training set, seeded as ``adamkit
+    train`` seeds them (the same initial weights for the same ``seed``)."""
+    import keras
+
+    from adamkit.train import TrainSettings, load_data, make_optimizer, seed_model, seed_objective
+
+    settings = TrainSettings(optimizer=optimizer, hyperparameters=dict(hyperparameters or {}),
+                             dropout=dropout, seed=seed, data=data, batch_size=batch_size)
+    keras.utils.set_random_seed(seed)
+    (x_train, y_train), _ = load_data(settings, log)
+    model = seed_model(dropout)
+    model.compile(optimizer=make_optimizer(optimizer, settings.hyperparameters), **seed_objective())
+    return settings, model, (x_train, y_train)
+
+
+def _save_tutorial(result: LRFindResult, optimizer: str, out: str | os.PathLike | None) -> Path:
+    """Writes the result into ``out`` (None: a new folder under ``runs/``); returns the folder."""
+    import keras
+
+    from adamkit.train import default_out_dir
+
     folder = Path(out) if out else default_out_dir(f"lr-find-{optimizer}")
     result.save(folder, f"Learning-rate range test: {optimizer} on the tutorial's model "
                         f"({keras.backend.backend()})")
-    return result, folder
+    return folder

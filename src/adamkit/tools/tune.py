@@ -18,6 +18,7 @@ Optuna is an extra: ``pip install 'adamkit[tune]'``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import json
@@ -29,6 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -310,23 +312,12 @@ class _DropSurplusLog(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], _Surplus))
 
 
-def tune(
-    model: keras.Model | Callable[[], keras.Model],
-    train_data: tuple[Any, Any],
-    validation_data: tuple[Any, Any],
-    *,
-    trials: int = 20,
-    epochs: int = 3,
-    batch_size: int = 32,
-    optimizers: Sequence[str] = choices.FAMILY_NAMES,
-    seed: int = 0,
-    storage: str | optuna.storages.BaseStorage | None = None,
-    study_name: str = "adamkit-tune",
-    pruner: str = "median",
-    monitor: str = "val_accuracy",
-    description: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> optuna.Study:
+def tune(model: keras.Model | Callable[[], keras.Model], train_data: tuple[Any, Any],
+         validation_data: tuple[Any, Any], *, trials: int = 20, epochs: int = 3, batch_size: int = 32,
+         optimizers: Sequence[str] = choices.FAMILY_NAMES, seed: int = 0,
+         storage: str | optuna.storages.BaseStorage | None = None, study_name: str = "adamkit-tune",
+         pruner: str = "median", monitor: str = "val_accuracy",
+         description: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> optuna.Study:
     """Searches the Adam family's hyperparameters for ``model`` with Optuna.
 
     Each trial trains a fresh copy of the model (weights drawn anew from ``seed``, as ``adamkit
@@ -363,6 +354,18 @@ def tune(
         ValueError: ``trials`` < 1, an unknown optimizer or pruner, or an uncompiled model.
     """
     _optuna()
+    _check_arguments(trials, optimizers, pruner)
+    storage = _storage_of(storage)
+    settings = search_settings(optimizers, epochs, batch_size, seed, monitor, description)
+    study = _study(storage, study_name, settings, pruner)
+    plan = _TrialPlan(model, train_data, validation_data, settings["optimizers"], monitor,
+                      TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed))
+    _run_remaining(study, study_name, trials, plan, log)
+    return study
+
+
+def _check_arguments(trials: int, optimizers: Sequence[str], pruner: str) -> None:
+    """Raises ``ValueError`` for a setting ``tune`` cannot run with, before any storage is opened."""
     if trials < 1:
         raise ValueError(f"trials must be at least 1; got {trials}")
     unknown = [name for name in optimizers if name not in choices.FAMILY_NAMES]
@@ -371,67 +374,119 @@ def tune(
                          f"{list(optimizers)}")
     if pruner not in choices.PRUNERS:
         raise ValueError(f"pruner must be one of {choices.PRUNERS}; got {pruner!r}")
+
+
+def _storage_of(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
+    """``tune``'s ``storage`` as an Optuna storage: a URL opened, None a new in-memory one."""
     if isinstance(storage, str):
-        storage = open_storage(storage)
-    elif storage is None:
-        storage = optuna.storages.InMemoryStorage()
-    settings = search_settings(optimizers, epochs, batch_size, seed, monitor, description)
-    study = _study(storage, study_name, settings, pruner)
-    names = settings["optimizers"]
-    train_settings = TrainSettings(epochs=epochs, batch_size=batch_size, seed=seed)
+        return open_storage(storage)
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    return storage
 
-    def objective(trial: optuna.Trial) -> float:
-        if _counted(study, below=trial.number) >= trials:
-            trial.set_user_attr("surplus", True)
-            trial.study.stop()
-            raise _Surplus(f"trial {trial.number}: the study already holds {trials} trials")
-        name, hyperparameters = suggest(trial, names)
-        trial.set_user_attr("backend", keras.backend.backend())
-        keras.backend.clear_session()
-        keras.utils.set_random_seed(seed)  # each trial starts as a fresh `adamkit train` does
-        fresh = _fresh_model(model, make_optimizer(name, hyperparameters))
-        callback = _pruning_callback_class()(trial, monitor, epochs)
-        history = fit(fresh, train_settings, train_data, validation_data,
-                      {"epoch": 0, "batch": 0, "history": {}}, log=lambda *_: None,
-                      extra_callbacks=[callback], verbose=0)
-        if monitor not in history:
-            raise ValueError(f"{monitor!r} is not among the metrics Keras logged: "
-                             f"{sorted(history)}")
-        return history[monitor][-1]
 
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.user_attrs.get("surplus"):
-            return
-        name, hyperparameters = hyperparameters_of(trial)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in hyperparameters.items())
-        values = trial.intermediate_values
-        last = values[max(values)] if values else math.nan
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        what = {"COMPLETE": "", "PRUNED": f" pruned after epoch {len(values)}:"}.get(
-            trial.state.name, f" {trial.state.name.lower()}:")
-        log(f"Trial {trial.number}:{what} {name} ({shown}): {monitor} {last:.4f} "
-            f"[{seconds:.1f} s]")
+@dataclass(frozen=True)
+class _TrialPlan:
+    """What every trial of one ``tune`` call trains, on what, and how (kept together so that the
+    objective and the progress lines read them from one place)."""
 
-    def stop_when_full(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if _counted(study) >= trials:
-            study.stop()
+    model: keras.Model | Callable[[], keras.Model]
+    train_data: tuple[Any, Any]
+    validation_data: tuple[Any, Any]
+    names: Sequence[str]  # the family members searched, in the study's settings' order
+    monitor: str
+    train: TrainSettings  # epochs, batch size and seed, as `adamkit train` takes them
 
+
+def _run_remaining(study: optuna.Study, study_name: str, trials: int, plan: _TrialPlan,
+                   log: Callable[[str], None]) -> None:
+    """Runs trials until the study holds ``trials`` in all, counting those of earlier runs and of
+    other processes working on it (so a resumed study runs only the rest)."""
     done = _counted(study)
     if done >= trials:
         log(f"Study {study_name!r} holds {done} trials (of {trials} asked for): none to run")
-        return study
+        return
     log(f"Study {study_name!r}: {done} of {trials} trials done or running; "
         f"running the other {trials - done} (with any other process on this study)")
+    callbacks = [functools.partial(_report, monitor=plan.monitor, log=log),
+                 functools.partial(_stop_when_full, trials=trials)]
+    with _surplus_logs_dropped():
+        study.optimize(_objective(study, trials, plan), callbacks=callbacks, catch=(_Surplus,))
+
+
+def _objective(study: optuna.Study, trials: int,
+               plan: _TrialPlan) -> Callable[[optuna.Trial], float]:
+    """Optuna's objective: a trial first claims its place in the study, then trains."""
+    def objective(trial: optuna.Trial) -> float:
+        _give_up_if_surplus(study, trial, trials)
+        return _train_trial(trial, plan)
+
+    return objective
+
+
+def _give_up_if_surplus(study: optuna.Study, trial: optuna.Trial, trials: int) -> None:
+    """Raises ``_Surplus`` (and stops this process's loop) where the trials numbered below
+    ``trial`` already fill the study: processes sharing it may together start one too many."""
+    if _counted(study, below=trial.number) >= trials:
+        trial.set_user_attr("surplus", True)  # not counted, not reported, not in trials.csv
+        trial.study.stop()
+        raise _Surplus(f"trial {trial.number}: the study already holds {trials} trials")
+
+
+def _train_trial(trial: optuna.Trial, plan: _TrialPlan) -> float:
+    """Trains a fresh copy of the model with the trial's optimizer; its value is the monitored
+    metric after the last epoch (the pruning callback may stop it earlier)."""
+    name, hyperparameters = suggest(trial, plan.names)
+    trial.set_user_attr("backend", keras.backend.backend())
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(plan.train.seed)  # each trial starts as a fresh `adamkit train` does
+    fresh = _fresh_model(plan.model, make_optimizer(name, hyperparameters))
+    callback = _pruning_callback_class()(trial, plan.monitor, plan.train.epochs)
+    history = fit(fresh, plan.train, plan.train_data, plan.validation_data,
+                  {"epoch": 0, "batch": 0, "history": {}}, log=lambda *_: None,
+                  extra_callbacks=[callback], verbose=0)
+    if plan.monitor not in history:
+        raise ValueError(f"{plan.monitor!r} is not among the metrics Keras logged: "
+                         f"{sorted(history)}")
+    return history[plan.monitor][-1]
+
+
+def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, monitor: str,
+            log: Callable[[str], None]) -> None:
+    """Optuna callback: one progress line per finished trial (surplus trials pass silently)."""
+    if trial.user_attrs.get("surplus"):
+        return
+    name, hyperparameters = hyperparameters_of(trial)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in hyperparameters.items())
+    values = trial.intermediate_values
+    last = values[max(values)] if values else math.nan
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    what = {"COMPLETE": "", "PRUNED": f" pruned after epoch {len(values)}:"}.get(
+        trial.state.name, f" {trial.state.name.lower()}:")
+    log(f"Trial {trial.number}:{what} {name} ({shown}): {monitor} {last:.4f} "
+        f"[{seconds:.1f} s]")
+
+
+def _stop_when_full(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, trials: int) -> None:
+    """Optuna callback: ends this process's loop once the study holds ``trials`` (other processes
+    may have filled it meanwhile)."""
+    if _counted(study) >= trials:
+        study.stop()
+
+
+@contextlib.contextmanager
+def _surplus_logs_dropped():
+    """While in it, Optuna's loggers do not print the ``_Surplus`` a given-up trial raises: it is
+    how a surplus trial ends, not a failure worth a traceback."""
     handlers = logging.getLogger("optuna").handlers
     quiet = _DropSurplusLog()
     for handler in handlers:
         handler.addFilter(quiet)
     try:
-        study.optimize(objective, callbacks=[report, stop_when_full], catch=(_Surplus,))
+        yield
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
-    return study
 
 
 def _trial_rows(study: optuna.Study, monitor: str) -> list[dict[str, Any]]:
