@@ -11,7 +11,7 @@ import pytest
 
 import adamkit
 from adamkit.callbacks import OptimizerMonitor
-from adamkit.tools.monitor import moments, read_scalars, step_sizes
+from adamkit.tools.monitor import moments, read_histograms, read_scalars, step_sizes
 from conftest import BACKEND
 
 pytest.importorskip("tensorboard")
@@ -52,6 +52,10 @@ def test_tags_are_written_and_read_back_by_tensorboard(tmp_path):
                        for tag, values in monitor.history.items()}
     assert scalars["optimizer/learning_rate"] == [(2, pytest.approx(1e-3)), (4, pytest.approx(1e-3))]
     assert scalars["optimizer/skipped_steps"] == [(2, 0.0), (4, 0.0)]
+    histograms = read_histograms(tmp_path)
+    assert set(histograms) == {f"optimizer/log10_effective_lr/{v.path}"
+                               for v in model.trainable_variables}
+    assert all([s for s, _ in found] == [2, 4] for found in histograms.values())
     for variable in model.trainable_variables:
         for kind in ("update_ratio", "grad_norm", "epsilon_dominated", "effective_lr/{}/mean",
                      "effective_lr/{}/p10", "effective_lr/{}/p50", "effective_lr/{}/p90"):
@@ -198,3 +202,69 @@ def test_train_flag_writes_events_and_optimizer_png(tmp_path):
     png = (out / "optimizer.png").read_bytes()
     assert png.startswith(b"\x89PNG") and (out / "plot.png").exists()
     assert json.loads((out / "run.json").read_text())["settings"]["tensorboard"] == str(board)
+
+
+def test_large_variable_statistics_match_numpy_on_the_full_state(tmp_path):
+    """A 300 × 40 kernel (12,000 coordinates, more than the 4,096 the percentiles are taken
+    from): the mean step size and the ε-dominated fraction are NumPy's over every coordinate of
+    the state after the logged step; the percentiles are within a few per cent of the exact ones."""
+    rng = np.random.default_rng(4)
+    # a third of the inputs always zero: their weights get no gradient, so v = 0 (ε-dominated)
+    x = rng.normal(size=(64, 300)).astype("float32") * (np.arange(300) % 3 > 0)
+    y = rng.normal(size=(64, 40)).astype("float32")
+    model = keras.Sequential([keras.Input((300,)), keras.layers.Dense(40, use_bias=False)])
+    model.compile(optimizer=adamkit.Adam(learning_rate=0.01), loss="mse")
+    monitor = monitored_fit(model, x, y, tmp_path, every=8, epochs=2, batch_size=16)
+    variable = model.trainable_variables[0]
+    state = moments(model.optimizer, variable)
+    sizes, dominated = step_sizes(model.optimizer, state, 8, 0.01)
+    name = variable.path
+    assert monitor.history[f"optimizer/effective_lr/{name}/mean"] == [
+        (8, pytest.approx(sizes.mean(), rel=1e-6))]
+    assert monitor.history[f"optimizer/epsilon_dominated/{name}"] == [
+        (8, pytest.approx(dominated.mean(), rel=1e-6))]
+    assert 0.3 < dominated.mean() < 0.4
+    for q in (10, 50, 90):
+        [(_, logged)] = monitor.history[f"optimizer/effective_lr/{name}/p{q}"]
+        assert logged == pytest.approx(np.percentile(sizes, q), rel=0.05), q
+    # the histogram of log10 of the step size, over the sample (every third coordinate)
+    [(step, histogram)] = read_histograms(tmp_path)[f"optimizer/log10_effective_lr/{name}"]
+    sample = np.log10(sizes.ravel()[::3])
+    assert step == 8 and histogram.num == len(sample) == 4000
+    assert sum(histogram.bucket) == 4000
+    assert (histogram.min, histogram.max) == (pytest.approx(sample.min(), abs=1e-5),
+                                              pytest.approx(sample.max(), abs=1e-5))
+    assert histogram.sum == pytest.approx(sample.sum(), rel=1e-4)
+    limits = np.array(histogram.bucket_limit)
+    expected = np.histogram(sample, bins=[-np.inf, *limits[:-1], np.inf])[0]
+    # float32 logarithms on the device: a coordinate next to an edge may fall on its other side
+    assert np.abs(np.array(histogram.bucket) - expected).sum() <= 2
+    # the ε-dominated third sits at α/ε = 1e6, mid-bucket
+    assert histogram.bucket[int(np.searchsorted(limits, 6.0))] == np.sum(sample > 5.99) > 1000
+
+
+def test_batch_end_callbacks_stay_asynchronous(tmp_path):
+    """The monitor does its work when a call begins and defines no ``on_train_batch_end``: Keras
+    keeps dispatching batch-end callbacks (the progress bar's) on a thread rather than waiting
+    for each call's results."""
+    monitor = OptimizerMonitor(tmp_path)
+    assert "on_train_batch_end" not in vars(OptimizerMonitor)
+    callbacks = keras.callbacks.CallbackList([monitor])
+    assert callbacks._async_train == keras.src.backend.IS_THREAD_SAFE
+
+
+def test_learning_rate_is_the_one_the_call_used(tmp_path):
+    """A callback that changes the learning rate at the end of an epoch, before the monitor logs
+    the epoch's last call: the logged rate is still the one that call trained with."""
+    class Halve(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(self.model.optimizer.learning_rate * 0.5)
+
+    x, y = data()
+    model = linear_model(adamkit.Adam(learning_rate=0.01))
+    monitor = OptimizerMonitor(tmp_path, every=1)
+    model.fit(x, y, batch_size=len(x), epochs=3, shuffle=False, verbose=0,
+              callbacks=[Halve(), monitor])
+    monitor.close()
+    assert monitor.history["optimizer/learning_rate"] == [
+        (1, pytest.approx(0.01)), (2, pytest.approx(0.005)), (3, pytest.approx(0.0025))]

@@ -264,6 +264,13 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _protos():
+    # TensorBoard's protocol buffers: 0.15 s to import the first time
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    return event_pb2, summary_pb2
+
+
 class EventWriter:
     """Scalars into a TensorBoard event file: TensorBoard's own protocol buffers (the
     ``tensorboard`` package) in TFRecord framing, written here so that neither TensorFlow nor
@@ -274,8 +281,7 @@ class EventWriter:
     """
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
+        event_pb2, summary_pb2 = _protos()
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.adamkit"
@@ -364,11 +370,16 @@ def _row_statistics(sizes: np.ndarray, dominated: np.ndarray) -> list[float]:
     its sample and ``HISTOGRAM`` of log10 of it (least, greatest, sum, sum of squares, how many at
     most each of ``LOG_LIMITS``)."""
     sample = np.sort(sizes[_sample(sizes.size)])
-    logs = np.log10(np.clip(sample, 1e-30, 1e30))
+    logs = np.log10(np.clip(sample, 1e-30, 1e30), dtype=np.float64)
     below = np.searchsorted(logs, LOG_LIMITS, side="right")
+    # NumPy's default (linear) percentiles of the sorted sample, without np.percentile's overhead
+    position = np.array(PERCENTILES) / 100 * (sample.size - 1)
+    low = np.floor(position).astype(int)
+    high, weight = np.minimum(low + 1, sample.size - 1), position - low
+    percentiles = sample[low] * (1.0 - weight) + sample[high] * weight
     return [float(np.mean(sizes, dtype=np.float64)), float(np.mean(dominated)),
-            *np.percentile(sample, PERCENTILES).tolist(), float(logs[0]), float(logs[-1]),
-            float(np.sum(logs)), float(np.sum(np.square(logs))), *below.tolist()]
+            *percentiles.tolist(), float(logs[0]), float(logs[-1]), float(np.sum(logs)),
+            float(np.sum(np.square(logs))), *below.tolist()]
 
 
 def _compile(fn, variables: Sequence):
@@ -398,19 +409,27 @@ def _compile(fn, variables: Sequence):
     return fn
 
 
-def _gather(optimizer, variables, stateful, names, before, decay):
+def _gather(optimizer, variables, stateful, names, before, step_before):
     """On the device, one vector of what the statistics need: per variable θ − θ_before and
     θ_before, then per variable with state (indices ``stateful``) m − β1ᵏ·m_before and the other
-    state tensors ``names`` (decoded)."""
+    state tensors ``names`` (decoded); and the step before, the step now and the skipped steps."""
     sizes = [math.prod(v.shape) for v in variables]
     parts = keras.ops.split(before, np.cumsum([*sizes, *sizes]).tolist())
-    count = len(variables)
+    count, step = len(variables), keras.ops.cast(optimizer.iterations, "int32")
     found = [_flat(v) - parts[i] for i, v in enumerate(variables)] + parts[:count]
+    if stateful:
+        taken = keras.ops.cast(step - step_before, "float32")
+        decay = keras.ops.power(float(getattr(optimizer, "beta_1", 0.0)), taken)
     for i in stateful:
         state = state_tensors(optimizer, variables[i])
         found.append(_flat(state["momentum"]) - decay * parts[count + i])
         found += [_flat(state[name]) for name in names]
-    return keras.ops.concatenate(found)
+    skipped = getattr(optimizer, "skipped_steps", None) if getattr(
+        optimizer, "skip_nonfinite", False) else None
+    counts = [step, keras.ops.zeros((), "int32") if skipped is None
+              else keras.ops.cast(skipped, "int32")]
+    return keras.ops.concatenate(found), keras.ops.concatenate([step_before,
+                                                                keras.ops.stack(counts)])
 
 
 class _Probe:
@@ -439,49 +458,59 @@ class _Probe:
             return [True] * len(self.variables)
         return ["momentum" in (_stored_state(self.optimizer, v) or {}) for v in self.variables]
 
-    def copy(self, known: Sequence[bool]):
+    def copy(self, known: Sequence[bool]) -> tuple:
+        """On the device: the weights and first moments (zeros where not ``known``) as one new
+        vector, the step count and the learning rate, none of them read."""
         def copy():
             parts = [_flat(v) for v in self.variables]
             for variable, size, has in zip(self.variables, self.sizes, known):
                 momentum = has and state_tensors(self.optimizer, variable, ["momentum"])
                 parts.append(_flat(momentum["momentum"]) if momentum
                              else keras.ops.zeros((size,), "float32"))
-            # one more element: a concatenation of several tensors is always a new buffer
-            return keras.ops.concatenate([*parts, keras.ops.zeros((1,), "float32")])
+            # new buffers, which no later step can overwrite: a concatenation of several tensors
+            # (one more element) and stacks (a cast to the same dtype may return the variable's
+            # own storage, as PyTorch's does)
+            return (keras.ops.concatenate([*parts, keras.ops.zeros((1,), "float32")]),
+                    keras.ops.stack([keras.ops.cast(self.optimizer.iterations, "int32")]),
+                    keras.ops.stack([keras.ops.cast(self.optimizer.learning_rate, "float32")]))
 
         # what is copied changes once, when the optimizer builds its state in the first step
         return self._call(("copy", self.optimizer.built, tuple(known)), copy)
 
-    def statistics(self, before, form: str | None, terms: Sequence[float]) -> dict:
-        """From the copy ``before`` and the state now: ``update`` and ``norm`` per variable, and
-        for those with state (``stateful``, their indices) rows of the other ``STATS`` and
-        ``HISTOGRAM``; ``terms``: β1ᵏ and ``step_terms``'s numbers. The device gathers (one
-        compiled call, one read); NumPy reduces (float32, sums in float64), nothing to trace."""
+    def gather(self, before, step_before) -> tuple[list, np.ndarray]:
+        """The ``_gather`` vector, split into its parts on the host (one read), and the step
+        before, the step now and the skipped steps."""
+        known = _is_adamkit(self.optimizer) or _is_keras_adam(self.optimizer)
         stateful = [i for i, v in enumerate(self.variables)
-                    if form is not None and _stored_state(self.optimizer, v) is not None]
-        names = [n for n in _stored_state(self.optimizer, self.variables[stateful[0]])
-                 if n != "momentum"] if stateful else []
+                    if known and _stored_state(self.optimizer, v) is not None]
+        self.names = [n for n in _stored_state(self.optimizer, self.variables[stateful[0]])
+                      if n != "momentum"] if stateful else []
 
-        def gather(before, decay):
-            return _gather(self.optimizer, self.variables, stateful, names, before, decay)
+        def gather(before, step_before):
+            return _gather(self.optimizer, self.variables, stateful, self.names, before,
+                           step_before)
 
-        decay = keras.ops.convert_to_tensor(np.float32(terms[0]))
-        found = keras.ops.convert_to_numpy(self._call(("gather", tuple(stateful)), gather, before,
-                                                      decay))
-        count = len(self.variables)
+        found, counts = self._call(("gather", tuple(stateful)), gather, before, step_before)
         widths = [*self.sizes, *self.sizes]
         for i in stateful:
-            widths += [self.sizes[i]] * (1 + len(names))
-        parts = np.split(found, np.cumsum(widths)[:-1])
+            widths += [self.sizes[i]] * (1 + len(self.names))
+        parts = np.split(keras.ops.convert_to_numpy(found), np.cumsum(widths)[:-1])
+        self.stateful = stateful
+        return parts, keras.ops.convert_to_numpy(counts)
+
+    def statistics(self, parts: Sequence[np.ndarray], form: str, terms: Sequence[float]) -> dict:
+        """From ``gather``'s parts: ``update`` and ``norm`` per variable, and for those with state
+        (``stateful``, their indices) rows of the other ``STATS`` and ``HISTOGRAM``; ``terms``:
+        ``step_terms``'s numbers. NumPy (float32, sums in float64): nothing to trace."""
+        count, width = len(self.variables), 1 + len(self.names)
         rows = []
-        for j in range(len(stateful)):
-            first = 2 * count + j * (1 + len(names))
-            change, *state = parts[first:first + 1 + len(names)]
-            sizes, dominated = _sizes(np, form, dict(zip(names, state)), *terms[1:])
+        for j in range(len(self.stateful)):
+            change, *state = parts[2 * count + j * width:2 * count + (j + 1) * width]
+            sizes, dominated = _sizes(np, form, dict(zip(self.names, state)), *terms)
             rows.append([_length_np(change), *_row_statistics(sizes, dominated)])
         return {"update": [_length_np(p) for p in parts[:count]],
                 "norm": [_length_np(p) for p in parts[count:2 * count]],
-                "stateful": stateful, "rows": np.array(rows) if rows else None}
+                "stateful": self.stateful, "rows": np.array(rows) if rows else None}
 
 
 def _length_np(a: np.ndarray) -> float:
@@ -510,14 +539,17 @@ def read_histograms(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, Any
 
 
 def _histogram(row: np.ndarray, size: int) -> dict[str, Any]:
-    """TensorBoard's histogram fields from one variable's ``HISTOGRAM`` numbers."""
+    """TensorBoard's histogram fields from one variable's ``HISTOGRAM`` numbers; each run of empty
+    buckets is one bucket, as TensorFlow's own histograms are encoded (smaller event files)."""
     numbers = dict(zip(HISTOGRAM[:4], row[:4].tolist()))
     count = len(_sample(size))
-    below = np.concatenate([[0.0], row[4:], [count]])
+    buckets = np.diff(np.concatenate([[0.0], row[4:], [count]]))
+    limits = np.append(LOG_LIMITS, np.finfo("float64").max)
+    # keep the non-empty buckets and the last of each run of empty ones
+    keep = (buckets > 0) | np.append(buckets[1:] > 0, True)
     return {"min": numbers["log_min"], "max": numbers["log_max"], "num": count,
             "sum": numbers["log_sum"], "sum_squares": numbers["log_squares"],
-            "bucket_limit": [*LOG_LIMITS.tolist(), np.finfo("float64").max],
-            "bucket": np.diff(below).tolist()}
+            "bucket_limit": limits[keep].tolist(), "bucket": buckets[keep].tolist()}
 
 
 class OptimizerMonitor(keras.callbacks.Callback):
@@ -560,6 +592,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
         self._start = 0
         self._before: dict[str, Any] | None = None
         self._probe: _Probe | None = None
+        _protos()  # imported here, before training, not in the first epoch
 
     @property
     def writer(self) -> EventWriter:
@@ -593,14 +626,14 @@ class OptimizerMonitor(keras.callbacks.Callback):
         if not self._logs_call(batch, batch + steps - 1):
             return
         probe = self._probe_for(self.model)
-        optimizer = probe.optimizer
         known = probe.momentum_known()
-        schedule = isinstance(getattr(optimizer, "_learning_rate", None),
+        schedule = isinstance(getattr(probe.optimizer, "_learning_rate", None),
                               keras.optimizers.schedules.LearningRateSchedule)
-        # α as the call's steps will see it: a callback may change it before the call is logged
-        self._before = {"step": int(_numpy(optimizer.iterations)), "known": known,
-                        "rate": None if schedule else float(_numpy(optimizer.learning_rate)),
-                        "copy": probe.copy(known)}
+        # α as the call's steps will see it (a callback may change it before the call is
+        # logged), kept on the device with the step count: nothing is read here
+        vector, step, rate = probe.copy(known)
+        self._before = {"copy": vector, "step": step, "rate": rate, "known": known,
+                        "schedule": schedule}
 
     def on_test_begin(self, logs=None):
         self._finish()  # before validation, and before any callback swaps weights for it
@@ -616,19 +649,18 @@ class OptimizerMonitor(keras.callbacks.Callback):
         self.model  # noqa: B018 - on JAX, brings the trainer's state into the variables
         probe = self._probe
         optimizer = probe.optimizer
-        step = int(_numpy(optimizer.iterations))
-        taken = step - before["step"]
-        learning_rate = before["rate"]
-        if learning_rate is None:
-            learning_rate = learning_rate_of_step(optimizer, step)
+        parts, (step_before, step, skipped) = probe.gather(before["copy"], before["step"])
+        step, taken = int(step), int(step - step_before)
+        learning_rate = (learning_rate_of_step(optimizer, step) if before["schedule"]
+                         else float(keras.ops.convert_to_numpy(before["rate"])[0]))
         terms = step_terms(optimizer, step, learning_rate)
         beta_1 = getattr(optimizer, "beta_1", None)
         decay = float(beta_1) ** taken if beta_1 is not None else 0.0
-        stats = probe.statistics(before["copy"], terms and terms[0],
-                                 [decay, *(terms[1:] if terms else (1.0, 0.0, 1.0))])
+        stats = probe.statistics(parts, terms[0], terms[1:]) if terms else probe.statistics(
+            parts, "root", ())
         values: dict[str, float] = {"optimizer/learning_rate": learning_rate}
         if getattr(optimizer, "skip_nonfinite", False):
-            values["optimizer/skipped_steps"] = float(_numpy(optimizer.skipped_steps))
+            values["optimizer/skipped_steps"] = float(skipped)
         found, histograms = _tags(probe, stats, before["known"], taken, decay, beta_1 is not None)
         values.update(found)
         self._log(step, values, histograms)
