@@ -30,8 +30,8 @@ SHARED = [entry.split(" ")[0] for entry, _ in SHARED_ARGS]
 KERAS_KEYWORDS = [name for name, p in inspect.signature(keras.optimizers.SGD.__init__).parameters.items()
                   if name not in ("self", "learning_rate", "momentum", "nesterov")
                   and p.kind is p.POSITIONAL_OR_KEYWORD]
-DOCTEST_MODULES = ["adamkit.optimizers", "adamkit.optimizers.base", *(f"adamkit.optimizers.{m.__module__.rsplit('.', 1)[1]}"
-                                          for m in MEMBERS)]
+DOCTEST_MODULES = ["adamkit.optimizers", "adamkit.optimizers.base",
+                   *(f"adamkit.optimizers.{m.__module__.rsplit('.', 1)[1]}" for m in MEMBERS)]
 
 
 def own_arguments(cls) -> list[str]:
