@@ -268,3 +268,18 @@ def test_learning_rate_is_the_one_the_call_used(tmp_path):
     monitor.close()
     assert monitor.history["optimizer/learning_rate"] == [
         (1, pytest.approx(0.01)), (2, pytest.approx(0.005)), (3, pytest.approx(0.0025))]
+
+
+def test_radam_step_size_is_alpha_until_rectified():
+    """RAdam is momentum SGD until ρₜ > 5 (t = 6 with the default β2): its effective step size is
+    α before that and α·rₜ/(√v̂ + …) after, smaller here."""
+    optimizer = adamkit.RAdam(learning_rate=0.1)
+    weight = keras.Variable(np.ones(4, "float32"))
+    for step in range(1, 8):
+        optimizer.apply([keras.ops.ones(4)], [weight])
+        state = {k: keras.ops.convert_to_numpy(v) for k, v in optimizer.state_of(weight).items()}
+        sizes, _ = step_sizes(optimizer, state, step, 0.1)
+        if step < 6:
+            np.testing.assert_allclose(sizes, 0.1)
+        else:
+            assert np.all(sizes < 0.01), (step, sizes)

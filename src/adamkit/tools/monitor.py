@@ -94,6 +94,12 @@ def _is_adamax(optimizer) -> bool:
     return isinstance(optimizer, Adamax)
 
 
+def _is_radam(optimizer) -> bool:
+    from adamkit.optimizers import RAdam
+
+    return isinstance(optimizer, RAdam)
+
+
 def _is_keras_adam(optimizer) -> bool:
     # keras.optimizers.AdamW subclasses Adam and keeps the same slots
     return isinstance(optimizer, keras.optimizers.Adam) and not _is_adamkit(optimizer)
@@ -187,7 +193,7 @@ def step_terms(optimizer: keras.optimizers.Optimizer, step: int,
     scale = 1.0
     if _is_keras_adam(optimizer) or getattr(optimizer, "epsilon_mode", "paper") == "keras":
         epsilon = epsilon / math.sqrt(correction)
-    if getattr(optimizer, "rectified", False):  # RAdam
+    if _is_radam(optimizer):
         rho_inf = 2.0 / (1.0 - beta_2) - 1.0
         rho = rho_inf - 2.0 * step * beta_2 ** step / correction
         if rho <= 5.0:
