@@ -135,10 +135,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect},
                                                       heartbeat_interval=30, grace_period=120)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                    sqlalchemy.exc.OperationalError) as error:
                 # Processes opening a new database at once all create Optuna's tables; the
-                # losers' "already exists" errors pass once the winner's tables are in place.
-                if attempt == 4:
+                # losers' "already exists" errors (SQLite's are OperationalErrors) pass once the
+                # winner's tables are in place.
+                lost_race = not isinstance(error, sqlalchemy.exc.OperationalError) or (
+                    "already exists" in str(error))
+                if attempt == 4 or not lost_race:
                     raise
                 time.sleep(0.5 + random.random())
     except ImportError as error:
