@@ -1,0 +1,77 @@
+// The exhaustive check of the 8-bit encoder (adam_update.h) over every float32 in [−1, 1]:
+// each value is encoded in a block whose absmax is 1 (so it is its own normalised value), by the
+// encoder the kernels run (the AVX2 one where there is AVX2) and by the scalar one; the codes must
+// agree, and each code must be one of the two map values that bracket the value (what a search
+// of the sorted map gives, rounded down or up), whatever the dither.
+#include <cstdint>
+#include <cstring>
+
+#include "adam_update.h"
+
+namespace {
+
+using adamkit::kBlock;
+
+float FromBits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// The map's magnitude of code c (signed: |c|'s; unsigned: c + 128 indexes the ascending map).
+template <bool kSigned>
+float Magnitude(const float* decode, int index) {
+  return kSigned ? decode[128 + index] : decode[index];
+}
+
+template <bool kSigned>
+bool Brackets(const float* decode, float a, int index, int top) {
+  const float here = Magnitude<kSigned>(decode, index);
+  if (here == a) return true;
+  if (here < a) return index == top || a <= Magnitude<kSigned>(decode, index + 1);
+  return index > 0 && Magnitude<kSigned>(decode, index - 1) <= a;
+}
+
+template <bool kSigned>
+void Check(const float* table, uint32_t step_mix, int64_t* counts) {
+  const adamkit::CodecTable map(table);
+  const adamkit::BlockCodec codec(map);
+  const int top = kSigned ? 127 : 255;
+  alignas(64) float block[kBlock];
+  int8_t scalar[kBlock], kernel[kBlock];
+  float absmax;
+  const uint32_t last = 0x3f800000u;  // 1.0f
+  for (uint32_t bits = 0; bits <= last;) {
+    block[0] = 1.0f;
+    int n = 1;
+    for (; n < kBlock && bits <= last; ++n, ++bits) {
+      const float value = FromBits(bits);
+      block[n] = kSigned && (bits & 1) ? -value : value;
+    }
+    for (int j = n; j < kBlock; ++j) block[j] = 0.0f;
+    const uint32_t position = bits * 7u;  // any: varies the dither from block to block
+    adamkit::EncodeBlock<kSigned>(block, scalar, &absmax, map, position, step_mix);
+    codec.template Encode<kSigned>(block, kernel, &absmax, position, step_mix);
+    for (int j = 1; j < n; ++j) {
+      counts[0] += 1;
+      counts[1] += scalar[j] != kernel[j];
+      const int index = kSigned ? (scalar[j] < 0 ? -scalar[j] : scalar[j]) : scalar[j] + 128;
+      const bool sign_kept = !kSigned || scalar[j] == 0 || (scalar[j] < 0) == (block[j] < 0);
+      counts[2] += !sign_kept || !Brackets<kSigned>(table, block[j] < 0 ? -block[j] : block[j],
+                                                   index, top);
+    }
+  }
+}
+
+}  // namespace
+
+// counts: [values checked, scalar ≠ kernel, codes outside the bracket].
+extern "C" void adamkit_check_encoder(int is_signed, const float* table, uint32_t step_mix,
+                                      int64_t* counts) {
+  counts[0] = counts[1] = counts[2] = 0;
+  if (is_signed) {
+    Check<true>(table, step_mix, counts);
+  } else {
+    Check<false>(table, step_mix, counts);
+  }
+}
