@@ -219,6 +219,83 @@ def test_state_dtype_is_validated_and_lazy_int8_is_refused():
     assert adamkit.AdamW(state_dtype="bfloat16").get_config()["state_dtype"] == "bfloat16"
 
 
+def stored_dtypes(optimizer, variable) -> set[str]:
+    return {keras.backend.standardize_dtype(v.dtype)
+            for slot in optimizer.slots_of(variable).values() for v in slot.variables}
+
+
+@keras.saving.register_keras_serializable(package="adamkit_tests")
+def int8_for_kernels(variable) -> str:
+    return "int8" if "kernel" in variable.path else "bfloat16"
+
+
+def dense_model() -> keras.Model:
+    return keras.Sequential([keras.Input((64,), dtype="int32"),
+                             keras.layers.Embedding(300, 16, name="embedding"),
+                             keras.layers.Flatten(), keras.layers.Dense(128, activation="relu",
+                                                                        name="dense"),
+                             keras.layers.Dense(8, name="out"), keras.layers.Dense(1, name="one")])
+
+
+@pytest.mark.parametrize("state_dtype", [
+    {"embedding": "int8", "dense/kernel": "bfloat16"},  # the rest: float32
+    int8_for_kernels,
+], ids=["mapping", "callable"])
+def test_state_dtype_per_variable_trains_and_survives_a_keras_file(state_dtype, tmp_path):
+    """A mapping from name patterns (first match decides) or a callable picks each variable's
+    state dtype; ``min_8bit_size`` moves the float32 threshold; both round-trip through
+    ``get_config`` and a ``.keras`` file, and training resumes from the file bit for bit."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 300, (128, 64)).astype(np.int32)
+    y = (x[:, :1] > 150).astype(np.float32)
+    model = dense_model()
+    model.compile(adamkit.Adam(state_dtype=state_dtype, min_8bit_size=1000),
+                  keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    optimizer = model.optimizer
+    found = {v.path.split("/", 1)[1]: stored_dtypes(optimizer, v)
+             for v in model.trainable_variables}
+    int8 = {"int8", "float32"}  # codes and absmax
+    if isinstance(state_dtype, dict):
+        assert found == {"embedding/embeddings": int8, "dense/kernel": {"bfloat16"},
+                         "dense/bias": {"float32"}, "out/kernel": {"float32"},
+                         "out/bias": {"float32"}, "one/kernel": {"float32"},
+                         "one/bias": {"float32"}}
+    else:  # out/kernel: 1024 values ≥ min_8bit_size=1000 (int8); one/kernel: 8 (float32)
+        assert found == {"embedding/embeddings": {"bfloat16"}, "dense/kernel": int8,
+                         "dense/bias": {"bfloat16"}, "out/kernel": int8, "out/bias": {"bfloat16"},
+                         "one/kernel": {"float32"}, "one/bias": {"bfloat16"}}
+    clone = type(optimizer).from_config(optimizer.get_config())
+    assert clone.state_dtype == state_dtype and clone.min_8bit_size == 1000
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.optimizer.state_dtype == state_dtype
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+
+
+def test_per_variable_state_dtype_is_validated():
+    with pytest.raises(ValueError, match="maps 'dense' to 'int4'.*'float32', 'bfloat16', 'int8'"):
+        adamkit.Adam(state_dtype={"dense": "int4"})
+    with pytest.raises(ValueError, match="pattern '\\(' is not a regular expression"):
+        adamkit.Adam(state_dtype={"(": "int8"})
+    with pytest.raises(ValueError, match="min_8bit_size.*whole number >= 0.*2.5"):
+        adamkit.Adam(min_8bit_size=2.5)
+    with pytest.raises(ValueError, match="lazy=True.*state_dtype='int8'"):
+        adamkit.Adam(lazy=True, state_dtype={"embedding": "int8"})
+    optimizer = adamkit.Adam(state_dtype=lambda variable: "float16")
+    with pytest.raises(ValueError, match="returned 'float16' for variable 'w'"):
+        optimizer.build([keras.Variable(np.zeros((64, 64), np.float32), name="w")])
+    lazy = adamkit.Adam(lazy=True, state_dtype=lambda variable: "int8")
+    lazy.build([keras.Variable(np.zeros((8,), np.float32), name="small")])  # under 4096: float32
+    with pytest.raises(ValueError, match="lazy=True.*state_dtype='int8'"):
+        adamkit.Adam(lazy=True, state_dtype=lambda variable: "int8").build(
+            [keras.Variable(np.zeros((64, 64), np.float32), name="w")])
+
+
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed):
     """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)

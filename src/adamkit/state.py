@@ -21,8 +21,11 @@ codes.
 
 ``BLOCK_SIZE`` = 256, as bitsandbytes: an outlier only coarsens its own 256 neighbours, and the
 absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two moments. Tensors under
-``MIN_QUANTIZED_SIZE`` values (biases, norms) stay float32: they are a rounding error of the memory
-and the most sensitive to quantisation.
+``min_8bit_size`` values (``MIN_QUANTIZED_SIZE`` by default: biases, norms) stay float32: they are a
+rounding error of the memory and the most sensitive to quantisation.
+
+A state dtype may be chosen per variable (``state_dtype_of``): a mapping from name patterns to
+dtypes, or a callable taking the variable, as bitsandbytes' per-parameter overrides do.
 
 ``bfloat16``: moments stored in bfloat16, arithmetic in float32.
 
@@ -34,6 +37,9 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -43,6 +49,9 @@ from adamkit.choices import STATE_DTYPES as STATE_DTYPES  # kept keras-free ther
 
 BLOCK_SIZE = 256
 MIN_QUANTIZED_SIZE = 4096
+
+# One dtype for every variable, a mapping from name patterns to dtypes, or a callable.
+StateDtype = str | Mapping[str, str] | Callable[[Any], str]
 SIGNED_FRACTION_BITS = 6
 UNSIGNED_FRACTION_BITS = 7
 DECADES = 8  # F + 1 ≤ 8 decades in either map
@@ -266,12 +275,61 @@ def slot_name(variable, name: str) -> str:
     return f"{path.replace('/', '_')}_{name}"
 
 
-def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool):
-    """Adds the variables that store state ``name`` of ``variable`` and returns its slot."""
+def variable_path(variable) -> str:
+    """The name patterns of a ``state_dtype`` mapping are searched in this: the variable's path
+    (``"dense/kernel"``), or its name where it has none."""
+    return str(getattr(variable, "path", None) or variable.name)
+
+
+def check_state_dtype(value: object) -> StateDtype:
+    """``value`` if it is a valid ``state_dtype``, else a ValueError naming what is allowed."""
+    allowed = ", ".join(repr(d) for d in STATE_DTYPES)
+    if isinstance(value, str) and value in STATE_DTYPES:
+        return value
+    if isinstance(value, Mapping):
+        for pattern, dtype in value.items():
+            if not isinstance(pattern, str):
+                raise ValueError(f"`state_dtype` patterns must be strings, got {pattern!r}.")
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"`state_dtype` pattern {pattern!r} is not a regular "
+                                 f"expression: {error}.") from None
+            if dtype not in STATE_DTYPES:
+                raise ValueError(f"`state_dtype` maps {pattern!r} to {dtype!r}; each dtype must "
+                                 f"be one of {allowed}.")
+        return dict(value)
+    if callable(value):
+        return value
+    raise ValueError(f"`state_dtype` must be one of {allowed}, a mapping from variable-name "
+                     f"patterns to those, or a callable taking a variable; got {value!r}.")
+
+
+def state_dtype_of(state_dtype: StateDtype, variable) -> str:
+    """The state dtype ``state_dtype`` gives ``variable``: a mapping's first pattern found in the
+    variable's path (``re.search``) decides, float32 where none is; a callable is asked."""
+    if isinstance(state_dtype, str):
+        return state_dtype
+    if isinstance(state_dtype, Mapping):
+        path = variable_path(variable)
+        return next((dtype for pattern, dtype in state_dtype.items() if re.search(pattern, path)),
+                    "float32")
+    dtype = state_dtype(variable)
+    if dtype not in STATE_DTYPES:
+        raise ValueError(f"`state_dtype` returned {dtype!r} for variable "
+                         f"{variable_path(variable)!r}; it must return one of "
+                         f"{', '.join(repr(d) for d in STATE_DTYPES)}.")
+    return dtype
+
+
+def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool,
+                min_8bit_size: int = MIN_QUANTIZED_SIZE):
+    """Adds the variables that store state ``name`` of ``variable`` and returns its slot; int8
+    applies to tensors of ``min_8bit_size`` values or more (smaller ones keep float32)."""
     dtype = compute_dtype(variable)
     size = math.prod(variable.shape)
     prefix = slot_name(variable, name)
-    if state_dtype == "int8" and size >= MIN_QUANTIZED_SIZE:
+    if state_dtype == "int8" and size >= min_8bit_size:
         blocks = math.ceil(size / BLOCK_SIZE)
         codes = optimizer.add_variable((blocks, BLOCK_SIZE), initializer="zeros", dtype="int8",
                                        name=f"{prefix}_codes")

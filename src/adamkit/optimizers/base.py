@@ -71,6 +71,12 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
+def check_count(name: str, value: object) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"`{name}` must be a whole number >= 0; got {_describe(value)}.")
+    return int(value)
+
+
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
     if value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
@@ -97,8 +103,10 @@ class AdamFamily(keras.optimizers.Optimizer):
 
     ``state_dtype`` (see ``adamkit.state``) is how the per-parameter state is stored: ``"float32"``
     (the default; float64 parameters keep float64 state), ``"bfloat16"`` (half the memory) or
-    ``"int8"`` (block-wise 8-bit codes, about a quarter). The update is always computed in float32
-    (float64 for float64 parameters) from the decoded state, and re-encoded afterwards.
+    ``"int8"`` (block-wise 8-bit codes, about a quarter, for tensors of ``min_8bit_size`` values or
+    more); or per variable, a mapping from name patterns to those or a callable taking the
+    variable. The update is always computed in float32 (float64 for float64 parameters) from the
+    decoded state, and re-encoded afterwards.
 
     ``fused``: None (the default) runs each variable on the fastest executor that takes it
     (adamkit's kernels, then the peers' where they compute the same rule, then the ops path);
@@ -115,7 +123,8 @@ class AdamFamily(keras.optimizers.Optimizer):
         exclude_1d: bool = False,
         lazy: bool = False,
         skip_nonfinite: bool = False,
-        state_dtype: str = "float32",
+        state_dtype: state_storage.StateDtype = "float32",
+        min_8bit_size: int = state_storage.MIN_QUANTIZED_SIZE,
         fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -133,15 +142,19 @@ class AdamFamily(keras.optimizers.Optimizer):
         self.exclude_1d = check_bool("exclude_1d", exclude_1d)
         self.lazy = check_bool("lazy", lazy)
         self.skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
-        self.state_dtype = check_choice("state_dtype", state_dtype, state_storage.STATE_DTYPES)
+        self.state_dtype = state_storage.check_state_dtype(state_dtype)
+        self.min_8bit_size = check_count("min_8bit_size", min_8bit_size)
         self._check_lazy()
         self._excluded_names = exclude_from_weight_decay
         if exclude_from_weight_decay:
             self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
         self._choices = {}  # variable index -> (executor, reasons), where the answer is fixed
 
-    def _check_lazy(self) -> None:
-        if self.lazy and self.state_dtype == "int8":
+    def _check_lazy(self, state_dtype: object = None) -> None:
+        # A callable's answers are known at build: each is checked there.
+        given = self.state_dtype if state_dtype is None else state_dtype
+        int8 = given == "int8" or isinstance(given, dict) and "int8" in given.values()
+        if self.lazy and int8:
             raise ValueError(
                 "`lazy=True` cannot be combined with `state_dtype='int8'`: 8-bit state is stored in "
                 "blocks of 256 values that span rows, so a row cannot be updated alone. Use "
@@ -165,8 +178,9 @@ class AdamFamily(keras.optimizers.Optimizer):
         self._state = {
             name: [
                 None if self._overwrite_variable_with_gradient(variable) else
-                state_storage.create_slot(self, variable, name, self.state_dtype,
-                                          signed=name in rule.signed_state)
+                state_storage.create_slot(
+                    self, variable, name, self._state_dtype_of(variable),
+                    signed=name in rule.signed_state, min_8bit_size=self.min_8bit_size)
                 for variable in var_list
             ]
             for name in rule.state_names
@@ -184,6 +198,12 @@ class AdamFamily(keras.optimizers.Optimizer):
         if self.skip_nonfinite:
             self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int32",
                                                    name="skipped_steps")
+
+    def _state_dtype_of(self, variable) -> str:
+        dtype = state_storage.state_dtype_of(self.state_dtype, variable)
+        if dtype == "int8" and math.prod(variable.shape) >= self.min_8bit_size:
+            self._check_lazy(dtype)
+        return dtype
 
     def slots_of(self, variable) -> dict:
         """This parameter's state as stored (``adamkit.state`` slots), by name."""
@@ -356,7 +376,9 @@ class AdamFamily(keras.optimizers.Optimizer):
             exclude_1d=self.exclude_1d,
             lazy=self.lazy,
             skip_nonfinite=self.skip_nonfinite,
-            state_dtype=self.state_dtype,
+            state_dtype=(keras.saving.serialize_keras_object(self.state_dtype)
+                         if callable(self.state_dtype) else self.state_dtype),
+            min_8bit_size=self.min_8bit_size,
             fused=self.fused,  # as given: None stays "wherever it applies"
         )
         return config
@@ -368,6 +390,10 @@ class AdamFamily(keras.optimizers.Optimizer):
             config["weight_decay"] = keras.saving.deserialize_keras_object(
                 config["weight_decay"], custom_objects=custom_objects
             )
+        if isinstance(config.get("state_dtype"), dict) and \
+                config["state_dtype"].get("class_name") == "function":
+            config["state_dtype"] = keras.saving.deserialize_keras_object(
+                config["state_dtype"], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
 
 

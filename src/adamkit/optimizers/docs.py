@@ -43,11 +43,17 @@ for a sparse gradient (an embedding's ``IndexedSlices`` on TensorFlow) update on
 a step whose gradients hold any NaN or ±Inf leaves the parameters and all state (the
     iteration count too) unchanged and adds one to ``optimizer.skipped_steps``. Defaults to
     False, as in Keras and PyTorch."""),
-    ("state_dtype (str)", """\
+    ("state_dtype (str | dict | callable)", """\
 how the per-parameter state is stored: ``"float32"`` (default; float64 parameters keep
     float64 state), ``"bfloat16"`` (4 bytes per parameter) or ``"int8"`` (block-wise 8-bit
     codes, about 2 bytes per parameter). Both lean forms round stochastically; the update is
-    computed in float32 from the decoded state."""),
+    computed in float32 from the decoded state. Per variable: a dict from name patterns
+    (regular expressions searched in the variable's path) to those dtypes, the first match
+    deciding and float32 where none matches, e.g. ``{"embedding": "int8", "": "bfloat16"}``;
+    or a callable taking the variable and returning one."""),
+    ("min_8bit_size (int)", """\
+tensors with fewer values keep float32 state where ``state_dtype`` says ``"int8"``
+    (biases and norms: little memory, most sensitive to quantisation). Defaults to 4096."""),
     ("clipnorm (float | None)", """\
 clip each gradient to this norm (> 0). Defaults to None (Keras's keyword)."""),
     ("clipvalue (float | None)", """\

@@ -120,6 +120,12 @@ def learning_rate_of_step(optimizer: keras.optimizers.Optimizer, step: int) -> f
     return float(_numpy(optimizer.learning_rate))
 
 
+def _plain_momentum(optimizer: keras.optimizers.Optimizer, variable) -> bool:
+    """Whether ``variable``'s first moment is stored and not as 8-bit codes."""
+    stored = _stored_state(optimizer, variable) or {}
+    return "momentum" in stored and not isinstance(stored["momentum"], QuantizedSlot)
+
+
 def _stored_state(optimizer: keras.optimizers.Optimizer, variable) -> dict[str, Any] | None:
     """The state of ``variable`` as stored, by name (adamkit's slots or Keras's variables), none
     of it read; None where the optimizer keeps none the monitor knows."""
@@ -458,11 +464,9 @@ class _Probe:
     def momentum_known(self) -> list[bool]:
         """Per variable: whether the copy holds its first moment (zeros before the first step
         count as known; int8 codes are too coarse for the difference of two moments)."""
-        if getattr(self.optimizer, "state_dtype", None) == "int8":
-            return [False] * len(self.variables)
         if not self.optimizer.built:
-            return [True] * len(self.variables)
-        return ["momentum" in (_stored_state(self.optimizer, v) or {}) for v in self.variables]
+            return [getattr(self.optimizer, "state_dtype", None) != "int8"] * len(self.variables)
+        return [_plain_momentum(self.optimizer, v) for v in self.variables]
 
     def copy(self, known: Sequence[bool]) -> tuple:
         """On the device: the weights and first moments (zeros where not ``known``) as one new
