@@ -1,12 +1,15 @@
-"""Writes the result tables of benchmarks/README.md from benchmarks/results/*.json.
+"""Writes the result tables of benchmarks/README.md, and README.md's short one, from
+benchmarks/results/*.json.
 
     python benchmarks/render.py            # rewrite the tables in place
-    python benchmarks/render.py --check    # exit 1 if a table differs from its result file
+    python benchmarks/render.py --check    # exit 1 if a table differs from its result files
 
-Each table sits between ``<!-- results: NAME -->`` and ``<!-- /results -->`` in the README, NAME
-being a result file's name without ``.json``; everything outside the markers is prose and stays as
-it is. A marker naming a missing result file is an error: a table is never left behind without
-the file it came from.
+Each table of benchmarks/README.md sits between ``<!-- results: NAME -->`` and ``<!-- /results -->``,
+NAME being a result file's name without ``.json``. README.md's short table, between
+``<!-- results summary -->`` and ``<!-- /results summary -->``, takes one figure from each of
+several result files (``SUMMARY``), each with the command that made it and the machine it ran on.
+Everything outside the markers is prose and stays as it is. A marker naming a missing result file
+is an error: a table is never left behind without the file it came from.
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from pathlib import Path
 from results import RESULTS, format_value
 
 README = Path(__file__).resolve().with_name("README.md")
+MAIN_README = README.parents[1] / "README.md"
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
                    re.DOTALL)
+SUMMARY_BLOCK = re.compile(r"(<!-- results summary -->\n)(?P<body>.*?)(<!-- /results summary -->)",
+                           re.DOTALL)
 
 
 def machine_line(machine: dict) -> str:
     libraries = ", ".join(f"{name} {version}" for name, version in machine["libraries"].items())
-    return (f"{machine['date']}; {machine['cpu']}, {machine['cores']} logical cores; "
+    load = (f" (load average {machine['load'][1]:.1f} over the last 5 minutes)"
+            if machine.get("load") else "")
+    return (f"{machine['date']}; {machine['cpu']}, {machine['cores']} logical cores{load}; "
             f"Python {machine['python']}, {libraries}")
 
 
@@ -41,33 +49,165 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load(name: str, shown_in: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"render.py: {shown_in} shows results '{name}', but {path} does not "
+                         "exist; run the benchmark that writes it.")
+    return json.loads(path.read_text())
+
+
 def render(text: str) -> str:
+    """benchmarks/README.md with every table between markers rendered from its result file."""
     def replace(match: re.Match) -> str:
-        path = RESULTS / f"{match['name']}.json"
-        if not path.exists():
-            raise SystemExit(f"render.py: {README.name} shows results '{match['name']}', but "
-                             f"{path} does not exist; run the benchmark that writes it.")
-        body = table(json.loads(path.read_text()))
+        body = table(load(match["name"], README.name))
         return match.group(1) + body + match.group(4)
 
     return BLOCK.sub(replace, text)
 
 
+# README.md's short table: (what was measured, result file, the figure drawn from it).
+
+
+def find_row(result: dict, label: str) -> list:
+    """The row whose first cell is ``label`` (runs of spaces count as one)."""
+    for row in result["rows"]:
+        if " ".join(str(row[0]).split()) == " ".join(label.split()):
+            return row
+    raise SystemExit(f"render.py: {result['name']} has no row '{label}'; rerun it or update "
+                     "render.py's SUMMARY")
+
+
+def ratio(label: str):
+    """A ``RATIO_COLUMNS`` row: the median and the range of the rounds."""
+    def figure(result: dict) -> str:
+        _, median, low, high = find_row(result, label)
+        return f"**{median:.2f}×** (rounds {low:.2f}–{high:.2f})"
+    return figure
+
+
+def wall_time(result: dict) -> str:
+    """seed_vs_adamkit: adamkit's median time over the tutorial script's, and the two medians."""
+    median = next(row for row in result["rows"] if str(row[0]).startswith("median"))
+    return f"**{median[3] / median[1]:.2f}×** ({median[3]:.1f} s against {median[1]:.1f} s)"
+
+
+def accuracies(result: dict) -> str:
+    runs = [row[4] for row in result["rows"] if row[4] is not None]
+    return " / ".join(f"{a:.4f}" for a in runs)
+
+
+def speed_ratio(size: str, ours: str, theirs: str):
+    """bench_step: one path's speed over another's in the same run."""
+    def figure(result: dict) -> str:
+        speeds = {row[1]: row[2] for row in result["rows"] if row[0] == size}
+        return f"**{speeds[ours] / speeds[theirs]:.1f}×** ({speeds[ours]:.0f} against " \
+               f"{speeds[theirs]:.0f} Mparam/s)"
+    return figure
+
+
+def lazy_step(touched: int):
+    def figure(result: dict) -> str:
+        _, keras_ms, _, lazy_ms, torch_ms, _ = find_row(result, str(touched))
+        torch_text = "" if torch_ms is None else f", torch SparseAdam {torch_ms:.3g} ms"
+        return f"Keras's Adam {keras_ms:.0f} ms, **adamkit lazy {lazy_ms:.3g} ms**{torch_text}"
+    return figure
+
+
+def recommender(result: dict) -> str:
+    epochs = {row[0]: row[1] for row in result["rows"]}
+    return (f"Keras's Adam {epochs['keras.optimizers.Adam']:.2f}, adamkit "
+            f"{epochs['adamkit.Adam']:.2f}, **lazy {epochs['adamkit.Adam(lazy=True)']:.2f}**")
+
+
+def soak(result: dict) -> str:
+    slopes = {row[0]: row[-1] for row in result["rows"]}
+    return f"adamkit **{slopes['adam']:+.2f}**, Keras's Adam {slopes['keras-adam']:+.2f} MiB"
+
+
+def monitor(result: dict) -> str:
+    return f"**{find_row(result, 'median')[-1]:.1%}**"
+
+
+SUMMARY = [
+    ("Wall time, a fresh process start to exit: `adamkit train` / the tutorial's script",
+     "seed_vs_adamkit_seed", wall_time),
+    ("`adamkit train`'s validation accuracy, seeds 0, 1, 2 (the tutorial: 0.9725)",
+     "seed_vs_adamkit_seed", accuracies),
+    ("Wall time: `adamkit train --preset fast` / the tutorial's script (time to its accuracy)",
+     "seed_vs_adamkit_fast", wall_time),
+    ("`--preset fast`'s validation accuracy, seeds 0, 1, 2", "seed_vs_adamkit_fast", accuracies),
+    ("Adam step speed, 10M parameters, `tf.function`: adamkit / `torch.optim.Adam(fused=True)`",
+     "fused_ratios", ratio("10M Adam tf.function adamkit / torch fused")),
+    ("the same, 50M parameters", "fused_ratios", ratio("50M Adam tf.function adamkit / torch fused")),
+    ("Adam step, 50M, `tf.function`: adamkit / the bandwidth limit",
+     "fused_ratios", ratio("50M Adam tf.function adamkit / limit")),
+    ("Adam step, 10M, `tf.function` (what `model.fit` runs on a CPU): adamkit / Keras's Adam",
+     "bench_step", speed_ratio("10.0M", "adamkit Adam, tf.function (fused kernel)",
+                               "keras Adam, tf.function (model.fit on CPU)")),
+    ("JAX backend, Adam step, 10M: adamkit / Keras's Adam", "backend_ratios_jax",
+     ratio("10M Adam adamkit / keras")),
+    ("JAX backend, Adam step, 10M: adamkit / optax", "backend_ratios_jax",
+     ratio("10M Adam adamkit / optax")),
+    ("PyTorch backend, Adam step, 10M: adamkit / Keras's Adam", "backend_ratios_torch",
+     ratio("10M Adam adamkit / keras")),
+    ("PyTorch backend, Adam step, 10M: adamkit / torch's fused Adam", "backend_ratios_torch",
+     ratio("10M Adam adamkit / torch fused")),
+    ("Sparse step on a 1,000,000 × 64 table, 100 rows touched", "bench_lazy", lazy_step(100)),
+    ("the same, 100,000 rows touched", "bench_lazy", lazy_step(100_000)),
+    ("Recommender (matrix factorisation, 3 epochs of `model.fit`): s / epoch", "recommender",
+     recommender),
+    ("Soak: resident memory's second-half slope per 1,000 steps", "soak", soak),
+    ("Optimizer monitor (`every=100`): time in its hooks / training time, 3 epochs",
+     "monitor_overhead_tensorflow_epochs3", monitor),
+]
+
+
+def summary() -> str:
+    """README.md's short table: one figure per row, with its command and machine; the libraries
+    below it (one line per set of versions)."""
+    lines = ["| measured | figure | command | machine |", "|---|---|---|---|"]
+    libraries: dict[str, list[int]] = {}
+    for number, (what, name, figure) in enumerate(SUMMARY, 1):
+        result = load(name, MAIN_README.name)
+        where = result["machine"]
+        busy = f", load {where['load'][1]:.1f}" if where.get("load") else ""
+        lines.append(f"| {what} | {figure(result)} | `{result['command']}` | {where['cpu']}, "
+                     f"{where['cores']} cores{busy}, {where['date'][:10]} |")
+        versions = ", ".join(f"{k} {v}" for k, v in where["libraries"].items())
+        libraries.setdefault(f"Python {where['python']}, {versions}", []).append(number)
+    lines.append("")
+    if len(libraries) == 1:
+        lines.append(f"Libraries: {next(iter(libraries))}.")
+    else:
+        lines += [f"Libraries, rows {', '.join(map(str, rows))}: {line}."
+                  for line, rows in libraries.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(text: str) -> str:
+    """README.md with its short table rendered (unchanged where it has no markers)."""
+    return SUMMARY_BLOCK.sub(lambda m: m.group(1) + summary() + m.group(3), text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help="only compare; exit 1 where the README differs from the results")
+                        help="only compare; exit 1 where a README differs from the results")
     args = parser.parse_args()
-    current = README.read_text()
-    rendered = render(current)
-    if args.check:
+    stale = []
+    for path, rendering in ((README, render), (MAIN_README, render_summary)):
+        current = path.read_text()
+        rendered = rendering(current)
         if rendered != current:
-            print(f"{README} is out of date with {RESULTS}: run python benchmarks/render.py",
+            stale.append(path)
+            if not args.check:
+                path.write_text(rendered)
+    if args.check and stale:
+        for path in stale:
+            print(f"{path} is out of date with {RESULTS}: run python benchmarks/render.py",
                   file=sys.stderr)
-            return 1
-        return 0
-    if rendered != current:
-        README.write_text(rendered)
+        return 1
     return 0
 
 

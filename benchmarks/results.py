@@ -10,44 +10,11 @@ with their range (``alternate``, ``ratio_row``).
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import importlib.metadata
-import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().with_name("results")
-LIBRARIES = ("tensorflow-cpu", "keras", "jax", "torch", "optax")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """What a figure depends on besides the code: the CPU, its cores, the libraries, the date."""
-    versions = {}
-    for name in LIBRARIES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "libraries": versions,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def alternate(ours, theirs, rounds: int) -> list[float]:
@@ -80,15 +47,10 @@ class Table:
 
     def save(self) -> Path:
         """Writes the JSON (to a temporary name first, so a killed run leaves the last one)."""
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{self.name}.json"
-        document = {"name": self.name, "title": self.title, "command": self.command,
-                    "machine": machine(),
-                    "columns": [{"heading": h, "format": f} for h, f in self.columns],
-                    "rows": self.rows}
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-        temporary.replace(path)
+        from adamkit.bench import record  # the file's form, shared with `adamkit bench`
+
+        result = record.document(self.name, self.title, self.command, self.columns, self.rows)
+        path = record.write(result, RESULTS / f"{self.name}.json")
         print(f"wrote {path}")
         return path
 

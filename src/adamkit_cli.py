@@ -338,7 +338,9 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--rounds", type=positive_int, default=3,
                        help="step: rounds in which the paths take turns (median; default: 3)")
     bench.add_argument("--out", metavar="DIR", default="runs/bench",
-                       help="where bench_<suite>.json and .png go (default: runs/bench)")
+                       help="where bench_<suite>.json (the table, the command and the machine) "
+                       "and .png go (default: runs/bench; benchmarks/README.md shows "
+                       "benchmarks/results)")
 
 
 def build_parser() -> Parser:

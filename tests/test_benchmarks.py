@@ -49,3 +49,22 @@ def test_a_table_is_rendered_from_its_file_and_only_between_its_markers(tmp_path
     assert render.render(rendered) == rendered
     with pytest.raises(SystemExit, match="missing|does not exist"):
         render.render("<!-- results: missing -->\n<!-- /results -->\n")
+
+
+def test_the_readmes_short_table_gives_each_figure_its_command_and_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/demo.py", "--rounds", "3"])
+    table = results.Table("demo", "A demo", results.RATIO_COLUMNS)
+    table.ratio_row("10M Adam     adamkit / keras", [1.5, 1.25, 2.0])
+    table.save()
+    monkeypatch.setattr(render, "SUMMARY", [("Adam step: adamkit / Keras's", "demo",
+                                             render.ratio("10M Adam adamkit / keras"))])
+    text = "prose\n<!-- results summary -->\nstale\n<!-- /results summary -->\nmore prose\n"
+    rendered = render.render_summary(text)
+    row = next(line for line in rendered.splitlines() if line.startswith("| Adam step"))
+    assert "**1.50×** (rounds 1.25–2.00)" in row and "`python benchmarks/demo.py --rounds 3`" in row
+    assert "cores" in row and "Libraries: Python" in rendered
+    assert "stale" not in rendered and rendered.startswith("prose\n<!-- results summary -->\n")
+    assert rendered.endswith("<!-- /results summary -->\nmore prose\n")
+    assert render.render_summary(rendered) == rendered

@@ -265,7 +265,9 @@ def test_bench_lazy_prints_a_table(tmp_path):
                      "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "bench_lazy.json").read_text())
-    assert [r["rows_touched"] for r in saved] == [10, 1000] and saved[0]["lazy"] > 0
+    assert saved["command"] == "adamkit bench lazy --rows 20000 --touched 10 1000 --repeats 2"
+    assert saved["machine"]["cpu"] and saved["machine"]["libraries"]["keras"]
+    assert [r[0] for r in saved["rows"]] == [10, 1000] and saved["rows"][0][3] > 0
     assert (tmp_path / "bench_lazy.png").read_bytes()[:4] == b"\x89PNG"
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["10", "1,000"]
@@ -296,9 +298,12 @@ def test_preset_fast_reaches_the_seed_accuracy_and_flags_override_it(tmp_path):
 def test_bench_step_prints_every_path_against_the_limit(tmp_path):
     result = adamkit("bench", "step", "--sizes", "1", "--repeats", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    (saved,) = json.loads((tmp_path / "bench_step.json").read_text())
-    assert saved["parameters"] == 1_001_000 and saved["limit"] > 0
-    assert saved["speeds"]["torch.optim.Adam fused"] > 0
+    saved = json.loads((tmp_path / "bench_step.json").read_text())
+    assert saved["command"] == "adamkit bench step --sizes 1 --repeats 2 --rounds 3"
+    rows = {row[1]: row for row in saved["rows"]}
+    assert all(row[0] == "1.0M" for row in saved["rows"])
+    assert rows["bandwidth limit (best of stream, torch fused)"][4] == 1.0
+    assert rows["torch.optim.Adam fused"][2] > 0 and rows["torch.optim.Adam fused"][3] == 1.0
     assert (tmp_path / "bench_step.png").read_bytes()[:4] == b"\x89PNG"
     for path in ("bandwidth limit", "torch.optim.Adam fused", "adamkit Adam, tf.function (fused kernel)",
                  "keras Adam, tf.function", "keras Adam, XLA", "tf raw ResourceApplyAdam",

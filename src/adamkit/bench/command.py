@@ -23,7 +23,6 @@ table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's st
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import keras
 import numpy as np
 
 import adamkit
+from adamkit.bench import record
 from adamkit.bench.peers import (
     backend_steps,
     optax_steps,
@@ -124,7 +124,7 @@ def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: 
         ms = {name: "n/a" if t is None else f"{1e3 * t:.3f}" for name, t in timings.items()}
         log(f"{k:>12,} {ms['keras']:>11} {ms['adamkit']:>9} {ms['lazy']:>13} {ms['torch']:>17} "
             f"{timings['keras'] / timings['lazy']:>10.0f}x")
-        results.append({"rows_touched": k, **timings})
+        results.append({"rows": rows, "rows_touched": k, **timings})
     return results
 
 
@@ -157,17 +157,67 @@ def plot_lazy(plt, results: list[dict]):
     return fig
 
 
-def save(results: list[dict], suite: str, out) -> None:
-    """Writes ``bench_<suite>.json`` and a plot ``bench_<suite>.png`` into ``out`` (the plot needs
-    matplotlib)."""
+STEP_COLUMNS = [("parameters", ""), ("path", ""), ("Mparam/s", ".0f"), ("/ torch fused", ".2f"),
+                ("/ limit", ".2f")]
+LAZY_COLUMNS = [("rows touched", ",d"), ("keras Adam (ms)", ".1f"), ("adamkit Adam (ms)", ".1f"),
+                ("adamkit lazy (ms)", ".3f"), ("torch SparseAdam (ms)", ".3f"),
+                ("keras / lazy", ".0f")]
+OPTIONS = {"step": ("sizes", "repeats", "rounds"), "lazy": ("rows", "touched", "repeats")}
+
+
+def command_line(suite: str, options: dict) -> str:
+    """The ``adamkit bench`` command that measures ``suite`` with ``options`` (every option it
+    reads spelled out, so the line reruns the same measurement)."""
+    words = ["adamkit", "bench", suite]
+    for name in OPTIONS[suite]:
+        value = options[name]
+        words += [f"--{name}", *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return " ".join(words)
+
+
+def step_rows(results: list[dict]) -> list[list]:
+    """One row per size and path, fastest first after the limit; speeds in million per second."""
+    rows = []
+    for result in results:
+        size, limit = f"{result['parameters'] / 1e6:.1f}M", result["limit"]
+        torch_fused = result["speeds"]["torch.optim.Adam fused"]
+        speeds = [(LIMIT, limit), *sorted(result["speeds"].items(), key=lambda kv: -kv[1])]
+        rows += [[size, name, speed / 1e6, speed / torch_fused, speed / limit]
+                 for name, speed in speeds]
+    return rows
+
+
+def lazy_rows(results: list[dict]) -> list[list]:
+    """One row per number of rows touched; times in milliseconds."""
+    def ms(seconds):
+        return None if seconds is None else 1e3 * seconds
+
+    return [[r["rows_touched"], ms(r["keras"]), ms(r["adamkit"]), ms(r["lazy"]), ms(r["torch"]),
+             r["keras"] / r["lazy"]] for r in results]
+
+
+def result_table(results: list[dict], suite: str, command: str) -> dict:
+    """``results`` of ``step`` or ``lazy`` as a result file (``adamkit.bench.record``)."""
+    if suite == "step":
+        title = ("Every path and peer: one dense Adam step over float32 parameters (1000×1000 "
+                 "matrices plus biases), all paths in one process taking turns; million "
+                 "parameters per second, the median over rounds of each path's median step")
+        return record.document("bench_step", title, command, STEP_COLUMNS, step_rows(results))
+    title = (f"Lazy sparse updates: a {results[0]['rows']:,} × {DIM} float32 table, a sparse "
+             "gradient touching k random rows, each optimizer's step under tf.function (median)")
+    return record.document("bench_lazy", title, command, LAZY_COLUMNS, lazy_rows(results))
+
+
+def save(results: list[dict], suite: str, out, command: str) -> None:
+    """Writes ``bench_<suite>.json`` (a result file: the table, ``command``, the machine) and a
+    plot ``bench_<suite>.png`` into ``out`` (the plot needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_{suite}.json").write_text(json.dumps(results, indent=2))
+    record.write(result_table(results, suite, command), out / f"bench_{suite}.json")
     fig = plot_step(plt, results) if suite == "step" else plot_lazy(plt, results)
     fig.tight_layout()
     fig.savefig(out / f"bench_{suite}.png", dpi=100)
