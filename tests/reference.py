@@ -104,3 +104,27 @@ def keras_adam_float32(theta, grads, alphas, b1=0.9, b2=0.999, eps=1e-7, amsgrad
     if amsgrad:
         state["velocity_hat"] = v_max
     return theta, state
+
+
+def schedule_free_adamw(theta, grads, lr=0.0025, b1=0.9, b2=0.999, eps=1e-8, wd=0.0,
+                        warmup_steps=0, r=0.0, weight_lr_power=2.0, lrs=None):
+    """Schedule-free AdamW (Defazio et al. 2024) as the authors' released reference steps it;
+    ``lrs``: a learning rate per step (a schedule), else ``lr`` throughout. Returns y (the
+    parameters) and x, z, v."""
+    y = np.array(theta, np.float64)
+    z, x, v = y.copy(), y.copy(), np.zeros_like(y)
+    lr_max = weight_sum = 0.0
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        lr_t = (lr if lrs is None else lrs[t - 1]) * (min(1.0, t / warmup_steps)
+                                                      if warmup_steps else 1.0)
+        lr_max = max(lr_max, lr_t)
+        weight = t**r * lr_max**weight_lr_power
+        weight_sum += weight
+        c = weight / weight_sum if weight_sum else 0.0
+        z = z - lr_t * wd * y
+        v = b2 * v + (1 - b2) * g * g
+        z = z - lr_t * g / (np.sqrt(v / (1 - b2**t)) + eps)
+        x = (1 - c) * x + c * z
+        y = b1 * x + (1 - b1) * z
+    return y, {"x": x, "z": z, "velocity": v}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from adamkit.optimizers.schedule_free import ScheduleFreeAdamW
 from adamkit.tools.lr_find import LRFindResult, RangeTest, check_settable
 from adamkit.tools.monitor import OptimizerMonitor as OptimizerMonitor  # re-exported
 
@@ -86,3 +87,129 @@ class LRFinder(keras.callbacks.Callback):
         if count <= previous_count:
             return float(keras.ops.convert_to_numpy(logs["loss"]))
         return (total - previous_total) / (count - previous_count)
+
+
+def schedule_free_optimizer(model):
+    """The model's ``adamkit.ScheduleFreeAdamW`` (inside Keras's LossScaleOptimizer too), or
+    None where it trains with another optimizer."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return optimizer if isinstance(optimizer, ScheduleFreeAdamW) else None
+
+
+def batch_normalization_layers(model) -> list:
+    return [layer for layer in model._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recompute_batch_statistics(model, x, batch_size: int = 32, steps: int | None = None) -> int:
+    """Recomputes every BatchNormalization layer's moving mean and variance at the weights the
+    model holds now (for schedule-free AdamW: call it inside ``optimizer.averaged()``), from
+    forward passes in training mode over ``x`` (an array of inputs, in batches of
+    ``batch_size``; ``steps`` batches at most). Each statistic becomes the plain mean of its
+    batch values over these passes, as the schedule-free authors advise and as PyTorch's
+    ``swa_utils.update_bn`` does: the running statistics ``fit`` kept were gathered at y, the
+    point the gradients are taken at, and do not describe the activations at x. Dropout is active
+    in these passes, as in training, and draws from the seed generator. Returns the number of
+    batches run (0 where the model has no BatchNormalization)."""
+    layers = batch_normalization_layers(model)
+    if not layers:
+        return 0
+    starts = list(range(0, len(x), batch_size))[:steps]
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for count, begin in enumerate(starts, start=1):
+            for layer in layers:
+                layer.momentum = (count - 1) / count  # the k-th batch weighs 1/k: a plain mean
+            model(x[begin:begin + batch_size], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(starts)
+
+
+class ScheduleFreeEval(keras.callbacks.Callback):
+    """Evaluates a model trained by ``adamkit.ScheduleFreeAdamW`` at x, the average its
+    guarantees are about, rather than at y, where the gradients are taken: x is in the model's
+    variables for every evaluation and prediction inside ``fit`` (validation included) and y
+    back for training. With ``average_at_end`` (the default) x stays in the model at the end of
+    training, so that ``model.save``, ``evaluate`` and ``predict`` afterwards use x; the next
+    ``fit`` with this callback puts y back first (elsewhere: ``optimizer.use_training_point()``).
+
+    Args:
+        average_at_end: leave x in the model when training ends. Defaults to True.
+        statistics_data: inputs to recompute BatchNormalization's statistics at x from
+            (``recompute_batch_statistics``) each time x goes in; the statistics at y are put
+            back with y. Defaults to None: the statistics gathered at y are used.
+        statistics_steps: batches of ``statistics_data`` to run each time. Defaults to 50.
+        batch_size: the batch size of those passes. Defaults to 32.
+
+    Examples:
+        >>> import adamkit, keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer=adamkit.ScheduleFreeAdamW(), loss="mse")
+        >>> x, y = np.ones((64, 4), "float32"), np.ones((64, 1), "float32")
+        >>> _ = model.fit(x, y, validation_data=(x, y), verbose=0,
+        ...               callbacks=[adamkit.callbacks.ScheduleFreeEval()])
+        >>> bool(model.optimizer.holds_average.numpy())  # x is in the model now
+        True
+    """
+
+    def __init__(self, average_at_end: bool = True, statistics_data=None,
+                 statistics_steps: int = 50, batch_size: int = 32) -> None:
+        super().__init__()
+        self.average_at_end = average_at_end
+        self.statistics_data, self.statistics_steps = statistics_data, statistics_steps
+        self.batch_size = batch_size
+        self._saved_statistics = None
+        self._entered = None  # "test", "predict" or "end": what put x in
+
+    def _optimizer(self):
+        optimizer = schedule_free_optimizer(self.model)
+        if optimizer is None:
+            raise TypeError("ScheduleFreeEval needs a model compiled with "
+                            f"adamkit.ScheduleFreeAdamW; got {type(self.model.optimizer).__name__}")
+        return optimizer
+
+    def _enter(self, why: str) -> None:
+        if self._entered is not None or not self._optimizer().built:
+            return
+        if self.statistics_data is not None:
+            self._saved_statistics = [
+                [keras.ops.copy(v) for v in (layer.moving_mean, layer.moving_variance)]
+                for layer in batch_normalization_layers(self.model)]
+        self._optimizer().use_average()
+        if self.statistics_data is not None:
+            recompute_batch_statistics(self.model, self.statistics_data, self.batch_size,
+                                       self.statistics_steps)
+        self._entered = why
+
+    def _leave(self, why: str) -> None:
+        if self._entered != why:
+            return
+        self._optimizer().use_training_point()
+        for layer, saved in zip(batch_normalization_layers(self.model),
+                                self._saved_statistics or []):
+            layer.moving_mean.assign(saved[0])
+            layer.moving_variance.assign(saved[1])
+        self._saved_statistics, self._entered = None, None
+
+    def on_train_begin(self, logs=None):
+        self._leave("end")
+        self._optimizer().use_training_point()  # x left in by another callback or process
+
+    def on_test_begin(self, logs=None):
+        self._enter("test")
+
+    def on_test_end(self, logs=None):
+        self._leave("test")
+
+    def on_predict_begin(self, logs=None):
+        self._enter("predict")
+
+    def on_predict_end(self, logs=None):
+        self._leave("predict")
+
+    def on_train_end(self, logs=None):
+        if self.average_at_end:
+            self._enter("end")

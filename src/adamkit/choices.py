@@ -11,7 +11,7 @@ from __future__ import annotations
 BACKENDS = ("tensorflow", "jax", "torch")
 
 # adamkit.get's names (the keys of adamkit.FAMILY, in its order).
-FAMILY_NAMES = ("adam", "amsgrad", "adamw", "nadam", "adamax", "radam")
+FAMILY_NAMES = ("adam", "amsgrad", "adamw", "nadam", "adamax", "radam", "schedule-free")
 
 # What `adamkit train --optimizer` takes: the family, and Keras's own Adam for comparison.
 OPTIMIZERS = (*FAMILY_NAMES, "keras-adam")

@@ -73,7 +73,8 @@ class Job:
 
 
 class Executor(Protocol):
-    """Applies a rule's step; see the module docstring."""
+    """Applies a rule's step; see the module docstring. One without ``assigns = True`` is never
+    given a rule that assigns its parameters (``Rule.assigns``)."""
 
     name: str
 
@@ -110,6 +111,7 @@ class OpsPath(OneAtATime):
     assigned through the optimizer (which is what distribution strategies need)."""
 
     name = "ops"
+    assigns = True
 
     def refuses(self, optimizer, variable, gradient, slots):
         return None
@@ -117,6 +119,8 @@ class OpsPath(OneAtATime):
     def apply(self, job):
         optimizer, rule = job.optimizer, job.rule
         variable, gradient, decay, dtype = job.single()
+        if rule.assigns:
+            return _assign(job, variable, ops.cast(sparse.densified(gradient), dtype), decay, dtype)
         if decay is not None:
             optimizer.assign(variable, ops.cast(variable, dtype) * decay)
         gradient = ops.cast(sparse.densified(gradient), dtype)
@@ -125,6 +129,14 @@ class OpsPath(OneAtATime):
         optimizer.assign_sub(variable, ops.cast(rule.update(gradient, state, scalars),
                                                 variable.dtype))
         write_state(job, 0, state)
+
+
+def _assign(job: Job, variable, gradient, decay, dtype: str) -> None:
+    """The step of a rule that assigns the parameter its new value (``Rule.assign``)."""
+    parameter, state = job.rule.assign(ops.cast(variable, dtype), gradient,
+                                       read_state(job, 0, dtype), job.scalars(dtype), decay)
+    job.optimizer.assign(variable, ops.cast(parameter, variable.dtype))
+    write_state(job, 0, state)
 
 
 class MaskedRows(OneAtATime):
@@ -206,12 +218,24 @@ class Choice:
         return f"{self.variable}: {self.executor}" + (f" ({reasons})" if reasons else "")
 
 
+def refusal(executor, optimizer, variable, gradient, slots) -> str | None:
+    """Why ``executor`` does not take ``variable``: its own reason, or, for a rule that assigns
+    its parameters, that it computes θ·decay − update only (``lazy=False`` stays the lazy rows'
+    reason, which ``choose`` does not list)."""
+    why = executor.refuses(optimizer, variable, gradient, slots)
+    rule = optimizer.rule
+    if rule.assigns and not getattr(executor, "assigns", False) and \
+            not (why or "").startswith("lazy=False"):
+        return f"{type(optimizer).__name__} assigns its parameters (kernels: θ·decay − update)"
+    return why
+
+
 def choose(optimizer, variable, gradient) -> tuple[Executor, dict[str, str]]:
     """The first executor in line that takes ``variable``, and the others' reasons."""
     slots = optimizer.slots_of(variable)
     passed_over = {}
     for executor in candidates(optimizer):
-        why = executor.refuses(optimizer, variable, gradient, slots)
+        why = refusal(executor, optimizer, variable, gradient, slots)
         if why is None:
             return executor, passed_over
         if not why.startswith("lazy=False"):  # not worth listing for every variable
@@ -234,6 +258,10 @@ def check_fused(fused: object, rule) -> bool | None:
     if fused is not True:
         raise TypeError(f"`fused` must be True, False or None; got {fused!r} "
                         f"({type(fused).__name__}).")
+    if rule.assigns:
+        raise ValueError(
+            f"`fused=True`: no kernel computes {type(rule).__name__.removesuffix('Rule')}'s step "
+            "(it assigns its parameters; the ops path runs it): use fused=None or fused=False.")
     backend = keras.backend.backend()
     if backend not in ("tensorflow", "jax", "torch"):
         raise ValueError(

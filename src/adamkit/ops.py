@@ -104,3 +104,34 @@ def radam_rectifier(step, beta_2):
 def decay_factor(learning_rate, weight_decay):
     """Loshchilov & Hutter's decoupled weight decay, θ ← θ·(1 − lr·λ) before the step: the factor."""
     return 1.0 - learning_rate * weight_decay
+
+
+# -- schedule-free AdamW (Defazio et al. 2024), as the authors' reference forms each piece -------
+
+
+def warmup(step, warmup_steps: int):
+    """The linear warm-up factor min(1, t/warmup_steps); 1 without warm-up."""
+    if warmup_steps <= 0:
+        return ops.ones_like(step)
+    return ops.minimum(step / float(warmup_steps), 1.0)
+
+
+def averaging_weight(step, lr_max, r: float, weight_lr_power: float):
+    """wₜ = t^r · lr_max^p: the weight of step t's iterate in the average x."""
+    weight = ops.power(lr_max, weight_lr_power) if weight_lr_power != 0.0 else ops.ones_like(lr_max)
+    return weight if r == 0.0 else ops.power(step, r) * weight
+
+
+def compensated_add(high, low, value):
+    """(high, low) + value as a new (high, low), high + low holding the sum to about twice the
+    dtype's precision (Knuth's TwoSum): a running sum of many similar weights in float32 would
+    otherwise drift by up to t·2⁻²⁴ of itself."""
+    total = high + value
+    other = total - high
+    error = (high - (total - other)) + (value - other)
+    return total, low + error
+
+
+def interpolate(a, b, weight):
+    """(1 − w)·a + w·b, as the schedule-free reference forms it (a·(1 − w) + b·w)."""
+    return a * (1.0 - weight) + b * weight

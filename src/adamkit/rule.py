@@ -14,6 +14,10 @@ A rule names its second-moment kind and forms (a, b, c, ε) from the step t and 
 in ``scalars``: nothing else restates a member's math. ``Rule.moments`` and ``Rule.update`` are
 the reference (ops) path on ``keras.ops`` tensors; the kernels take the same scalars as a table
 (``adamkit.kernels.scalars``) and the lazy path runs ``moments`` and ``update`` on rows.
+
+A rule whose step is not of that shape (schedule-free AdamW, whose parameter is an interpolation
+of two iterates it keeps as state) ``assigns`` instead: ``Rule.assign`` returns the parameter's
+new value and state, and only the ops path runs it.
 """
 
 from __future__ import annotations
@@ -91,6 +95,26 @@ class Rule:
     def signed_state(self) -> tuple[str, ...]:
         """The state that can be negative (the others get the unsigned 8-bit map)."""
         return ("momentum",)
+
+    @property
+    def exact_state(self) -> tuple[str, ...]:
+        """The state kept in the parameters' compute dtype (float32, float64 for float64
+        parameters) whatever ``state_dtype`` asks, carried scalars included (otherwise float32):
+        iterates and sums whose rounding would move the parameters themselves."""
+        return ()
+
+    @property
+    def assigns(self) -> bool:
+        """Whether the step assigns each parameter a value formed from its state (``assign``)
+        rather than θ ← θ·decay − update. Only executors that say so (the ops path) run such a
+        rule; the kernels compute the update's shape only."""
+        return False
+
+    def assign(self, parameter, gradient, state: dict, scalars: Scalars, decay) -> tuple:
+        """(the parameter's new value, its state after this step), for a rule that ``assigns``.
+        ``decay``: the job's weight-decay entry for this variable (None where it is not decayed),
+        as the member's optimizer forms it; the rule applies it itself."""
+        raise NotImplementedError
 
     def moments(self, gradient, state: dict) -> dict:
         """The per-parameter state after this step's gradient."""

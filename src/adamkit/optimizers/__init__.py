@@ -10,6 +10,7 @@ from adamkit.optimizers.adamw import AdamW
 from adamkit.optimizers.base import AdamFamily
 from adamkit.optimizers.nadam import Nadam
 from adamkit.optimizers.radam import RAdam
+from adamkit.optimizers.schedule_free import ScheduleFreeAdamW
 
 FAMILY: dict[str, tuple[type[AdamFamily], dict[str, Any]]] = {
     "adam": (Adam, {}),
@@ -18,6 +19,7 @@ FAMILY: dict[str, tuple[type[AdamFamily], dict[str, Any]]] = {
     "nadam": (Nadam, {}),
     "adamax": (Adamax, {}),
     "radam": (RAdam, {}),
+    "schedule-free": (ScheduleFreeAdamW, {}),
 }
 
 
@@ -26,7 +28,8 @@ def get(name: str, **kwargs: Any) -> AdamFamily:
 
     Args:
         name: one of ``"adam"``, ``"amsgrad"`` (``Adam(amsgrad=True)``), ``"adamw"``,
-            ``"nadam"``, ``"adamax"``, ``"radam"``; case does not matter.
+            ``"nadam"``, ``"adamax"``, ``"radam"``, ``"schedule-free"``
+            (``ScheduleFreeAdamW``); case does not matter.
         **kwargs: the class's arguments; they override the name's preset.
 
     Returns:
@@ -48,4 +51,5 @@ def get(name: str, **kwargs: Any) -> AdamFamily:
     return cls(**{**preset, **kwargs})
 
 
-__all__ = ["Adam", "AdamFamily", "AdamW", "Adamax", "FAMILY", "Nadam", "RAdam", "get"]
+__all__ = ["Adam", "AdamFamily", "AdamW", "Adamax", "FAMILY", "Nadam", "RAdam",
+           "ScheduleFreeAdamW", "get"]

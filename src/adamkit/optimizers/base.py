@@ -179,7 +179,8 @@ class AdamFamily(keras.optimizers.Optimizer):
             name: [
                 None if self._overwrite_variable_with_gradient(variable) else
                 state_storage.create_slot(
-                    self, variable, name, self._state_dtype_of(variable),
+                    self, variable, name,
+                    "float32" if name in rule.exact_state else self._state_dtype_of(variable),
                     signed=name in rule.signed_state, min_8bit_size=self.min_8bit_size)
                 for variable in var_list
             ]
@@ -190,10 +191,12 @@ class AdamFamily(keras.optimizers.Optimizer):
                 state_storage.PlainSlot(self.add_variable(
                     (),
                     initializer=keras.initializers.Constant(initial),
-                    dtype="float32",
+                    dtype=dtype,
                     name=state_storage.slot_name(variable, name),
-                ), "float32")
+                ), dtype)
                 for variable in var_list
+                for dtype in [state_storage.compute_dtype(variable)
+                              if name in rule.exact_state else "float32"]
             ]
         if self.skip_nonfinite:
             self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int32",

@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 
+from adamkit.callbacks import schedule_free_optimizer
 from adamkit.train import artifacts
 from adamkit.train.checkpoints import agree_on_step, start_position
 from adamkit.train.distribution import (
@@ -107,5 +108,7 @@ def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[
     else:
         history = fit(model, settings, train_data, validation_data, position, log, callbacks)
     wall_time = time.perf_counter() - start
+    if schedule_free_optimizer(model) is not None:  # model.keras holds x, as it was validated
+        schedule_free_optimizer(model).use_average()
     return write_outputs(settings, out, model, optimizer, history, wall_time, per_call, monitor,
                          log)

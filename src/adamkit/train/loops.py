@@ -4,6 +4,7 @@ resume at any batch: ``model.fit`` one epoch at a time, and a custom loop for
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import keras
 import numpy as np
 
+from adamkit.callbacks import ScheduleFreeEval, schedule_free_optimizer
 from adamkit.train.checkpoints import Checkpointer, optimizer_step, save_checkpoint
 from adamkit.train.distribution import WorkerLost
 from adamkit.train.settings import TrainSettings
@@ -36,7 +38,8 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
         extra_callbacks: Sequence = (), verbose: int | None = None) -> dict:
     """``model.fit`` one epoch at a time over our own shuffled order (``remaining_epochs``), so
     that a run can stop and resume at any batch. ``verbose`` is Keras's; by default a progress
-    bar on a terminal, else a line per epoch."""
+    bar on a terminal, else a line per epoch. Schedule-free AdamW is validated at its average x
+    (``ScheduleFreeEval``) and trains on at y, which the checkpoints hold."""
     x, y = train_data
     history: dict[str, list[float]] = {k: list(v) for k, v in position["history"].items()}
     saving = settings.checkpoint_dir is not None
@@ -45,6 +48,8 @@ def fit(model, settings: TrainSettings, train_data, validation_data, position, l
         rest = order[first * settings.batch_size:]
         callbacks = [Checkpointer(settings, epoch, first, batches, history)] if saving else []
         callbacks += list(extra_callbacks)
+        if schedule_free_optimizer(model) is not None:
+            callbacks.append(ScheduleFreeEval(average_at_end=False))
         epoch_history = model.fit(
             x[rest], y[rest], batch_size=settings.batch_size, epochs=1, shuffle=False,
             validation_data=validation_data, callbacks=callbacks,
@@ -138,7 +143,9 @@ def fit_multi_worker(model, strategy, settings: TrainSettings, train_data, valid
         started = time.perf_counter()
         results = _multi_worker_epoch(model, strategy, train_step, settings, x, y, epoch, first,
                                       order, history)
-        val_loss, val_accuracy = evaluate(model, validation_data)
+        optimizer = schedule_free_optimizer(model)
+        with optimizer.averaged() if optimizer is not None else contextlib.nullcontext():
+            val_loss, val_accuracy = evaluate(model, validation_data)
         results.update(val_accuracy=val_accuracy, val_loss=val_loss)
         for key, value in results.items():
             history.setdefault(key, []).append(float(value))
