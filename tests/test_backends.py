@@ -19,6 +19,7 @@ PORTABLE = [
     "test_peers.py",
     "test_monitor.py",
     "test_lr_find.py",
+    "test_schedule_free.py",
 ]
 
 

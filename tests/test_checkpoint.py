@@ -93,9 +93,10 @@ def final_state(checkpoint_dir: Path) -> list[np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="runs the CLI on its default backend")
-def test_runs_killed_with_sigkill_resume_bit_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "schedule-free"])
+def test_runs_killed_with_sigkill_resume_bit_exactly(tmp_path, optimizer):
     flags = ["train", "--preset", "fast", "--epochs", "2", "--checkpoint-every", "9",
-             "--keep", "2", "--optimizer", "adamw"]
+             "--keep", "2", "--optimizer", optimizer]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
     straight = subprocess.run(adamkit_command(*flags, "--checkpoint-dir", str(tmp_path / "c0"),

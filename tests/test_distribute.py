@@ -49,7 +49,8 @@ MIRRORED_VS_ONE = textwrap.dedent("""
     # Float32 state only: with bfloat16/int8 state a last-bit difference in the all-reduced gradient
     # can flip a stochastic rounding, one code of the state (measured: 2e-4 on the weights here).
     for name, options in [("adam", {}), ("amsgrad", {}), ("adamw", {}), ("nadam", {}),
-                          ("radam", {}), ("adamax", {})]:
+                          ("radam", {}), ("adamax", {}),
+                          ("schedule-free", {"weight_decay": 0.01, "warmup_steps": 20})]:
         one = train(tf.distribute.get_strategy(), name, options)
         two = train(mirrored, name, options)
         worst = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))
@@ -97,7 +98,8 @@ DATA_PARALLEL_VS_ONE = textwrap.dedent("""
         return model
 
     for name, options in [("adam", {}), ("amsgrad", {}), ("adamw", {}), ("nadam", {}),
-                          ("radam", {}), ("adamax", {}), ("adam", {"state_dtype": "int8"})]:
+                          ("radam", {}), ("adamax", {}), ("adam", {"state_dtype": "int8"}),
+                          ("schedule-free", {"weight_decay": 0.01, "warmup_steps": 20})]:
         keras.distribution.set_distribution(None)
         one = train(name, options)
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))

@@ -23,7 +23,8 @@ import adamkit
 from adamkit.optimizers.docs import SHARED_ARGS, documented_args
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMBERS = [adamkit.Adam, adamkit.AdamW, adamkit.Nadam, adamkit.Adamax, adamkit.RAdam]
+MEMBERS = [adamkit.Adam, adamkit.AdamW, adamkit.Nadam, adamkit.Adamax, adamkit.RAdam,
+           adamkit.ScheduleFreeAdamW]
 SHARED = [entry.split(" ")[0] for entry, _ in SHARED_ARGS]
 # Keras's own optimizer keywords: those of a Keras optimizer with no arguments of its own but
 # the learning rate and its momentum.

@@ -113,7 +113,8 @@ def warmup(step, warmup_steps: int):
     """The linear warm-up factor min(1, t/warmup_steps); 1 without warm-up."""
     if warmup_steps <= 0:
         return ops.ones_like(step)
-    return ops.minimum(step / float(warmup_steps), 1.0)
+    fraction = step / float(warmup_steps)
+    return ops.where(fraction < 1.0, fraction, ops.ones_like(fraction))  # not ops.minimum: see larger
 
 
 def averaging_weight(step, lr_max, r: float, weight_lr_power: float):

@@ -38,7 +38,7 @@ for a sparse gradient (an embedding's ``IndexedSlices`` on TensorFlow) update on
     touched rows of θ and of the state; untouched rows stay bit for bit. On JAX a sparse
     ``BCOO`` gradient's named rows are updated, at dense cost; for dense gradients (JAX,
     PyTorch) rows whose gradient is all zero are left untouched. Not with
-    ``state_dtype="int8"``, nor for ``Nadam``. Defaults to False."""),
+    ``state_dtype="int8"``, nor for ``Nadam`` or ``ScheduleFreeAdamW``. Defaults to False."""),
     ("skip_nonfinite (bool)", """\
 a step whose gradients hold any NaN or ±Inf leaves the parameters and all state (the
     iteration count too) unchanged and adds one to ``optimizer.skipped_steps``. Defaults to
