@@ -14,7 +14,7 @@ LAYERS = (
     ("foundation", ("adamkit.choices", "adamkit.ops", "adamkit.schedules", "adamkit.data",
                     "adamkit.checkpoint", "adamkit.kernels.build")),
     ("rules and storage", ("adamkit.rule", "adamkit.state")),
-    ("paths", ("adamkit.sparse", "adamkit.kernels")),
+    ("paths", ("adamkit.sparse", "adamkit.chunks", "adamkit.kernels")),
     ("executors", ("adamkit.executors",)),
     ("optimizers", ("adamkit.optimizers",)),
     ("applications", ("adamkit.tools", "adamkit.callbacks", "adamkit.train", "adamkit.reproduce",

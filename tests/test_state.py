@@ -296,6 +296,41 @@ def test_per_variable_state_dtype_is_validated():
             [keras.Variable(np.zeros((64, 64), np.float32), name="w")])
 
 
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("name", ["amsgrad", "nadam", "adamax"])
+def test_the_chunked_ops_path_equals_the_whole_tensor_one(name, state_dtype, monkeypatch):
+    """A variable of 2.3 chunks (the last one partial, its last 8-bit block too): parameters
+    and stored state after three steps are those of the ops path on whole tensors, bit for bit."""
+    from adamkit import chunks
+
+    rng = np.random.default_rng(0)
+    shape = (601, 501)  # 301,101 values: 2.3 chunks of 131,072
+    gradients = [rng.standard_normal(shape).astype(np.float32) * 10.0 ** rng.uniform(-3, 1)
+                 for _ in range(3)]
+
+    def run(chunked: bool):
+        if not chunked:
+            monkeypatch.setattr(chunks, "worth_chunking", lambda *args: "off for the test")
+        variable = keras.Variable(np.ones(shape, np.float32), name="w")
+        optimizer = adamkit.get(name, learning_rate=0.01, state_dtype=state_dtype, fused=False,
+                                weight_decay=0.01)
+        feed = iter(gradients)
+        step = compiled_step(optimizer, [variable], lambda: [ops.convert_to_tensor(next(feed))])
+        executor = str(optimizer.explain()).split(": ")[1]
+        for _ in gradients:
+            step()
+        monkeypatch.undo()
+        return executor, [ops.convert_to_numpy(v) for v in [variable, *optimizer.variables]]
+
+    if keras.backend.backend() == "jax":  # XLA fuses the whole-tensor path: not chunked
+        assert run(True)[0] == "ops"
+        return
+    (chunked_path, chunked), (whole_path, whole) = run(True), run(False)
+    assert (chunked_path, whole_path) == ("ops, in chunks", "ops")
+    for a, b in zip(chunked, whole):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed):
     """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import keras
 from keras import ops
 
-from adamkit import sparse
+from adamkit import chunks, sparse
 from adamkit import state as state_storage
 
 
@@ -139,6 +139,21 @@ def _assign(job: Job, variable, gradient, decay, dtype: str) -> None:
     write_state(job, 0, state)
 
 
+class Chunks(OneAtATime):
+    """The ops path on chunks of a large variable whose state is lean (``adamkit.chunks``): the
+    same results, without the decoded state's full-size temporaries. Its refusals are not
+    listed by ``explain``: the ops path is the same step."""
+
+    name = "ops, in chunks"
+    listed = False
+
+    def refuses(self, optimizer, variable, gradient, slots):
+        return chunks.worth_chunking(variable, slots)
+
+    def apply(self, job):
+        chunks.chunked_step(job)
+
+
 class MaskedRows(OneAtATime):
     """``lazy=True`` on JAX and PyTorch, whose gradients are dense: the rule on whole tensors, and
     only the rows the gradient touches (``sparse.named_rows``) take the results, decay included."""
@@ -202,7 +217,7 @@ def backend_executors(optimizer) -> tuple:
 
 
 def candidates(optimizer) -> tuple:
-    return (SparseRows(), MaskedRows(), *backend_executors(optimizer), OpsPath())
+    return (SparseRows(), MaskedRows(), *backend_executors(optimizer), Chunks(), OpsPath())
 
 
 @dataclasses.dataclass
@@ -238,7 +253,7 @@ def choose(optimizer, variable, gradient) -> tuple[Executor, dict[str, str]]:
         why = refusal(executor, optimizer, variable, gradient, slots)
         if why is None:
             return executor, passed_over
-        if not why.startswith("lazy=False"):  # not worth listing for every variable
+        if not why.startswith("lazy=False") and getattr(executor, "listed", True):
             passed_over[executor.name] = why
     raise AssertionError("the ops path takes every variable")
 

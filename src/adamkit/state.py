@@ -141,10 +141,12 @@ def quantization_map(signed: bool) -> np.ndarray:
     return decode[1:] if signed else decode  # code −128 is unused in the signed map
 
 
-def quantize(x, signed: bool, step=None):
+def quantize(x, signed: bool, step=None, first_position=0):
     """``x`` (float32, any shape) → (int8 codes shaped (blocks, BLOCK_SIZE), float32 absmax (blocks,)).
 
-    Rounds to the nearest code, or stochastically when ``step`` (the int32 iteration) is given.
+    Rounds to the nearest code, or stochastically when ``step`` (the int32 iteration) is given;
+    ``first_position``: the flat index of x's first value in its tensor (for the dither), where
+    x is one chunk of it.
     """
     flat = ops.reshape(ops.cast(x, "float32"), (-1,))
     size = flat.shape[0]
@@ -156,7 +158,7 @@ def quantize(x, signed: bool, step=None):
     normalised = blocks / ops.expand_dims(ops.where(absmax > 0, absmax, 1.0), 1)
     dither = None
     if step is not None:
-        positions = flat_positions((padded // BLOCK_SIZE, BLOCK_SIZE))
+        positions = flat_positions((padded // BLOCK_SIZE, BLOCK_SIZE)) + first_position
         dither = ops.cast(dither_bits(positions, step, 24), "float32") * 2.0**-24
     index = magnitude_index(ops.abs(normalised), signed, dither)
     code = ops.sign(normalised) * index if signed else index - 128.0
@@ -165,13 +167,18 @@ def quantize(x, signed: bool, step=None):
 
 def dequantize(codes, absmax, shape, signed: bool, dtype="float32"):
     """The inverse of ``quantize``: a float tensor of ``shape``."""
-    decode = ops.convert_to_tensor(codec_table(signed)[:256])
-    values = ops.take(decode, ops.cast(codes, "int32") + 128)
-    flat = ops.reshape(values * ops.expand_dims(absmax, 1), (-1,))
+    flat = decoded_blocks(codes, absmax, signed)
     size = math.prod(shape)
     if flat.shape[0] != size:
         flat = flat[:size]
     return ops.cast(ops.reshape(flat, shape), dtype)
+
+
+def decoded_blocks(codes, absmax, signed: bool):
+    """Codes (blocks, BLOCK_SIZE) and their absmax → the flat float32 values, padding included."""
+    decode = ops.convert_to_tensor(codec_table(signed)[:256])
+    values = ops.take(decode, ops.cast(codes, "int32") + 128)
+    return ops.reshape(values * ops.expand_dims(absmax, 1), (-1,))
 
 
 # -- stochastic rounding ---------------------------------------------------------------------------
@@ -238,6 +245,20 @@ class PlainSlot:
         positions = flat_positions(tuple(self.variable.shape)) if self.rounds_stochastically else None
         optimizer.assign(self.variable, self.encode(value, positions, step))
 
+    # Chunks (``adamkit.chunks``): the stored tensor as ``count`` rows of ``size`` values.
+
+    def stored_chunks(self, count: int, size: int) -> tuple:
+        return (in_chunks(self.variable, count, size),)
+
+    def decode_chunk(self, parts: tuple):
+        return ops.cast(parts[0], self.compute_dtype)
+
+    def encode_chunk(self, value, positions, step) -> tuple:
+        return (self.encode(value, positions, step),)
+
+    def write_chunks(self, optimizer, parts: tuple) -> None:
+        optimizer.assign(self.variable, from_chunks(parts[0], tuple(self.variable.shape)))
+
 
 class QuantizedSlot:
     """A state tensor kept as int8 codes plus one float32 absmax per block."""
@@ -259,6 +280,43 @@ class QuantizedSlot:
         codes, absmax = quantize(value, self.signed, step)
         optimizer.assign(self.codes, codes)
         optimizer.assign(self.absmax, absmax)
+
+    # Chunks of ``size`` values (a multiple of BLOCK_SIZE): size / BLOCK_SIZE blocks each.
+
+    def stored_chunks(self, count: int, size: int) -> tuple:
+        blocks = size // BLOCK_SIZE
+        return (in_chunks(self.codes, count, blocks, (BLOCK_SIZE,)),
+                in_chunks(self.absmax, count, blocks))
+
+    def decode_chunk(self, parts: tuple):
+        return decoded_blocks(*parts, self.signed)
+
+    def encode_chunk(self, value, positions, step) -> tuple:
+        return quantize(value, self.signed, step, first_position=positions[0])
+
+    def write_chunks(self, optimizer, parts: tuple) -> None:
+        codes, absmax = parts
+        optimizer.assign(self.codes, from_chunks(codes, tuple(self.codes.shape)))
+        optimizer.assign(self.absmax, from_chunks(absmax, tuple(self.absmax.shape)))
+
+
+def in_chunks(x, count: int, size: int, inner: tuple = ()):
+    """``x`` as ``count`` chunks of ``size`` rows of shape ``inner`` (zeros after its end)."""
+    rows = ops.reshape(x, (-1, *inner))
+    missing = count * size - rows.shape[0]
+    if missing:
+        rows = ops.pad(rows, [(0, missing)] + [(0, 0)] * len(inner))
+    return ops.reshape(rows, (count, size, *inner))
+
+
+def from_chunks(chunks, shape: tuple):
+    """The inverse of ``in_chunks``: the first rows of ``chunks``, as ``shape``."""
+    inner = tuple(chunks.shape[2:])
+    rows = ops.reshape(chunks, (-1, *inner))
+    count = math.prod(shape) // max(math.prod(inner), 1)
+    if rows.shape[0] != count:
+        rows = rows[:count]
+    return ops.reshape(rows, shape)
 
 
 def compute_dtype(variable) -> str:
