@@ -1,0 +1,117 @@
+"""Seconds per ``model.fit`` epoch with each optimizer, on each backend, against Keras's SGD (the
+floor: no optimizer state, one multiply-add a parameter) and Keras's Adam (the peer).
+
+    python benchmarks/epoch_times.py [--backends tensorflow jax torch] [--model wide|tutorial]
+                                     [--rounds 5] [--images 30000] [--steps-per-execution 1]
+
+``wide``: a 784-2048-2048-10 MLP (5.8M parameters), batch 128; ``tutorial``: the tutorial's MLP
+(Flatten → Dense(128, relu) → Dropout(0.2) → Dense(10)), batch 32, many small steps. Each backend
+runs in its own process; there every optimizer trains one epoch per round, in turn, round after
+round (a shared machine slows whole stretches of time: alternating spreads that over all of
+them), after one untimed epoch each that compiles. Rows: the fastest and the median round, and
+the median over SGD's (1.00 = the floor; the goal is within 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from results import Table
+
+OPTIMIZERS = ("keras SGD", "keras Adam", "adamkit Adam", "adamkit AdamW", "adamkit AMSGrad",
+              "adamkit Adam, bfloat16 state", "adamkit Adam, int8 state")
+
+
+def make_optimizer(name: str):
+    import keras
+
+    import adamkit
+
+    return {
+        "keras SGD": lambda: keras.optimizers.SGD(0.01),
+        "keras Adam": lambda: keras.optimizers.Adam(),
+        "adamkit Adam": lambda: adamkit.Adam(),
+        "adamkit AdamW": lambda: adamkit.AdamW(weight_decay=0.004),
+        "adamkit AMSGrad": lambda: adamkit.Adam(amsgrad=True),
+        "adamkit Adam, bfloat16 state": lambda: adamkit.Adam(state_dtype="bfloat16"),
+        "adamkit Adam, int8 state": lambda: adamkit.Adam(state_dtype="int8"),
+    }[name]()
+
+
+def make_model(kind: str):
+    import keras
+
+    from adamkit.train import seed_model
+
+    if kind == "tutorial":
+        return seed_model(), 32
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                             keras.layers.Dense(2048, activation="relu"),
+                             keras.layers.Dense(2048, activation="relu"),
+                             keras.layers.Dense(10)]), 128
+
+
+def child(args) -> None:
+    """Prints one JSON line per optimizer: (name, seconds of each timed round)."""
+    os.environ["KERAS_BACKEND"] = args.child
+    import keras
+
+    from adamkit.data import load_mnist
+
+    (x, y), _ = load_mnist()
+    x, y = x[: args.images].astype("float32") / 255.0, y[: args.images]
+    models = {}
+    for name in OPTIMIZERS:
+        keras.utils.set_random_seed(0)
+        model, batch = make_model(args.model)
+        model.compile(make_optimizer(name),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      steps_per_execution=args.steps_per_execution)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # compiles
+        models[name] = (model, batch)
+    times = {name: [] for name in OPTIMIZERS}
+    for _ in range(args.rounds):
+        for name, (model, batch) in models.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+            times[name].append(time.perf_counter() - start)
+    for name in OPTIMIZERS:
+        print(json.dumps([name, times[name]]), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--model", choices=["wide", "tutorial"], default="wide")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=30000)
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    name = f"epoch_times_{args.model}_spe{args.steps_per_execution}"
+    table = Table(name, f"Seconds per model.fit epoch, {args.model} model, "
+                  f"steps_per_execution={args.steps_per_execution}, {args.images} images; "
+                  "median over Keras SGD's median (1.00: the floor)",
+                  [("backend", ""), ("optimizer", ""), ("fastest (s)", ".2f"),
+                   ("median (s)", ".2f"), ("median / SGD", ".3f")])
+    for backend in args.backends:
+        command = [sys.executable, __file__, "--child", backend, *sys.argv[1:]]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+        floor = statistics.median(dict(rows)["keras SGD"])
+        for optimizer, seconds in rows:
+            table.add(backend, optimizer, min(seconds), statistics.median(seconds),
+                      statistics.median(seconds) / floor)
+    table.save()
+
+
+if __name__ == "__main__":
+    main()
