@@ -18,6 +18,10 @@ FAMILY = list(adamkit.FAMILY)
 def make(name, **kwargs):
     if name == "adamw":
         kwargs.setdefault("weight_decay", 0.0)  # convergence to the unregularised optimum
+    if name == "schedule-free" and "learning_rate" in kwargs:
+        # its parameters average every step since the start: the authors take 1–10× the
+        # learning rate of a scheduled Adam, so that the start weighs little
+        kwargs["learning_rate"] *= 10.0
     return adamkit.get(name, **kwargs)
 
 

@@ -446,3 +446,27 @@ def test_converges_at_x_on_a_parabola():
         optimizer.apply([2.0 * (w - target)], [w])
     with optimizer.averaged():
         np.testing.assert_allclose(ops.convert_to_numpy(w), target, atol=3e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the training job, on the default backend")
+def test_adamkit_train_validates_at_x_checkpoints_y_and_saves_x(tmp_path):
+    from adamkit import checkpoint
+    from adamkit.train import TrainSettings, evaluate, load_data, train
+
+    settings = TrainSettings(optimizer="schedule-free", epochs=1, train_examples=2000,
+                             hyperparameters={"warmup_steps": 10}, out=str(tmp_path / "out"),
+                             checkpoint_dir=str(tmp_path / "ckpt"))
+    summary = train(settings, log=lambda *_: None)
+    model = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    assert int(ops.convert_to_numpy(model.optimizer.holds_average)) == 1
+    _, accuracy = evaluate(model, load_data(settings, log=lambda *_: None)[1])
+    assert accuracy == pytest.approx(summary["final"]["val_accuracy"], abs=1e-4)
+    at_x = numpy_values(model.trainable_variables)
+    model.optimizer.use_training_point()  # y, recomputed from x and z: the checkpoint's weights
+    with np.load(checkpoint.checkpoints(tmp_path / "ckpt")[0]) as saved:
+        stored = [saved[k] for k in sorted(saved.files) if k != "record"]
+    for y, x in zip(numpy_values(model.trainable_variables), at_x):
+        assert any(a.shape == y.shape and np.allclose(a, y, rtol=1e-5, atol=1e-7)
+                   for a in stored)
+        assert not np.allclose(x, y)

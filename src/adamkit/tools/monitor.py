@@ -83,9 +83,11 @@ def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
 
 
 def _is_adamkit(optimizer) -> bool:
+    """A member of adamkit's family of Adam's shape (m, v; θ ← θ·decay − update). One whose rule
+    assigns its parameters (ScheduleFreeAdamW: z, x, v) is logged as any other optimizer."""
     from adamkit.optimizers import AdamFamily
 
-    return isinstance(optimizer, AdamFamily)
+    return isinstance(optimizer, AdamFamily) and not optimizer.rule.assigns
 
 
 def _is_adamax(optimizer) -> bool:
