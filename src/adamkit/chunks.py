@@ -44,6 +44,18 @@ def worth_chunking(variable, slots: dict) -> str | None:
     return None
 
 
+def after_previous(optimizer, count: int):
+    """The chunk indices 0 … count − 1, made to wait for the previous chunked step of the same
+    trace: TensorFlow would otherwise run every variable's loop at once, each holding its new
+    parameters at full size until they are assigned (measured: 38% of bfloat16's saving kept on a
+    201M-parameter model). The previous loop's largest index is ≥ 0, so min(it, 0) adds 0."""
+    indices = ops.arange(count, dtype="int32")
+    previous = getattr(optimizer, "_chunks_done", None)
+    if previous is None or getattr(previous, "graph", None) is not getattr(indices, "graph", None):
+        return indices  # none yet, or from another trace
+    return indices + ops.minimum(previous, 0)
+
+
 def chunked_step(job) -> None:
     """One step of ``job.rule`` on ``job``'s one variable, ``CHUNK`` values at a time."""
     optimizer, rule = job.optimizer, job.rule
@@ -70,10 +82,11 @@ def chunked_step(job) -> None:
         positions = index * CHUNK + ops.arange(CHUNK, dtype="int32")
         if size % CHUNK:  # past the end the state stays 0, as the unchunked codec pads it
             state = {k: ops.where(positions < size, v, ops.zeros_like(v)) for k, v in state.items()}
-        return theta, tuple(slot.encode_chunk(state[name], positions, step)
-                            for name, slot in slots.items())
+        return index, theta, tuple(slot.encode_chunk(state[name], positions, step)
+                                   for name, slot in slots.items())
 
-    theta, encoded = ops.map(one_chunk, ops.arange(count, dtype="int32"))
+    done, theta, encoded = ops.map(one_chunk, after_previous(optimizer, count))
+    optimizer._chunks_done = ops.max(done)
     optimizer.assign(variable, state_storage.from_chunks(theta, tuple(variable.shape)))
     for slot, parts in zip(slots.values(), encoded):
         slot.write_chunks(optimizer, parts)
