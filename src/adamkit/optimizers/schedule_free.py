@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 from typing import Any
 
 import keras
@@ -171,8 +172,10 @@ class ScheduleFreeAdamW(AdamFamily):
         fused: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral) \
+                or warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be an integer >= 0; got {warmup_steps!r}.")
+        warmup_steps = int(warmup_steps)
         rule = ScheduleFreeRule(beta_1, beta_2, epsilon, warmup_steps=warmup_steps,
                                 r=check_real("r", r, low=0.0),
                                 weight_lr_power=check_real("weight_lr_power", weight_lr_power,
