@@ -424,14 +424,26 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.A
     return args, subparser
 
 
+# The modules a Keras backend imports (its extra installs them).
+FRAMEWORKS = ("tensorflow", "jax", "jaxlib", "torch")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, subparser = parse(sys.argv[1:] if argv is None else list(argv))
     if getattr(args, "backend", None) in BACKENDS:
         os.environ["KERAS_BACKEND"] = args.backend  # read when Keras is first imported, below
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up log, unless asked for
 
-    from adamkit.cli import run
-
+    try:
+        from adamkit.cli import run
+    except ModuleNotFoundError as error:
+        framework = (error.name or "").split(".")[0]
+        if framework not in FRAMEWORKS:
+            raise
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        subparser.exit(2, f"adamkit: the Keras backend {backend!r} needs {framework!r}, which is "
+                          f"not installed: pip install 'adamkit[{backend}]', or choose an installed "
+                          "backend with --backend or KERAS_BACKEND.\n")
     return run(args, subparser)
 
 

@@ -150,6 +150,24 @@ def test_bad_flags_give_usage_and_exit_2(args, complaint):
     assert "Traceback" not in result.stderr
 
 
+# Runs `adamkit` as if PyTorch were not installed (a None entry in sys.modules makes its import fail
+# with ModuleNotFoundError, as a missing package does).
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+from adamkit_cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_backend_that_is_not_installed_is_named_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "train", "--backend", "torch",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "the Keras backend 'torch' needs 'torch', which is not installed" in result.stderr
+    assert "pip install 'adamkit[torch]'" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_data_pointing_at_garbage_is_a_usage_error(tmp_path):
     garbage = tmp_path / "mnist.npz"
     garbage.write_bytes(os.urandom(2048))
