@@ -50,8 +50,9 @@ def worth_chunking(variable, slots: dict) -> str | None:
 def after_previous(optimizer, count: int):
     """The chunk indices 0 … count − 1, made to wait for the previous chunked step of the same
     trace: TensorFlow would otherwise run every variable's loop at once, each holding its new
-    parameters at full size until they are assigned (measured: 38% of bfloat16's saving kept on a
-    201M-parameter model). The previous loop's largest index is ≥ 0, so min(it, 0) adds 0."""
+    parameters at full size until they are assigned (measured on three 16.7M-parameter variables
+    with int8 state: 1.6 GB beyond the parameters side by side, 186 MB in turn). The previous
+    loop's largest index is ≥ 0, so min(it, 0) adds 0."""
     indices = ops.arange(count, dtype="int32")
     previous = getattr(optimizer, "_chunks_done", None)
     if previous is None or getattr(previous, "graph", None) is not getattr(indices, "graph", None):
