@@ -149,7 +149,8 @@ def test_works_with_int8_state(tmp_path):
     runs = {}
     for dtype in ("float32", "int8"):
         keras.utils.set_random_seed(3)
-        model = linear_model(adamkit.Adam(state_dtype=dtype))
+        # min_8bit_size=0: the 4-value kernel is stored as codes (by default it would keep float32)
+        model = linear_model(adamkit.Adam(state_dtype=dtype, min_8bit_size=0))
         history = monitored_fit(model, x, y, tmp_path / dtype, every=4, epochs=3,
                                 batch_size=16).history
         # the variable's name holds the model's number: keyed by the rest
