@@ -50,6 +50,59 @@ def test_every_argument_is_in_the_args_section(cls):
     assert re.search(r"^\s*References:$", cls.__doc__, re.M), "no References section"
 
 
+def section_names(doc: str, title: str) -> list[str]:
+    """The entries' names of a docstring's section ``title`` (``Args``, ``Keyword Args``)."""
+    found = re.search(rf"^([ \t]*){title}:\n(.*?)(?=^\1\S|\Z)", doc, re.M | re.S)
+    if found is None:
+        return []
+    return re.findall(rf"^{found.group(1)}    (\w+)(?: \([^)]*\))?:", found.group(2), re.M)
+
+
+@pytest.mark.parametrize("cls", MEMBERS, ids=lambda c: c.__name__)
+def test_arguments_through_kwargs_are_keyword_args_not_args(cls):
+    """The API reference takes an Args entry's default from the signature, so an argument that
+    arrives through **kwargs belongs in Keyword Args (whose table has no default column)."""
+    signature = inspect.signature(cls.__init__).parameters
+    args, keyword = section_names(cls.__doc__, "Args"), section_names(cls.__doc__, "Keyword Args")
+    assert args and keyword, f"{cls.__name__} lacks an Args or a Keyword Args section"
+    assert [a for a in args if a not in signature] == []
+    assert [k for k in keyword if k in signature] == []
+    assert {"lazy", "skip_nonfinite", "state_dtype", "name"} <= set(keyword)
+
+
+def test_shared_args_moves_kwargs_entries_and_needs_its_marker_last():
+    from adamkit.optimizers.docs import shared_args
+
+    class Member:
+        """A member.
+
+        Args:
+            rate: the rate. Defaults to 1.
+            mode: through **kwargs. Defaults to "a".
+            {{shared_args}}
+
+        Examples:
+            none
+        """
+
+        def __init__(self, rate=1, **kwargs):
+            pass
+
+    doc = shared_args(Member).__doc__
+    assert section_names(doc, "Args") == ["rate"]
+    assert section_names(doc, "Keyword Args")[:2] == ["mode", "fused"]
+    assert doc.rstrip().endswith("Examples:\n            none")
+
+    class Misplaced:
+        """Args:
+            {{shared_args}}
+            rate: after the marker.
+        """
+
+    with pytest.raises(ValueError, match="must end its Args section"):
+        shared_args(Misplaced)
+
+
 @pytest.mark.parametrize("module", DOCTEST_MODULES)
 def test_docstring_examples_run(module):
     tests = doctest.DocTestFinder().find(importlib.import_module(module))
@@ -88,6 +141,8 @@ def test_api_reference_lists_every_argument_of_every_member(site):
         missing = [a for a in [*own_arguments(cls), *SHARED, *KERAS_KEYWORDS] if a not in listed]
         assert not missing, f"the API page's table for {cls.__name__} lacks {missing}"
         assert "&gt;&gt;&gt;" in section, f"no example rendered for {cls.__name__}"
+        # every argument has a default, so none may be shown as required
+        assert "<em>required</em>" not in section, f"{cls.__name__} shows a required argument"
     assert "adamkit.get" in sections
 
 

@@ -2,14 +2,19 @@
 docstring (as Keras does for its optimizers' base keywords).
 
 A member's docstring ends its ``Args:`` section with the line ``{{shared_args}}``;
-``shared_args`` replaces that line with the entries below, indented to match, leaving out any
-argument the member documents itself (AdamW's own ``weight_decay`` default, for one). The result
-is an ordinary Google-style Args section, so ``help()``, IDEs and the API reference (mkdocstrings,
-which reads ``__doc__`` by importing the module) all show the same text.
+``shared_args`` replaces that line with the entries below, leaving out any argument the member
+documents itself (AdamW's own ``weight_decay`` default, for one), and moves every entry whose
+argument is not in the member's signature to a ``Keyword Args:`` section after Args. A section of
+its own because those arguments arrive through ``**kwargs``, not the signature:
+in an ``Args`` section the API reference (mkdocstrings, which reads ``__doc__`` by importing the
+module) takes each default from the signature and, finding none, shows them as "required"; its
+``Keyword Args`` table has no default column, and each entry says its default in words. The result
+is ordinary Google style, so ``help()``, IDEs and the API reference all show the same text.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 
 MARKER = "{{shared_args}}"
@@ -80,28 +85,37 @@ the optimizer's name. Defaults to the class's name in snake case (Keras's keywor
 
 
 def documented_args(doc: str) -> set[str]:
-    """The argument names a docstring's own Args section lists."""
-    section = re.search(r"^(\s*)Args:\n(.*?)(?=^\1\S|\Z)", doc, re.M | re.S)
-    if section is None:
-        return set()
-    return set(re.findall(r"^\s*(\*{0,2}\w+)(?: \([^)]*\))?:", section.group(2), re.M))
+    """The argument names a docstring's ``Args`` and ``Keyword Args`` sections list."""
+    names: set[str] = set()
+    for section in re.finditer(r"^([ \t]*)(?:Keyword )?Args:\n(.*?)(?=^\1\S|\Z)", doc, re.M | re.S):
+        names |= set(re.findall(r"^\s*(\*{0,2}\w+)(?: \([^)]*\))?:", section.group(2), re.M))
+    return names
 
 
 def shared_args(cls: type) -> type:
-    """Class decorator: replaces the ``{{shared_args}}`` line of ``cls.__doc__`` with the shared
-    entries that the docstring does not already list."""
+    """Class decorator: adds to ``cls.__doc__`` the shared entries that it does not already list,
+    in place of its ``{{shared_args}}`` line (the last of its Args section); every entry, its own
+    or shared, whose argument is not in the signature (it arrives through ``**kwargs``) goes to a
+    ``Keyword Args`` section after Args."""
     doc = cls.__doc__ or ""
     found = re.search(r"^([ \t]*)" + re.escape(MARKER) + r"[ \t]*$", doc, re.M)
-    if found is None:
+    header = re.search(r"^([ \t]*)Args:\n", doc[: found.start()] if found else "", re.M)
+    if found is None or header is None:
         raise ValueError(f"{cls.__name__}'s docstring has no {MARKER} line in its Args section.")
+    following = re.search(r"^([ \t]*)\S", doc[found.end():], re.M)
+    if following and len(following.group(1)) > len(header.group(1)):
+        raise ValueError(f"{cls.__name__}'s {MARKER} line must end its Args section.")
     indent = found.group(1)
     own = documented_args(doc)
-    lines = []
+    signature = inspect.signature(cls.__init__).parameters
+    # the Args section's entries, each with its continuation lines, then the shared ones
+    entries = re.split(rf"\n(?={indent}\S)", doc[header.end(): found.start()].rstrip("\n"))
     for entry, text in SHARED_ARGS:
-        if entry.split(" ")[0] in own:
-            continue
-        first, *rest = f"{entry}: {text}".split("\n")
-        lines.append(indent + first)
-        lines.extend(indent + line for line in rest)
-    cls.__doc__ = doc[: found.start()] + "\n".join(lines) + doc[found.end():]
+        if entry.split(" ")[0] not in own:
+            entries.append(indent + f"{entry}: {text}".replace("\n", "\n" + indent))
+    named = [(re.match(r"\s*(\w+)", entry).group(1), entry) for entry in entries if entry.strip()]
+    lines = [entry for name, entry in named if name in signature]
+    lines += ["", header.group(1) + "Keyword Args:"]
+    lines += [entry for name, entry in named if name not in signature]
+    cls.__doc__ = doc[: header.end()] + "\n".join(lines) + doc[found.end():]
     return cls
