@@ -336,7 +336,8 @@ def add_bench_command(commands) -> None:
                        default=[100, 1_000, 10_000, 100_000], help="lazy: rows touched per step")
     bench.add_argument("--repeats", type=positive_int, default=10, help="timed steps (median)")
     bench.add_argument("--rounds", type=positive_int, default=3,
-                       help="step: rounds in which the paths take turns (median; default: 3)")
+                       help="rounds in which the paths (step) or optimizers (lazy) take turns "
+                       "(median; default: 3)")
     bench.add_argument("--out", metavar="DIR", default="runs/bench",
                        help="where bench_<suite>.json (the table, the command and the machine) "
                        "and .png go (default: runs/bench; benchmarks/README.md shows "

@@ -280,10 +280,11 @@ def test_train_on_other_backends(backend, tmp_path):
 @pytest.mark.slow
 def test_bench_lazy_prints_a_table(tmp_path):
     result = adamkit("bench", "lazy", "--rows", "20000", "--touched", "10", "1000", "--repeats", "2",
-                     "--out", str(tmp_path))
+                     "--rounds", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "bench_lazy.json").read_text())
-    assert saved["command"] == "adamkit bench lazy --rows 20000 --touched 10 1000 --repeats 2"
+    assert saved["command"] == ("adamkit bench lazy --rows 20000 --touched 10 1000 --repeats 2 "
+                                "--rounds 2")
     assert saved["machine"]["cpu"] and saved["machine"]["libraries"]["keras"]
     assert [r[0] for r in saved["rows"]] == [10, 1000] and saved["rows"][0][3] > 0
     assert (tmp_path / "bench_lazy.png").read_bytes()[:4] == b"\x89PNG"

@@ -35,20 +35,33 @@ def as_numpy(x):
     return ops.convert_to_numpy(x)
 
 
+PATHS = {None: "adamkit kernel (TensorFlow op, touched rows)", False: "lazy rows (sparse)"}
+
+
+def path_taken(optimizer, variable, gradient) -> str:
+    from adamkit import executors
+
+    return executors.choose(optimizer, variable, gradient)[0].name
+
+
 @tensorflow_only
-def test_touched_rows_match_sparse_adam_and_untouched_rows_never_move(rng):
+@pytest.mark.parametrize("fused", [None, False], ids=["kernel", "ops"])
+def test_touched_rows_match_sparse_adam_and_untouched_rows_never_move(fused, rng):
     import tensorflow as tf
 
     initial = rng.normal(size=(ROWS, DIM)).astype(np.float32)
     table = keras.Variable(initial)
-    optimizer = adamkit.Adam(learning_rate=0.01, lazy=True, epsilon_mode="keras", epsilon=1e-8)
+    optimizer = adamkit.Adam(learning_rate=0.01, lazy=True, epsilon_mode="keras", epsilon=1e-8,
+                             fused=fused)
     optimizer.build([table])
     param = torch.tensor(initial, requires_grad=True)
     reference = torch.optim.SparseAdam([param], lr=0.01, eps=1e-8)
 
     for indices, values in sparse_steps(rng):
         before = [as_numpy(table)] + [as_numpy(s) for s in optimizer.state_of(table).values()]
-        optimizer.apply([tf.IndexedSlices(values, indices, (ROWS, DIM))], [table])
+        gradient = tf.IndexedSlices(values, indices, (ROWS, DIM))
+        assert path_taken(optimizer, table, gradient) == PATHS[fused]
+        optimizer.apply([gradient], [table])
         param.grad = torch.sparse_coo_tensor(indices[None].astype(np.int64), values, (ROWS, DIM),
                                              check_invariants=True)
         reference.step()
@@ -65,8 +78,9 @@ def test_touched_rows_match_sparse_adam_and_untouched_rows_never_move(rng):
 
 
 @tensorflow_only
+@pytest.mark.parametrize("fused", [None, False], ids=["kernel", "ops"])
 @pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamax", "radam"])
-def test_lazy_rows_equal_the_dense_update_of_those_rows(name, rng):
+def test_lazy_rows_equal_the_dense_update_of_those_rows(name, fused, rng):
     """One sparse step equals the dense optimizer applied to a table holding only those rows."""
     import tensorflow as tf
 
@@ -74,7 +88,7 @@ def test_lazy_rows_equal_the_dense_update_of_those_rows(name, rng):
     indices = np.array([3, 7, 7, 20], np.int32)
     values = rng.normal(size=(4, DIM)).astype(np.float32)
     lazy_table, rows = keras.Variable(initial), keras.Variable(initial[[3, 7, 20]])
-    lazy = adamkit.get(name, learning_rate=0.01, lazy=True)
+    lazy = adamkit.get(name, learning_rate=0.01, lazy=True, fused=fused)
     dense = adamkit.get(name, learning_rate=0.01)
     lazy.apply([tf.IndexedSlices(values, indices, (ROWS, DIM))], [lazy_table])
     summed = np.stack([values[0], values[1] + values[2], values[3]])
@@ -82,6 +96,53 @@ def test_lazy_rows_equal_the_dense_update_of_those_rows(name, rng):
     assert_close(as_numpy(lazy_table)[[3, 7, 20]], as_numpy(rows), 2e-5, name)
     untouched = np.setdiff1d(np.arange(ROWS), indices)
     np.testing.assert_array_equal(as_numpy(lazy_table)[untouched], initial[untouched])
+
+
+@tensorflow_only
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "float64"])
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamax", "radam"])
+def test_the_touched_rows_kernel_is_the_dense_kernel_where_every_row_is_touched(name, storage, rng):
+    """Bit for bit, over steps: with every row named (some more than once, in any order) the
+    kernel's lazy step is the dense kernel's step on the densified gradient. So it sums
+    duplicates as densifying does, and each element keeps its dither position (bfloat16 state)."""
+    import tensorflow as tf
+
+    dtype = "float64" if storage == "float64" else "float32"
+    options = {"state_dtype": storage} if storage == "bfloat16" else {}
+    initial = rng.normal(size=(ROWS, DIM)).astype(dtype)
+    lazy_table, dense_table = keras.Variable(initial), keras.Variable(initial)
+    lazy = adamkit.get(name, learning_rate=0.01, lazy=True, **options)
+    dense = adamkit.get(name, learning_rate=0.01, **options)
+    lazy.build([lazy_table])
+    dense.build([dense_table])
+    for step in range(4):
+        indices = np.concatenate([rng.permutation(ROWS), rng.integers(0, ROWS, size=9)])
+        indices = indices.astype(np.int64 if step % 2 else np.int32)
+        values = rng.normal(size=(len(indices), DIM)).astype(dtype)
+        gradient = tf.IndexedSlices(values, indices, (ROWS, DIM))
+        assert path_taken(lazy, lazy_table, gradient) == PATHS[None]
+        assert path_taken(dense, dense_table, gradient) == "adamkit kernel (TensorFlow op)"
+        lazy.apply([gradient], [lazy_table])
+        dense.apply([gradient], [dense_table])
+    np.testing.assert_array_equal(as_numpy(lazy_table), as_numpy(dense_table))
+    for (key, a), b in zip(lazy.state_of(lazy_table).items(), dense.state_of(dense_table).values()):
+        np.testing.assert_array_equal(as_numpy(a), as_numpy(b), err_msg=key)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("fused", [None, False], ids=["kernel", "ops"])
+def test_a_row_outside_the_table_is_an_error_that_changes_nothing(fused, rng):
+    import tensorflow as tf
+
+    initial = rng.normal(size=(ROWS, DIM)).astype(np.float32)
+    table = keras.Variable(initial)
+    optimizer = adamkit.Adam(lazy=True, fused=fused)
+    gradient = tf.IndexedSlices(np.ones((2, DIM), np.float32), np.array([1, ROWS], np.int32),
+                                (ROWS, DIM))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{ROWS}.*not in \\[0, {ROWS}\\)"):
+        optimizer.apply([gradient], [table])
+    np.testing.assert_array_equal(as_numpy(table), initial)
+    assert all(np.all(as_numpy(s) == 0) for s in optimizer.state_of(table).values())
 
 
 def test_adamw_decays_only_the_touched_rows(rng):

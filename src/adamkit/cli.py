@@ -104,7 +104,8 @@ def run_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.suite == "step":
         results = bench.step(sizes=args.sizes, repeats=args.repeats, rounds=args.rounds)
     else:
-        results = bench.lazy(rows=args.rows, touched=args.touched, repeats=args.repeats)
+        results = bench.lazy(rows=args.rows, touched=args.touched, repeats=args.repeats,
+                             rounds=args.rounds)
     bench.save(results, args.suite, args.out, bench.command_line(args.suite, vars(args)))
     print(f"adamkit: wrote {args.out}/bench_{args.suite}.json and .png")
     return 0

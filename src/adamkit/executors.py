@@ -200,8 +200,9 @@ class SparseRows(OneAtATime):
         sparse.lazy_sparse_step(job)
 
 
-def backend_executors(optimizer) -> tuple:
-    """The backend's kernels in order of preference (none with ``fused=False``)."""
+def backend_executors(optimizer, lazy: bool = False) -> tuple:
+    """The backend's kernels in order of preference (none with ``fused=False``); ``lazy``: its
+    kernels for touched rows, which go before the lazy ops paths."""
     if optimizer.fused is False:
         return ()
     backend = keras.backend.backend()
@@ -213,11 +214,12 @@ def backend_executors(optimizer) -> tuple:
         from adamkit.kernels import pytorch as kernels
     else:
         return ()
-    return kernels.EXECUTORS
+    return getattr(kernels, "LAZY_EXECUTORS", ()) if lazy else kernels.EXECUTORS
 
 
 def candidates(optimizer) -> tuple:
-    return (SparseRows(), MaskedRows(), *backend_executors(optimizer), Chunks(), OpsPath())
+    return (*backend_executors(optimizer, lazy=True), SparseRows(), MaskedRows(),
+            *backend_executors(optimizer), Chunks(), OpsPath())
 
 
 @dataclasses.dataclass

@@ -94,10 +94,12 @@ inline void Prefetch(const X* array, int64_t begin, int64_t end) {
 
 // __restrict__: the five arrays never overlap, which lets the compiler vectorise without
 // run-time overlap checks (with five pointers it otherwise gives up on the AMSGrad loop).
+// ``first_position``: the dither's position of element 0 (a row's offset in its table).
 template <typename T, typename Codec, Rule kRule>
 void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
             typename Codec::Stored* __restrict__ v, typename Codec::Stored* __restrict__ vhat,
-            const T* __restrict__ g, int64_t begin, int64_t end, const T* s, uint32_t step) {
+            const T* __restrict__ g, int64_t begin, int64_t end, const T* s, uint32_t step,
+            uint32_t first_position = 0) {
   constexpr bool kAmsgrad = kRule == Rule::kAmsgrad;
   const T decay = s[0], one_minus_b1 = s[1], b2_term = s[2], step_size = s[3],
           inv_sqrt_bc2 = s[4], eps = s[5], gradient_step = s[6];
@@ -111,7 +113,7 @@ void Update(T* __restrict__ theta, typename Codec::Stored* __restrict__ m,
     Prefetch(v, soon, later);
     if (kAmsgrad) Prefetch(vhat, soon, later);
     for (int64_t i = chunk; i < stop; ++i) {
-      const uint32_t position = static_cast<uint32_t>(i);
+      const uint32_t position = first_position + static_cast<uint32_t>(i);
       const T gi = g[i];
       const T m_old = Codec::Load(m[i]);
       const T v_old = Codec::Load(v[i]);
@@ -165,6 +167,36 @@ void UpdateRange(const std::vector<Arrays<T, typename Codec::Stored>>& arrays,
       case Rule::kAdamax:
         Update<T, Codec, Rule::kAdamax>(a.theta, a.m, a.v, a.vhat, a.g, first, last, a.scalars,
                                         step);
+        break;
+    }
+  }
+}
+
+// The touched rows of a table (lazy updates): row rows[j] of θ, m, v (and v̂max), each row_size
+// long, takes the gradient row grads[j], for j in [begin, end). Each element keeps its flat
+// position in the table for the dither, so a row updates exactly as in the dense step.
+template <typename T, typename Codec>
+void UpdateRows(const Arrays<T, typename Codec::Stored>& table, const int64_t* rows,
+                const T* const* grads, int64_t row_size, Rule rule, uint32_t step, int64_t begin,
+                int64_t end) {
+  for (int64_t j = begin; j < end; ++j) {
+    const int64_t offset = rows[j] * row_size;
+    auto* m = table.m + offset;
+    auto* v = table.v + offset;
+    auto* vhat = table.vhat ? table.vhat + offset : nullptr;
+    const auto position = static_cast<uint32_t>(offset);
+    switch (rule) {
+      case Rule::kAdam:
+        Update<T, Codec, Rule::kAdam>(table.theta + offset, m, v, vhat, grads[j], 0, row_size,
+                                      table.scalars, step, position);
+        break;
+      case Rule::kAmsgrad:
+        Update<T, Codec, Rule::kAmsgrad>(table.theta + offset, m, v, vhat, grads[j], 0, row_size,
+                                         table.scalars, step, position);
+        break;
+      case Rule::kAdamax:
+        Update<T, Codec, Rule::kAdamax>(table.theta + offset, m, v, vhat, grads[j], 0, row_size,
+                                        table.scalars, step, position);
         break;
     }
   }
