@@ -1,13 +1,15 @@
-"""Writes the result tables of benchmarks/README.md, and README.md's short one, from
-benchmarks/results/*.json.
+"""Writes the result tables of benchmarks/README.md, README.md and the documentation pages
+(``PAGES``) from the result files the benchmarks and ``adamkit reproduce`` write.
 
     python benchmarks/render.py            # rewrite the tables in place
     python benchmarks/render.py --check    # exit 1 if a table differs from its result files
 
-Each table of benchmarks/README.md sits between ``<!-- results: NAME -->`` and ``<!-- /results -->``,
-NAME being a result file's name without ``.json``. README.md's short table, between
-``<!-- results summary -->`` and ``<!-- /results summary -->``, takes one figure from each of
-several result files (``SUMMARY``), each with the command that made it and the machine it ran on.
+Each table sits between ``<!-- results: NAME -->`` and ``<!-- /results -->``, NAME being a result
+file's name without ``.json``: a file of benchmarks/results/, or, where NAME holds a ``/``, a path
+from the repository's root (``docs/reddi``: ``adamkit reproduce reddi --out docs``'s result, beside
+the figure it draws). README.md's short table, between ``<!-- results summary -->`` and
+``<!-- /results summary -->``, takes one figure from each of several result files (``SUMMARY``),
+each with the command that made it and the machine it ran on.
 Everything outside the markers is prose and stays as it is. A marker naming a missing result file
 is an error: a table is never left behind without the file it came from.
 """
@@ -23,8 +25,11 @@ from pathlib import Path
 from results import RESULTS, format_value
 
 README = Path(__file__).resolve().with_name("README.md")
-MAIN_README = README.parents[1] / "README.md"
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
+ROOT = README.parents[1]
+MAIN_README = ROOT / "README.md"
+# the pages whose tables are rendered (README.md's short table as well)
+PAGES = (README, MAIN_README, ROOT / "docs" / "lr-find.md")
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
                    re.DOTALL)
 SUMMARY_BLOCK = re.compile(r"(<!-- results summary -->\n)(?P<body>.*?)(<!-- /results summary -->)",
                            re.DOTALL)
@@ -50,17 +55,20 @@ def table(result: dict) -> str:
 
 
 def load(name: str, shown_in: str) -> dict:
-    path = RESULTS / f"{name}.json"
+    """The result file ``name``: benchmarks/results/NAME.json, or ROOT/NAME.json where NAME is a
+    path."""
+    path = (ROOT if "/" in name else RESULTS) / f"{name}.json"
     if not path.exists():
         raise SystemExit(f"render.py: {shown_in} shows results '{name}', but {path} does not "
                          "exist; run the benchmark that writes it.")
     return json.loads(path.read_text())
 
 
-def render(text: str) -> str:
-    """benchmarks/README.md with every table between markers rendered from its result file."""
+def render(text: str, shown_in: str = README.name) -> str:
+    """A page (benchmarks/README.md by default) with every table between markers rendered from its
+    result file."""
     def replace(match: re.Match) -> str:
-        body = table(load(match["name"], README.name))
+        body = table(load(match["name"], shown_in))
         return match.group(1) + body + match.group(4)
 
     return BLOCK.sub(replace, text)
@@ -157,6 +165,10 @@ SUMMARY = [
     ("the same, 100,000 rows touched", "bench_lazy", lazy_step(100_000)),
     ("Recommender (matrix factorisation, 3 epochs of `model.fit`): s / epoch", "recommender",
      recommender),
+    ("Adam step with bfloat16 state / float32 state, 50M, `tf.function`", "lean_speed",
+     ratio("tensorflow tf.function 50M bfloat16 state / float32 state")),
+    ("Adam step with int8 state / float32 state, 50M, `tf.function`", "lean_speed",
+     ratio("tensorflow tf.function 50M int8 state / float32 state")),
     ("Soak: resident memory's second-half slope per 1,000 steps", "soak", soak),
     ("Optimizer monitor (`every=100`): time in its hooks / training time, 3 epochs",
      "monitor_overhead_tensorflow_epochs3", monitor),
@@ -196,9 +208,9 @@ def main() -> int:
                         help="only compare; exit 1 where a README differs from the results")
     args = parser.parse_args()
     stale = []
-    for path, rendering in ((README, render), (MAIN_README, render_summary)):
+    for path in PAGES:
         current = path.read_text()
-        rendered = rendering(current)
+        rendered = render_summary(render(current, str(path.relative_to(ROOT))))
         if rendered != current:
             stale.append(path)
             if not args.check:

@@ -68,3 +68,34 @@ def test_the_readmes_short_table_gives_each_figure_its_command_and_machine(tmp_p
     assert "stale" not in rendered and rendered.startswith("prose\n<!-- results summary -->\n")
     assert rendered.endswith("<!-- /results summary -->\nmore prose\n")
     assert render.render_summary(rendered) == rendered
+
+
+def test_a_table_named_by_path_is_rendered_from_that_file_on_any_page(tmp_path, monkeypatch):
+    """README.md and the docs show tables too; a NAME with a ``/`` is a path from the repository's
+    root (``adamkit reproduce --out docs`` writes its result beside its figure)."""
+    from adamkit.bench import record
+
+    monkeypatch.setattr(render, "ROOT", tmp_path)
+    result = record.document("reddi", "Counterexamples", "adamkit reproduce reddi",
+                             [("setting", ""), ("Adam final x", "+.3f")], [["Theorem 1", 0.98344]])
+    record.write({**result, "results": {"theorem-1": {}}}, tmp_path / "docs" / "reddi.json")
+    text = "intro\n<!-- results: docs/reddi -->\n| old | table |\n<!-- /results -->\nafter\n"
+    rendered = render.render(text, "README.md")
+    assert "`adamkit reproduce reddi`" in rendered and "| Theorem 1 | +0.983 |" in rendered
+    assert "old" not in rendered and render.render(rendered, "README.md") == rendered
+    with pytest.raises(SystemExit, match="README.md shows results 'docs/gone'"):
+        render.render("<!-- results: docs/gone -->\n<!-- /results -->\n", "README.md")
+
+
+@pytest.mark.parametrize("page, names", [
+    ("README.md", {"lean_state_accuracy", "lr_find", "docs/reddi", "docs/kingma_ba"}),
+    ("docs/lr-find.md", {"lr_find"}),
+    ("benchmarks/README.md", {"lean_state_accuracy", "lean_state_drift", "lr_find"}),
+])
+def test_measured_figures_on_the_pages_are_rendered_tables(page, names):
+    """The lean-state, range-test and papers' figures are tables rendered from result files (the
+    --check test above keeps them equal to the files), not figures typed into the page."""
+    path = render.ROOT / page
+    assert path in render.PAGES
+    shown = {m["name"] for m in render.BLOCK.finditer(path.read_text())}
+    assert names <= shown, f"{page} does not render {names - shown}"

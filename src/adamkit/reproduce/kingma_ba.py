@@ -12,7 +12,6 @@ says so in its output.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import keras
 import numpy as np
 
 import adamkit
+from adamkit.bench import record
 from adamkit.data import load_mnist
 from adamkit.schedules import InverseSqrtDecay
 
@@ -98,7 +98,14 @@ def smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
 
 def kingma_ba(out: str | Path = "runs/reproduce", quick: bool = False, data: str | None = None,
               log=print) -> dict:
-    """Runs both experiments; writes ``kingma_ba.json`` and ``kingma_ba.png`` to ``out``."""
+    """Runs both experiments; returns the final training cost by experiment, optimizer and
+    learning rate (and each optimizer's best under ``"best"``), and writes ``kingma_ba.json`` and
+    ``kingma_ba.png`` to ``out``.
+
+    ``kingma_ba.json`` is a result file (``adamkit.bench.record``): each optimizer at its best
+    learning rate as a table with the command and the machine, which ``benchmarks/render.py``
+    renders into the README, and the full grid under ``"results"``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (x, y), _ = load_mnist(data, log=log)
@@ -125,10 +132,33 @@ def kingma_ba(out: str | Path = "runs/reproduce", quick: bool = False, data: str
         results[experiment.name]["best"] = best
         ranking = sorted(best, key=best.get)
         log("  best per optimizer: " + ", ".join(f"{n} {best[n]:.4f}" for n in ranking))
-    (out / "kingma_ba.json").write_text(json.dumps(results, indent=2))
+    record.write(result_file(results, quick), out / "kingma_ba.json")
     plot(curves, results, out / "kingma_ba.png")
     log(f"wrote {out / 'kingma_ba.json'} and {out / 'kingma_ba.png'}")
     return results
+
+
+def result_file(results: dict, quick: bool) -> dict:
+    """``kingma_ba.json``: per experiment, one row per optimizer at its best learning rate, best
+    first; ``results`` as it is under ``"results"``."""
+    rows = []
+    for experiment in EXPERIMENTS:
+        scores = results[experiment.name]
+        for name in sorted(experiment.grids, key=scores["best"].get):
+            grid = experiment.grids[name]
+            alpha = min(grid, key=lambda a: scores[name][str(a)])
+            rows.append([experiment.title, name, ", ".join(f"{a:g}" for a in grid), f"{alpha:g}",
+                         scores[name][str(alpha)]])
+    runs = ("quick mode: 150 iterations on 12,800 images" if quick else
+            ", ".join(f"{e.title.split(' ', 1)[0]} {e.epochs} epoch{'s' * (e.epochs > 1)}"
+                      for e in EXPERIMENTS))
+    title = (f"Kingma & Ba §6.1 and §6.2 on MNIST, minibatch {BATCH} ({runs}): each optimizer at "
+             "the best learning rate of its grid, by training cost (the mean of the last 50 "
+             "iterations' minibatch cross-entropy)")
+    columns = [("experiment", ""), ("optimizer", ""), ("learning rates tried", ""),
+               ("best α", ""), ("training cost", ".3f")]
+    command = "adamkit reproduce kingma-ba" + (" --quick" if quick else "")
+    return {**record.document("kingma_ba", title, command, columns, rows), "results": results}
 
 
 def plot(curves: dict, results: dict, path: Path) -> None:

@@ -12,7 +12,6 @@ x drifts to +1, the worst point; AMSGrad's v̂max remembers it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import keras
 import numpy as np
 
 import adamkit
+from adamkit.bench import record
 from adamkit.schedules import InverseSqrtDecay
 
 
@@ -37,11 +37,12 @@ class Setting:
 
 
 SETTINGS = {
-    "theorem-1": Setting("Theorem 1: 3x / −x, β1=0, β2=0.1", 3.0, -1.0, 3, False, 0.0, 0.1, 0.5, 1000),
+    "theorem-1": Setting("Theorem 1: 3x / −x, β1=0, β2=0.1, αₜ=0.5/√t", 3.0, -1.0, 3, False, 0.0,
+                         0.1, 0.5, 1000),
     # α = 1.0 was the best of {0.01, 0.1, 0.5, 1, 2} for AMSGrad at 10⁵ steps; Adam → +1 for all.
-    "online": Setting("online: 1010x / −10x, β1=0.9, β2=0.99", 1010.0, -10.0, 101, False, 0.9, 0.99,
+    "online": Setting("online: 1010x / −10x, β1=0.9, β2=0.99, αₜ=1/√t", 1010.0, -10.0, 101, False, 0.9, 0.99,
                       1.0, 100_000),
-    "stochastic": Setting("stochastic: 1010x w.p. 0.01, else −10x", 1010.0, -10.0, 101, True, 0.9,
+    "stochastic": Setting("stochastic: 1010x w.p. 0.01, else −10x, as online", 1010.0, -10.0, 101, True, 0.9,
                           0.99, 1.0, 100_000),
 }
 
@@ -85,7 +86,12 @@ def average_regret(xs: np.ndarray, grads: np.ndarray) -> float:
 
 def reddi(out: str | Path = "runs/reproduce", steps: int | None = None, log=print) -> dict:
     """Runs every setting with Adam and AMSGrad; prints and returns the final iterates and average
-    regret, and writes ``reddi.json`` and ``reddi.png`` to ``out``."""
+    regret (by setting, then optimizer), and writes ``reddi.json`` and ``reddi.png`` to ``out``.
+
+    ``reddi.json`` is a result file (``adamkit.bench.record``): the figures as a table with the
+    command and the machine, which ``benchmarks/render.py`` renders into the README, and the same
+    figures by setting under ``"results"``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, curves = {}, {}
@@ -100,11 +106,26 @@ def reddi(out: str | Path = "runs/reproduce", steps: int | None = None, log=prin
             }
             log(f"{name:11s} {label:8s} T={len(grads):7d}  final x = {xs[-1]:+.4f}  "
                 f"average regret = {results[name][label]['average_regret']:.4f}")
-    (out / "reddi.json").write_text(json.dumps(results, indent=2))
+    record.write(result_file(results, steps), out / "reddi.json")
     plot(curves, out / "reddi.png")
     log("optimum x* = -1 in every setting (in expectation for the stochastic one)")
     log(f"wrote {out / 'reddi.json'} and {out / 'reddi.png'}")
     return results
+
+
+def result_file(results: dict, steps: int | None) -> dict:
+    """``reddi.json``: one row per setting, and ``results`` as it is under ``"results"``."""
+    command = "adamkit reproduce reddi" + (f" --steps {steps}" if steps else "")
+    columns = [("setting", ""), ("steps", ",d"), ("Adam final x", "+.3f"),
+               ("AMSGrad final x", "+.3f"), ("Adam regret / T", ".3f"),
+               ("AMSGrad regret / T", ".3f")]
+    rows = [[SETTINGS[name].title, by["Adam"]["steps"], by["Adam"]["final_x"],
+             by["AMSGrad"]["final_x"], by["Adam"]["average_regret"],
+             by["AMSGrad"]["average_regret"]] for name, by in results.items()]
+    title = ("Reddi et al.'s counterexamples on [−1, 1] (x₀ = 1, projected after every step): the "
+             "final iterate and the average regret against the best fixed point in hindsight; "
+             "the optimum is x* = −1")
+    return {**record.document("reddi", title, command, columns, rows), "results": results}
 
 
 def plot(curves: dict, path: Path) -> None:
