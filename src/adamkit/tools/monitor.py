@@ -360,6 +360,8 @@ def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]
             for tag in accumulator.Tags()[SCALARS]}
 
 
+# the state tensors that the step sizes are computed from, besides the first moment
+STATE = ("velocity", "velocity_hat", "norm")
 SAMPLE = 4096  # coordinates per variable that the step-size percentiles are taken from
 # the statistics of one variable, in the order the compiled reduction returns them
 STATS = ("update", "norm", "gradient", "mean", "dominated", *(f"p{q}" for q in PERCENTILES))
@@ -423,40 +425,32 @@ def _compile(fn, variables: Sequence):
     return fn
 
 
-def _gather(optimizer, variables, stateful, names, before, step_before):
-    """On the device, one vector of what the statistics need: per variable θ − θ_before and
-    θ_before, then per variable with state (indices ``stateful``) m − β1ᵏ·m_before and the other
-    state tensors ``names`` (decoded); and the step before, the step now and the skipped steps."""
-    sizes = [math.prod(v.shape) for v in variables]
-    parts = keras.ops.split(before, np.cumsum([*sizes, *sizes]).tolist())
-    count, step = len(variables), keras.ops.cast(optimizer.iterations, "int32")
-    found = [_flat(v) - parts[i] for i, v in enumerate(variables)] + parts[:count]
-    if stateful:
-        taken = keras.ops.cast(step - step_before, "float32")
-        decay = keras.ops.power(float(getattr(optimizer, "beta_1", 0.0)), taken)
-    for i in stateful:
-        state = state_tensors(optimizer, variables[i])
-        found.append(_flat(state["momentum"]) - decay * parts[count + i])
-        found += [_flat(state[name]) for name in names]
+def _skipped(optimizer):
+    """adamkit's count of skipped steps as an int32 tensor (0 without ``skip_nonfinite``)."""
     skipped = getattr(optimizer, "skipped_steps", None) if getattr(
         optimizer, "skip_nonfinite", False) else None
-    counts = [step, keras.ops.zeros((), "int32") if skipped is None
-              else keras.ops.cast(skipped, "int32")]
-    return keras.ops.concatenate(found), keras.ops.concatenate([step_before,
-                                                                keras.ops.stack(counts)])
+    return keras.ops.zeros((), "int32") if skipped is None else keras.ops.cast(skipped, "int32")
+
+
+def _ready(value) -> bool:
+    """Whether ``value`` can be read without waiting: a JAX array may still be computing (its
+    dispatch is asynchronous); TensorFlow's and PyTorch's eager tensors on a CPU are done."""
+    is_ready = getattr(value, "is_ready", None)
+    return is_ready is None or bool(is_ready())
 
 
 class _Probe:
-    """The monitor's work for one model and optimizer: one compiled call copies the weights and
-    first moments before a logging call (into one new vector, which no later step can overwrite),
-    and another gathers what the statistics need after the call into one vector, read to the host
-    at once in place of a NumPy copy of every tensor."""
+    """The monitor's work on the device for one model and optimizer: one compiled function takes a
+    snapshot of the weights and the decoded state into one new vector (which no later step can
+    overwrite), called before a logged call of the train function and again after it; the host
+    reads each snapshot at once (not a read per tensor) and takes the differences itself."""
 
     def __init__(self, model: keras.Model) -> None:
         self.variables = list(model.trainable_variables)
         self.optimizer = _inner(model.optimizer)
         self.sizes = [math.prod(v.shape) for v in self.variables]
         self._compiled: dict[Any, Any] = {}
+        self._layouts: dict[bool, tuple] = {}
 
     def _call(self, key, fn, *args):
         if key not in self._compiled:
@@ -464,65 +458,72 @@ class _Probe:
         return self._compiled[key](*args)
 
     def momentum_known(self) -> list[bool]:
-        """Per variable: whether the copy holds its first moment (zeros before the first step
-        count as known; int8 codes are too coarse for the difference of two moments)."""
+        """Per variable: whether its first moment is good for a gradient (zeros before the first
+        step count as known; int8 codes are too coarse for the difference of two moments)."""
         if not self.optimizer.built:
             return [getattr(self.optimizer, "state_dtype", None) != "int8"] * len(self.variables)
         return [_plain_momentum(self.optimizer, v) for v in self.variables]
 
-    def copy(self, known: Sequence[bool]) -> tuple:
-        """On the device: the weights and first moments (zeros where not ``known``) as one new
-        vector, the step count and the learning rate, none of them read."""
-        def copy():
+    def layout(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The variables whose state the monitor knows (indices) and the names of that state,
+        the first moment first; it changes once, when the optimizer builds its state."""
+        built = bool(self.optimizer.built)
+        if built not in self._layouts:
+            known = _is_adamkit(self.optimizer) or _is_keras_adam(self.optimizer)
+            stateful = tuple(i for i, v in enumerate(self.variables)
+                             if known and _stored_state(self.optimizer, v) is not None)
+            stored = _stored_state(self.optimizer, self.variables[stateful[0]]) if stateful else {}
+            # the per-coordinate tensors the statistics use (not, e.g., Nadam's scalar mu_product)
+            self._layouts[built] = stateful, ("momentum", *(n for n in STATE if n in stored))
+        return self._layouts[built]
+
+    def snapshot(self) -> tuple[tuple, Any, Any]:
+        """On the device, nothing read: ``(layout, vector, counts)``, the vector holding every
+        weight, then the ``layout``'s state tensors per variable with state, then α; the counts
+        the step count and the skipped steps."""
+        layout = stateful, names = self.layout()
+
+        def snapshot():
             parts = [_flat(v) for v in self.variables]
-            for variable, size, has in zip(self.variables, self.sizes, known):
-                momentum = has and state_tensors(self.optimizer, variable, ["momentum"])
-                parts.append(_flat(momentum["momentum"]) if momentum
-                             else keras.ops.zeros((size,), "float32"))
-            # new buffers, which no later step can overwrite: a concatenation of several tensors
-            # (one more element) and stacks (a cast to the same dtype may return the variable's
-            # own storage, as PyTorch's does)
-            return (keras.ops.concatenate([*parts, keras.ops.zeros((1,), "float32")]),
-                    keras.ops.stack([keras.ops.cast(self.optimizer.iterations, "int32")]),
-                    keras.ops.stack([keras.ops.cast(self.optimizer.learning_rate, "float32")]))
+            for i in stateful:
+                state = state_tensors(self.optimizer, self.variables[i])
+                parts += [_flat(state[name]) for name in names]
+            rate = keras.ops.cast(self.optimizer.learning_rate, "float32")
+            # concatenating several tensors makes a new buffer (a cast to the same dtype may
+            # return the variable's own storage, as PyTorch's does)
+            return (keras.ops.concatenate([*parts, keras.ops.reshape(rate, (1,))]),
+                    keras.ops.stack([keras.ops.cast(self.optimizer.iterations, "int32"),
+                                     _skipped(self.optimizer)]))
 
-        # what is copied changes once, when the optimizer builds its state in the first step
-        return self._call(("copy", self.optimizer.built, tuple(known)), copy)
+        return (layout, *self._call(("snapshot", layout), snapshot))
 
-    def gather(self, before, step_before) -> tuple[list, np.ndarray]:
-        """The ``_gather`` vector, split into its parts on the host (one read), and the step
-        before, the step now and the skipped steps."""
-        known = _is_adamkit(self.optimizer) or _is_keras_adam(self.optimizer)
-        stateful = [i for i, v in enumerate(self.variables)
-                    if known and _stored_state(self.optimizer, v) is not None]
-        self.names = [n for n in _stored_state(self.optimizer, self.variables[stateful[0]])
-                      if n != "momentum"] if stateful else []
+    def split(self, snapshot) -> tuple[list[np.ndarray], dict[int, list], float, np.ndarray]:
+        """A snapshot read to the host: the weights, the state by variable index, α and the
+        counts."""
+        (stateful, names), vector, counts = snapshot
+        widths = self.sizes + [self.sizes[i] for i in stateful for _ in names]
+        parts = np.split(keras.ops.convert_to_numpy(vector), np.cumsum(widths))
+        count, width = len(self.variables), len(names)
+        state = {i: dict(zip(names, parts[count + j * width:count + (j + 1) * width]))
+                 for j, i in enumerate(stateful)}
+        return parts[:count], state, float(parts[-1][0]), keras.ops.convert_to_numpy(counts)
 
-        def gather(before, step_before):
-            return _gather(self.optimizer, self.variables, stateful, self.names, before,
-                           step_before)
-
-        found, counts = self._call(("gather", tuple(stateful)), gather, before, step_before)
-        widths = [*self.sizes, *self.sizes]
-        for i in stateful:
-            widths += [self.sizes[i]] * (1 + len(self.names))
-        parts = np.split(keras.ops.convert_to_numpy(found), np.cumsum(widths)[:-1])
-        self.stateful = stateful
-        return parts, keras.ops.convert_to_numpy(counts)
-
-    def statistics(self, parts: Sequence[np.ndarray], form: str, terms: Sequence[float]) -> dict:
-        """From ``gather``'s parts: ``update`` and ``norm`` per variable, and for those with state
-        (``stateful``, their indices) rows of the other ``STATS`` and ``HISTOGRAM``; ``terms``:
+    def statistics(self, before, after, decay: float, form: str, terms: Sequence[float]) -> dict:
+        """From two ``split`` snapshots: ``update`` (‖θ − θ_before‖) and ``norm`` (‖θ_before‖) per
+        variable, and for those with state (``stateful``, their indices) rows of the other
+        ``STATS`` and ``HISTOGRAM``, with m − ``decay``·m_before for the gradient; ``terms``:
         ``step_terms``'s numbers. NumPy (float32, sums in float64): nothing to trace."""
-        count, width = len(self.variables), 1 + len(self.names)
+        weights, state = after[0], after[1]
         rows = []
-        for j in range(len(self.stateful)):
-            change, *state = parts[2 * count + j * width:2 * count + (j + 1) * width]
-            sizes, dominated = _sizes(np, form, dict(zip(self.names, state)), *terms)
-            rows.append([_length_np(change), *_row_statistics(sizes, dominated)])
-        return {"update": [_length_np(p) for p in parts[:count]],
-                "norm": [_length_np(p) for p in parts[count:2 * count]],
-                "stateful": self.stateful, "rows": np.array(rows) if rows else None}
+        for i, tensors in state.items():
+            # no state in the snapshot before: taken before the first step, when m was zeros
+            momentum = before[1][i]["momentum"] if i in before[1] else 0.0
+            sizes, dominated = _sizes(np, form, tensors, *terms)
+            rows.append([_length_np(tensors["momentum"] - np.float32(decay) * momentum),
+                         *_row_statistics(sizes, dominated)])
+        return {"update": [_length_np(a - b) for a, b in zip(weights, before[0])],
+                "norm": [_length_np(b) for b in before[0]],
+                "stateful": list(state), "rows": np.array(rows) if rows else None}
 
 
 def _length_np(a: np.ndarray) -> float:
@@ -603,6 +604,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
         self._writer: EventWriter | None = None
         self._start = 0
         self._before: dict[str, Any] | None = None
+        self._pending: list[tuple[dict[str, Any], tuple]] = []
         self._probe: _Probe | None = None
         _protos()  # imported here, before training, not in the first epoch
 
@@ -634,42 +636,54 @@ class OptimizerMonitor(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._finish()  # the state now is the state after the previous call
+        self._write_ready()
         steps = getattr(self._model, "steps_per_execution", 1) or 1
         if not self._logs_call(batch, batch + steps - 1):
             return
         probe = self._probe_for(self.model)
-        known = probe.momentum_known()
         schedule = isinstance(getattr(probe.optimizer, "_learning_rate", None),
                               keras.optimizers.schedules.LearningRateSchedule)
         # α as the call's steps will see it (a callback may change it before the call is
-        # logged), kept on the device with the step count: nothing is read here
-        vector, step, rate = probe.copy(known)
-        self._before = {"copy": vector, "step": step, "rate": rate, "known": known,
-                        "schedule": schedule}
+        # logged) is in the snapshot: nothing is read here
+        self._before = {"snapshot": probe.snapshot(), "known": probe.momentum_known(),
+                        "schedule": schedule, "probe": probe}
 
     def on_test_begin(self, logs=None):
         self._finish()  # before validation, and before any callback swaps weights for it
 
     def on_epoch_end(self, epoch, logs=None):
         self._finish()
+        self._write_ready(wait=True)
 
     def _finish(self) -> None:
-        """Logs the call copied before it, from the state now, once that call is over."""
+        """Takes the snapshot after the call that the snapshot before was taken for, once that
+        call is over; it is read later (``_write_ready``)."""
         if self._before is None:
             return
         before, self._before = self._before, None
         self.model  # noqa: B018 - on JAX, brings the trainer's state into the variables
-        probe = self._probe
+        self._pending.append((before, before["probe"].snapshot()))
+
+    def _write_ready(self, wait: bool = False) -> None:
+        """Logs the snapshots taken whose values are ready (all of them if ``wait``): on JAX the
+        snapshot after a call is computed after that call, and reading it at once would make the
+        host wait for the call instead of preparing the next one."""
+        while self._pending and (wait or _ready(self._pending[0][1][1])):
+            self._write_pair(*self._pending.pop(0))
+
+    def _write_pair(self, before: Mapping[str, Any], after: tuple) -> None:
+        """Logs one call of the train function from its snapshots before and after it."""
+        probe = before["probe"]
         optimizer = probe.optimizer
-        parts, (step_before, step, skipped) = probe.gather(before["copy"], before["step"])
-        step, taken = int(step), int(step - step_before)
+        before_parts, after_parts = probe.split(before["snapshot"]), probe.split(after)
+        step, skipped = (int(n) for n in after_parts[3])
+        taken = step - int(before_parts[3][0])
         learning_rate = (learning_rate_of_step(optimizer, step) if before["schedule"]
-                         else float(keras.ops.convert_to_numpy(before["rate"])[0]))
-        terms = step_terms(optimizer, step, learning_rate)
+                         else before_parts[2])
+        terms = step_terms(optimizer, step, learning_rate) or ("root",)
         beta_1 = getattr(optimizer, "beta_1", None)
         decay = float(beta_1) ** taken if beta_1 is not None else 0.0
-        stats = probe.statistics(parts, terms[0], terms[1:]) if terms else probe.statistics(
-            parts, "root", ())
+        stats = probe.statistics(before_parts, after_parts, decay, terms[0], terms[1:])
         values: dict[str, float] = {"optimizer/learning_rate": learning_rate}
         if getattr(optimizer, "skip_nonfinite", False):
             values["optimizer/skipped_steps"] = float(skipped)
@@ -687,6 +701,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._finish()
+        self._write_ready(wait=True)
         if self._writer is not None:
             self._writer.flush()
 
