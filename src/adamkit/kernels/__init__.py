@@ -11,6 +11,13 @@ from adamkit.state import PlainSlot, QuantizedSlot
 STATE_NAMES = ("momentum", "velocity", "velocity_hat")
 
 
+def rule_flags(rule) -> dict[str, bool]:
+    """The C++ loops' rule switches (``adam_update.h``'s ``Rule``): AMSGrad keeps v̂max, AdaMax
+    keeps the infinity norm in v's place; neither is Adam's own."""
+    return {"amsgrad": rule.second_moment == "max",
+            "adamax": rule.second_moment == "infinity_norm"}
+
+
 def state_names(state) -> tuple[str, ...]:
     """The names of ``STATE_NAMES`` that ``state`` (a dict of slots or variables) holds, in order."""
     return tuple(name for name in STATE_NAMES if name in state)

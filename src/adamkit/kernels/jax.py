@@ -33,7 +33,14 @@ import keras
 import numpy as np
 
 from adamkit import state as state_storage
-from adamkit.kernels import is_8bit, kernel_slots, plain_state, refuse_state, state_names
+from adamkit.kernels import (
+    is_8bit,
+    kernel_slots,
+    plain_state,
+    refuse_state,
+    rule_flags,
+    state_names,
+)
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import scalar_table
 from adamkit.sparse import densified
@@ -95,8 +102,7 @@ class XlaCall:
     def apply(self, job):
         dtype = _dtype(job.variables[0])
         scalars = scalar_table(job.rule, job.scalars(dtype), job.decays, dtype)
-        flags = dict(amsgrad=job.rule.second_moment == "max",
-                     adamax=job.rule.second_moment == "infinity_norm")
+        flags = rule_flags(job.rule)
         step = jnp.asarray(job.step, jnp.int32)
         if is_8bit(job.slots[0]):
             return _apply_8bit(job, scalars[0], step, flags)

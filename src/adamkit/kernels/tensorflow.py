@@ -27,7 +27,14 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from adamkit import state as state_storage
-from adamkit.kernels import is_8bit, kernel_slots, plain_state, refuse_state, state_names
+from adamkit.kernels import (
+    is_8bit,
+    kernel_slots,
+    plain_state,
+    refuse_state,
+    rule_flags,
+    state_names,
+)
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import scalar_table
 
@@ -192,8 +199,8 @@ def _gradient(gradient, dtype, shape=None):
 
 def _flags(job) -> tuple[bool, bool]:
     """(amsgrad, adamax): the kernels' rule template arguments."""
-    kind = job.rule.second_moment
-    return kind == "max", kind == "infinity_norm"
+    flags = rule_flags(job.rule)
+    return flags["amsgrad"], flags["adamax"]
 
 
 class TensorFlowOp:
@@ -316,7 +323,7 @@ class ResourceApplyAdam:
         return False
 
     def apply(self, job):
-        (variable,), (gradient,), (decay,) = job.variables, job.gradients, job.decays
+        variable, gradient, decay, _ = job.single()
         state, rule = plain_state(job.slots[0]), job.rule
         dtype = tf.as_dtype(variable.dtype)
         if decay is not None:
