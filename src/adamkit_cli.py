@@ -262,7 +262,7 @@ def add_train_command(commands) -> None:
         "train",
         help="train the MNIST model of the \"Adam Optimizer in TensorFlow\" tutorial",
         description=textwrap.fill(
-            'Train the MLP of the "Adam Optimizer in TensorFlow" tutorial (the seed: Flatten, Dense '
+            'Train the MLP of the "Adam Optimizer in TensorFlow" tutorial (Flatten, Dense '
             "128 relu, Dropout 0.2, Dense 10) on MNIST, validate on the test set, and write "
             "history (JSON, CSV), a plot, the model and a run summary into --out. Keras draws its "
             "progress bar when the output is a terminal, and prints one line per epoch otherwise.",

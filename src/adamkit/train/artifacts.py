@@ -30,7 +30,7 @@ def default_out_dir(optimizer: str) -> Path:
 
 
 def save_portable(model: keras.Model, path: Path) -> None:
-    """Saves ``model`` (the seed's, compiled by ``train`` with ``seed_objective``: weights,
+    """Saves ``model`` (the tutorial's, compiled by ``train`` with ``seed_objective``: weights,
     optimizer state, compile config) to ``path`` so that it loads and trains on every backend:
     compiled again, with the same optimizer object and its state, for one step per call (Keras's
     default; PyTorch's trainer refuses a model compiled for more)."""

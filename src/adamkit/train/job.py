@@ -1,4 +1,4 @@
-"""``adamkit train`` as one call: the seed's Keras MLP trained on MNIST, with history, plot, model
+"""``adamkit train`` as one call: the tutorial's Keras MLP trained on MNIST, with history, plot, model
 and settings written next to each other. The parts live beside this module, one job each."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def write_outputs(settings: TrainSettings, out: Path, model, optimizer, history,
 
 
 def train(settings: TrainSettings, log=print, callbacks: Sequence = ()) -> dict[str, Any]:
-    """Trains the seed's model and writes history, plot, model and run summary to ``out``;
+    """Trains the tutorial's model and writes history, plot, model and run summary to ``out``;
     ``callbacks`` (Keras callbacks) join every epoch's fit."""
     strategy = prepare_strategy(settings.distribute, log)
     out = output_dir(settings)

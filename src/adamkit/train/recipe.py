@@ -15,7 +15,7 @@ from adamkit.train.settings import TrainSettings
 
 
 def seed_model(dropout: float = 0.2) -> keras.Model:
-    """Flatten → Dense(128, relu) → Dropout → Dense(10), as in the seed (whose dropout is 0.2)."""
+    """Flatten → Dense(128, relu) → Dropout → Dense(10), as in the tutorial (whose dropout is 0.2)."""
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28)),

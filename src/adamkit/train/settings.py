@@ -15,7 +15,7 @@ from adamkit.choices import SCHEDULES as SCHEDULES  # and TrainSettings.schedule
 
 @dataclass
 class TrainSettings:
-    """What ``adamkit train`` runs; the defaults are the seed's example."""
+    """What ``adamkit train`` runs; the defaults are the tutorial's example."""
 
     epochs: int = 3
     batch_size: int = 32
@@ -23,7 +23,7 @@ class TrainSettings:
     optimizer: str = "adam"
     # Hyperparameters left as None take the chosen optimizer's own defaults.
     hyperparameters: dict[str, float] = field(default_factory=dict)
-    # "constant" (the seed's) or "cosine": the learning rate falls to 0 over the run along half a
+    # "constant" (the tutorial's) or "cosine": the learning rate falls to 0 over the run along half a
     # cosine, α·(1 + cos(π·step/steps))/2 (keras.optimizers.schedules.CosineDecay).
     schedule: str = "constant"
     seed: int = 0
@@ -44,7 +44,7 @@ class TrainSettings:
     # None, 32 where Keras can run more than one (TensorFlow, JAX; not PyTorch, and not under a
     # tf.distribute strategy, where Keras 3.15 fails with "You must feed a value for placeholder
     # tensor", as in keras-team/keras#19246), else 1. The steps are the same either way (the same
-    # weights, bit for bit); fewer calls cost less Python: the seed's 3 epochs at batch 32 fit in
+    # weights, bit for bit); fewer calls cost less Python: the tutorial's 3 epochs at batch 32 fit in
     # about half the time with 32. Batch-level callbacks then run once a call.
     steps_per_execution: int | None = None
     # Train on the first N of MNIST's 60,000 training examples only (validation keeps the whole test
@@ -55,8 +55,8 @@ class TrainSettings:
     tensorboard: str | None = None
 
 
-# The quickest recipe found to reach the seed's 0.9725 (benchmarks/README.md, "time to accuracy"):
-# the seed's 3 epochs at 8× the batch, 12× the learning rate decaying to 0 along a cosine.
+# The quickest recipe found to reach the tutorial's 0.9725 (benchmarks/README.md, "time to accuracy"):
+# the tutorial's 3 epochs at 8× the batch, 12× the learning rate decaying to 0 along a cosine.
 # `adamkit train --preset fast` applies it; explicit flags still win. (XLA was tried too: on this
 # CPU it made the epochs 3× slower.) Its names are choices.PRESETS, which the CLI offers.
 PRESETS: dict[str, dict[str, Any]] = {
