@@ -284,3 +284,22 @@ def test_radam_step_size_is_alpha_until_rectified():
             np.testing.assert_allclose(sizes, 0.1)
         else:
             assert np.all(sizes < 0.01), (step, sizes)
+
+
+def test_every_snapshot_is_one_compiled_function(tmp_path):
+    """The snapshots before and after each logged call come from one compiled function, traced
+    once when the optimizer's state exists before training (as in ``adamkit train``), however
+    many calls log, across several ``fit`` calls; on JAX, from none (its arrays are copied as
+    they are)."""
+    x, y = data(n=32)
+    model = linear_model(adamkit.Nadam())  # its scalar state (mu_product) is left out
+    model.optimizer.build(model.trainable_variables)
+    monitor = OptimizerMonitor(tmp_path, every=2)
+    for _ in range(2):
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    monitor.close()
+    assert [s for s, _ in monitor.history["optimizer/learning_rate"]] == list(range(2, 17, 2))
+    compiled = list(monitor._probe._compiled.values())
+    assert len(compiled) == (0 if BACKEND == "jax" else 1)
+    if BACKEND == "tensorflow":
+        assert compiled[0].experimental_get_tracing_count() == 1

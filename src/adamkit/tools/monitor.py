@@ -38,13 +38,15 @@ bfloat16 state the recovered gradient carries the rounding of the stored moments
 1/(1 − β1ᵏ) (a few per cent); with int8 state that error can exceed the gradient itself, so
 ``grad_norm`` is left out there.
 
-Per logged call of the train function the device does two compiled calls (``tf.function`` on
-TensorFlow, ``jax.jit`` on JAX, eager on PyTorch): one copies the weights and first moments into
-a new vector before the call; after it, the other gathers θ − θ_before, θ_before,
-m − β1ᵏ·m_before and the decoded state into one vector, read to the host at once (not a read per
-tensor). NumPy reduces that (float32 elementwise, sums in float64). The reductions stay on the
-host because tracing them costs more than the monitor's whole budget in a short run (0.5 s on
-the tutorial's model on TensorFlow, against 0.08 s for the gathering function).
+Per logged call of the train function the device runs one compiled function twice
+(``tf.function`` on TensorFlow, ``jax.jit`` on JAX, eager on PyTorch): before the call and after
+it, it copies the weights and the decoded state into one new vector, read to the host in one go
+(not a read per tensor). NumPy takes the differences and reduces them (float32 elementwise, sums
+in float64). One function for both snapshots means one trace; the reductions stay on the host
+because tracing them costs more than the monitor's whole budget in a short run (0.5 s on the
+tutorial's model on TensorFlow, against about 0.05 s for the snapshot). On JAX, whose dispatch is
+asynchronous, the snapshot after a call is read only once it is ready (at a later call's start,
+or at the epoch's end), so that the host never waits for the device on the monitor's account.
 
 The event files are written with TensorBoard's own record format and protocol buffers (the
 ``tensorboard`` package, ``pip install adamkit[monitor]``), without TensorFlow, so the monitor
@@ -433,10 +435,46 @@ def _skipped(optimizer):
 
 
 def _ready(value) -> bool:
-    """Whether ``value`` can be read without waiting: a JAX array may still be computing (its
-    dispatch is asynchronous); TensorFlow's and PyTorch's eager tensors on a CPU are done."""
+    """Whether ``value`` (a tensor or a list of them) can be read without waiting: a JAX array may
+    still be computing (its dispatch is asynchronous); TensorFlow's and PyTorch's eager tensors
+    on a CPU are done."""
+    if isinstance(value, list):
+        return all(_ready(item) for item in value)
     is_ready = getattr(value, "is_ready", None)
     return is_ready is None or bool(is_ready())
+
+
+def _copyable(optimizer, variables, stateful, names) -> list | None:
+    """On JAX, where no state needs decoding by computation (no int8 codes): the Keras variables
+    a snapshot holds, in its order, with the step count (and α, and the skipped steps, where they
+    are variables) last. JAX copies their arrays as they are, without a compiled function to
+    trace. None elsewhere."""
+    if keras.backend.backend() != "jax":
+        return None
+    stored = [_stored_state(optimizer, variables[i])[name] for i in stateful for name in names]
+    if any(isinstance(slot, QuantizedSlot) for slot in stored):
+        return None
+    rate = getattr(optimizer, "_learning_rate", None)  # a schedule is evaluated on the host
+    if not isinstance(rate, (keras.Variable, keras.optimizers.schedules.LearningRateSchedule)):
+        return None  # a callable: computed in the compiled snapshot
+    skipped = getattr(optimizer, "skipped_steps", None) if getattr(
+        optimizer, "skip_nonfinite", False) else None
+    return [*variables, *(getattr(slot, "variable", slot) for slot in stored), optimizer.iterations,
+            rate if isinstance(rate, keras.Variable) else None, skipped]
+
+
+def _read_copies(arrays: Sequence, count: int) -> list[np.ndarray]:
+    """``_copyable``'s copies read to the host, as ``np.split`` cuts a compiled snapshot: the
+    first ``count`` arrays flattened (float32), then [α] (NaN for a schedule)."""
+    rate = arrays[count + 1]
+    return [*(np.asarray(a).reshape(-1).astype("float32", copy=False) for a in arrays[:count]),
+            np.full(1, np.nan if rate is None else np.asarray(rate), "float32")]
+
+
+def _read_counts(arrays: Sequence, count: int) -> np.ndarray:
+    """The step count and the skipped steps among ``_copyable``'s copies."""
+    skipped = arrays[count + 2]
+    return np.array([int(np.asarray(arrays[count])), 0 if skipped is None else int(skipped)])
 
 
 class _Probe:
@@ -451,6 +489,7 @@ class _Probe:
         self.sizes = [math.prod(v.shape) for v in self.variables]
         self._compiled: dict[Any, Any] = {}
         self._layouts: dict[bool, tuple] = {}
+        self._copied: dict[tuple, list | None] = {}
 
     def _call(self, key, fn, *args):
         if key not in self._compiled:
@@ -482,6 +521,15 @@ class _Probe:
         weight, then the ``layout``'s state tensors per variable with state, then α; the counts
         the step count and the skipped steps."""
         layout = stateful, names = self.layout()
+        if layout not in self._copied:
+            self._copied[layout] = _copyable(self.optimizer, self.variables, stateful, names)
+        if self._copied[layout] is not None:
+            import jax
+
+            # new buffers, not the ones the next train call donates (and so deletes)
+            found = [None if v is None else v.value for v in self._copied[layout]]
+            arrays = jax.device_put([a for a in found if a is not None], may_alias=False)
+            return layout, [None if a is None else arrays.pop(0) for a in found], None
 
         def snapshot():
             parts = [_flat(v) for v in self.variables]
@@ -502,7 +550,10 @@ class _Probe:
         counts."""
         (stateful, names), vector, counts = snapshot
         widths = self.sizes + [self.sizes[i] for i in stateful for _ in names]
-        parts = np.split(keras.ops.convert_to_numpy(vector), np.cumsum(widths))
+        if counts is None:  # ``_copyable``'s arrays
+            parts, counts = _read_copies(vector, len(widths)), _read_counts(vector, len(widths))
+        else:
+            parts = np.split(keras.ops.convert_to_numpy(vector), np.cumsum(widths))
         count, width = len(self.variables), len(names)
         state = {i: dict(zip(names, parts[count + j * width:count + (j + 1) * width]))
                  for j, i in enumerate(stateful)}
@@ -573,9 +624,10 @@ class OptimizerMonitor(keras.callbacks.Callback):
     Works with every member of adamkit's family and every ``state_dtype`` (the state decoded by its
     codec), and with ``keras.optimizers.Adam``/``AdamW``; for other optimizers it logs the update
     ratio and learning rate. Nothing is computed on the steps that do not log. Before a call of
-    the train function that logs, one compiled call copies the weights and first moments on the
-    device; when the next call begins (or validation or the epoch's end comes first), a second
-    gathers what the statistics need into one vector read to the host, where NumPy reduces it.
+    the train function that logs, one compiled call copies the weights and the decoded state into
+    a new vector on the device; when the next call begins (or validation or the epoch's end comes
+    first), the same function copies them again. Both are read to the host once ready, where
+    NumPy takes the differences and reduces them.
     The percentiles and histogram of the step size come from an even spread of at most 4,096
     coordinates per variable (all of them in smaller variables); the other values are exact.
     The monitor defines no ``on_train_batch_end``, so Keras keeps dispatching the batch-end
