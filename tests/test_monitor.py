@@ -303,3 +303,23 @@ def test_every_snapshot_is_one_compiled_function(tmp_path):
     assert len(compiled) == (0 if BACKEND == "jax" else 1)
     if BACKEND == "tensorflow":
         assert compiled[0].experimental_get_tracing_count() == 1
+
+
+def test_event_checksum_is_crc32c_masked_as_tensorflow_does():
+    """The word-at-a-time checksum equals CRC-32C computed a byte at a time, at every length
+    (whole words and a tail of 1–3 bytes), and CRC-32C's published check value."""
+    from adamkit.tools.monitor import _CRC32C, masked_crc32c
+
+    def masked(crc):
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    def bytewise(data):
+        crc = 0xFFFFFFFF
+        for byte in data:
+            crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        return masked(crc ^ 0xFFFFFFFF)
+
+    assert masked_crc32c(b"123456789") == masked(0xE3069283)
+    data = np.random.default_rng(5).integers(0, 256, size=1027, dtype=np.uint8).tobytes()
+    for n in (0, 1, 3, 4, 5, 8, 11, 1024, 1027):
+        assert masked_crc32c(data[:n]) == bytewise(data[:n]), n

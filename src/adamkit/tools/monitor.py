@@ -38,15 +38,17 @@ bfloat16 state the recovered gradient carries the rounding of the stored moments
 1/(1 − β1ᵏ) (a few per cent); with int8 state that error can exceed the gradient itself, so
 ``grad_norm`` is left out there.
 
-Per logged call of the train function the device runs one compiled function twice
-(``tf.function`` on TensorFlow, ``jax.jit`` on JAX, eager on PyTorch): before the call and after
-it, it copies the weights and the decoded state into one new vector, read to the host in one go
-(not a read per tensor). NumPy takes the differences and reduces them (float32 elementwise, sums
-in float64). One function for both snapshots means one trace; the reductions stay on the host
-because tracing them costs more than the monitor's whole budget in a short run (0.5 s on the
-tutorial's model on TensorFlow, against about 0.05 s for the snapshot). On JAX, whose dispatch is
-asynchronous, the snapshot after a call is read only once it is ready (at a later call's start,
-or at the epoch's end), so that the host never waits for the device on the monitor's account.
+Per logged call of the train function the device takes a snapshot twice, before the call and
+after it: one compiled function (``tf.function`` on TensorFlow, eager on PyTorch) copies the
+weights and the decoded state into one new vector, read to the host in one go (not a read per
+tensor); on JAX the arrays are copied as they are (``jax.device_put``), with nothing to compile,
+unless int8 state must be decoded (then ``jax.jit``). NumPy takes the differences and reduces
+them (float32 elementwise, sums in float64). One function for both snapshots means one trace;
+the reductions stay on the host because tracing them costs more than the monitor's whole budget
+in a short run (0.5 s on the tutorial's model on TensorFlow, against about 0.05 s for the
+snapshot). On JAX, whose dispatch is asynchronous, the snapshot after a call is read only once it
+is ready (at a later call's start, or at the epoch's end), so that the host never waits for the
+device on the monitor's account.
 
 The event files are written with TensorBoard's own record format and protocol buffers (the
 ``tensorboard`` package, ``pip install adamkit[monitor]``), without TensorFlow, so the monitor
@@ -59,6 +61,7 @@ import math
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -271,10 +274,34 @@ def _crc32c_table() -> list[int]:
 _CRC32C = _crc32c_table()
 
 
+_WORD_TABLES: list[list[int]] = []
+
+
+def _word_tables() -> list[list[int]]:
+    """Two tables of 65,536 entries that advance the CRC over a little-endian 32-bit word, low half
+    and high half: four bytes a step of the loop, 2.4 times as fast as a byte a step. Built once,
+    with NumPy (5 ms; a Python loop takes 40)."""
+    if not _WORD_TABLES:
+        shifted = [np.array(_CRC32C, dtype=np.uint32)]
+        for _ in range(3):  # the table of a byte followed by 1, 2, 3 zero bytes
+            last = shifted[-1]
+            shifted.append((last >> 8) ^ shifted[0][last & 0xFF])
+        low, high = np.arange(65536) & 0xFF, np.arange(65536) >> 8
+        _WORD_TABLES.extend([(shifted[3][low] ^ shifted[2][high]).tolist(),
+                             (shifted[1][low] ^ shifted[0][high]).tolist()])
+    return _WORD_TABLES
+
+
 def masked_crc32c(data: bytes) -> int:
     """The checksum of TFRecord framing: CRC-32C, rotated and offset as TensorFlow masks it."""
     crc = 0xFFFFFFFF
-    for byte in data:
+    words = len(data) // 4 * 4 if sys.byteorder == "little" else 0
+    if words:
+        low, high = _word_tables()
+        for word in memoryview(data)[:words].cast("I"):
+            crc ^= word
+            crc = low[crc & 0xFFFF] ^ high[crc >> 16]
+    for byte in data[words:]:
         crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     crc ^= 0xFFFFFFFF
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
@@ -624,10 +651,10 @@ class OptimizerMonitor(keras.callbacks.Callback):
     Works with every member of adamkit's family and every ``state_dtype`` (the state decoded by its
     codec), and with ``keras.optimizers.Adam``/``AdamW``; for other optimizers it logs the update
     ratio and learning rate. Nothing is computed on the steps that do not log. Before a call of
-    the train function that logs, one compiled call copies the weights and the decoded state into
-    a new vector on the device; when the next call begins (or validation or the epoch's end comes
-    first), the same function copies them again. Both are read to the host once ready, where
-    NumPy takes the differences and reduces them.
+    the train function that logs, the weights and the decoded state are copied into new buffers
+    on the device (one compiled call; on JAX a plain copy); when the next call begins (or
+    validation or the epoch's end comes first), they are copied again. Both are read to the host
+    once ready, where NumPy takes the differences and reduces them.
     The percentiles and histogram of the step size come from an even spread of at most 4,096
     coordinates per variable (all of them in smaller variables); the other values are exact.
     The monitor defines no ``on_train_batch_end``, so Keras keeps dispatching the batch-end
@@ -659,6 +686,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
         self._pending: list[tuple[dict[str, Any], tuple]] = []
         self._probe: _Probe | None = None
         _protos()  # imported here, before training, not in the first epoch
+        _word_tables()  # and the checksum's tables built
 
     @property
     def writer(self) -> EventWriter:
