@@ -508,7 +508,9 @@ class _Probe:
     """The monitor's work on the device for one model and optimizer: one compiled function takes a
     snapshot of the weights and the decoded state into one new vector (which no later step can
     overwrite), called before a logged call of the train function and again after it; the host
-    reads each snapshot at once (not a read per tensor) and takes the differences itself."""
+    reads each snapshot at once (not a read per tensor) and takes the differences itself. On
+    JAX, without int8 state, the snapshot is a copy of each array instead (``_copyable``):
+    nothing to compile."""
 
     def __init__(self, model: keras.Model) -> None:
         self.variables = list(model.trainable_variables)
