@@ -162,6 +162,7 @@ SUMMARY = [
     ("PyTorch backend, Adam step, 10M: adamkit / torch's fused Adam", "backend_ratios_torch",
      ratio("10M Adam adamkit / torch fused")),
     ("Sparse step on a 1,000,000 × 64 table, 100 rows touched", "bench_lazy", lazy_step(100)),
+    ("the same, 1,000 rows touched", "bench_lazy", lazy_step(1_000)),
     ("the same, 100,000 rows touched", "bench_lazy", lazy_step(100_000)),
     ("Recommender (matrix factorisation, 3 epochs of `model.fit`): s / epoch", "recommender",
      recommender),
@@ -170,8 +171,10 @@ SUMMARY = [
     ("Adam step with int8 state / float32 state, 50M, `tf.function`", "lean_speed",
      ratio("tensorflow tf.function 50M int8 state / float32 state")),
     ("Soak: resident memory's second-half slope per 1,000 steps", "soak", soak),
-    ("Optimizer monitor (`every=100`): time in its hooks / training time, 3 epochs",
+    ("Optimizer monitor (`every=100`): time in its hooks / training time, TensorFlow, 3 epochs",
      "monitor_overhead_tensorflow_epochs3", monitor),
+    ("the same, JAX, 3 epochs", "monitor_overhead_jax_epochs3", monitor),
+    ("the same, PyTorch, 1 epoch", "monitor_overhead_torch_epochs1", monitor),
 ]
 
 

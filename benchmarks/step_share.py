@@ -1,0 +1,106 @@
+"""Where an epoch's time goes: the optimizer's update alone against the whole training step.
+
+    python benchmarks/step_share.py [--backends tensorflow jax torch] [--model wide|tutorial]
+                                    [--rounds 5]
+
+``model.fit`` with Adam can only be as close to SGD's epoch as Adam's update is to SGD's: both run
+the same forward and backward pass, and the update comes after it. Per backend, in its own
+process, this times side by side, the parts taking turns round after round: one whole training
+step with Keras's SGD (the floor of ``benchmarks/epoch_times.py``: ``model.fit`` over 2·``STEPS``
+batches less ``model.fit`` over ``STEPS``, divided by ``STEPS``, which leaves out each fit's own
+set-up; ``train_on_batch`` costs several steps in its set-up), and the
+update alone of Keras's SGD, Keras's Adam and adamkit's Adam on the model's variables, as each
+backend's trainer runs it (``adamkit.bench.timing.backend_stepper``: ``tf.function``; JAX's jit
+with the state donated; PyTorch's ``apply``). The last column is (update − SGD's update) / SGD's
+whole step: what the optimizer adds to an epoch beyond SGD if nothing of it overlaps, the figure
+that ``epoch_times.py``'s "median / SGD" − 1 should come near.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from epoch_times import make_model
+from results import Table
+
+UPDATES = ("keras SGD", "keras Adam", "adamkit Adam")
+STEPS = 50  # batches in each timed model.fit
+
+
+def child(args) -> None:
+    """Prints one JSON line: seconds per round of the whole SGD step and of each update."""
+    os.environ["KERAS_BACKEND"] = args.child
+    import keras
+    import numpy as np
+
+    import adamkit
+    from adamkit.bench.timing import backend_stepper, median_seconds
+
+    keras.utils.set_random_seed(0)
+    model, batch = make_model(args.model)
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.random((2 * STEPS * batch, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 2 * STEPS * batch)
+
+    def fit(batches: int):
+        return lambda: model.fit(x[:batches * batch], y[:batches * batch], batch_size=batch,
+                                 epochs=1, verbose=0)
+
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32) * 1e-3)
+             for s in shapes]
+    makers = {"keras SGD": lambda: keras.optimizers.SGD(0.01), "keras Adam": keras.optimizers.Adam,
+              "adamkit Adam": adamkit.Adam}
+    if args.child == "tensorflow":
+        from adamkit.bench.timing import compiled_apply
+
+        steps = {name: compiled_apply(make(), shapes, grads) for name, make in makers.items()}
+    else:
+        steps = {name: backend_stepper(make(), shapes, grads) for name, make in makers.items()}
+    fits = {"long": fit(2 * STEPS), "short": fit(STEPS)}
+    seconds = {name: [] for name in ["SGD training step", *steps]}
+    for _ in range(args.rounds):
+        long, short = (median_seconds(f, 3, warmup=1) for f in fits.values())
+        seconds["SGD training step"].append((long - short) / STEPS)
+        for name, step in steps.items():
+            seconds[name].append(median_seconds(step, 20))
+    print(json.dumps({"parameters": model.count_params(), "batch": batch, "seconds": seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--model", choices=["wide", "tutorial"], default="wide")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    table = Table(f"step_share_{args.model}",
+                  f"The update alone against SGD's whole training step, {args.model} model "
+                  "(milliseconds, median over rounds of each part's median; the training step: "
+                  f"model.fit over {2 * STEPS} batches less over {STEPS}, per batch)",
+                  [("backend", ""), ("SGD training step (ms)", ".2f"), ("update", ""),
+                   ("update (ms)", ".2f"), ("update / SGD step", ".3f"),
+                   ("beyond SGD's update / SGD step", ".3f")])
+    for backend in args.backends:
+        command = [sys.executable, __file__, "--child", backend, *sys.argv[1:]]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout.splitlines()[-1])
+        ms = {name: 1e3 * statistics.median(s) for name, s in result["seconds"].items()}
+        whole = ms.pop("SGD training step")
+        for name in UPDATES:
+            table.add(backend, whole, name, ms[name], ms[name] / whole,
+                      (ms[name] - ms["keras SGD"]) / whole)
+    table.save()
+
+
+if __name__ == "__main__":
+    main()
