@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from results import Table
-
-ADAMKIT = str(Path(sys.executable).with_name("adamkit"))
+from results import ADAMKIT, Table, trained
 
 
 def range_test(seed: int, out: Path) -> tuple[dict, float]:
@@ -42,8 +38,7 @@ def validation_accuracy(seed: int, out: Path, learning_rate: str | None) -> floa
     command = [ADAMKIT, "train", "--seed", str(seed), "--out", str(out)]
     if learning_rate is not None:
         command += ["--learning-rate", learning_rate]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    return float(re.search(r"Final validation accuracy: ([0-9.]+)", result.stdout).group(1))
+    return trained(command)[1]
 
 
 def main() -> None:

@@ -12,15 +12,11 @@ accuracy on every seed. Writes benchmarks/results/preset_search.json.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from results import Table
+from results import ADAMKIT, Table, trained
 
-ADAMKIT = str(Path(sys.executable).with_name("adamkit"))
 TUTORIAL = 0.9725
 
 # (label, overrides of --preset fast); the preset itself last
@@ -44,8 +40,7 @@ PRESET = "cosine from 0.012, 3 epochs (the preset)"
 def validation_accuracy(overrides: list[str], seed: int, out: Path) -> float:
     command = [ADAMKIT, "train", "--preset", "fast", *overrides, "--seed", str(seed), "--out",
                str(out)]
-    result = subprocess.run(command, check=True, capture_output=True, text=True)
-    return float(re.search(r"Final validation accuracy: ([0-9.]+)", result.stdout).group(1))
+    return trained(command)[1]
 
 
 def main() -> None:

@@ -10,11 +10,24 @@ with their range (``alternate``, ``ratio_row``).
 
 from __future__ import annotations
 
+import re
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().with_name("results")
+ADAMKIT = str(Path(sys.executable).with_name("adamkit"))  # the command of this environment
+
+
+def trained(command: list[str]) -> tuple[float, float]:
+    """Run a training command (``adamkit train`` or the tutorial's script) as a fresh process:
+    its wall time in seconds and the final validation accuracy it prints."""
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - start
+    return elapsed, float(re.search(r"Final validation accuracy: ([0-9.]+)", result.stdout)[1])
 
 
 def alternate(ours, theirs, rounds: int) -> list[float]:

@@ -10,25 +10,14 @@ Run: python benchmarks/seed_vs_adamkit.py [--repeats 3] [--preset fast]
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from results import Table
+from results import ADAMKIT, Table, trained
 
 HERE = Path(__file__).resolve().parent
-
-
-def timed(command: list[str]) -> tuple[float, float]:
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - start
-    accuracy = re.search(r"Final validation accuracy: ([0-9.]+)", result.stdout)
-    return elapsed, float(accuracy.group(1))
 
 
 def main() -> None:
@@ -36,7 +25,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset", choices=["seed", "fast"], default="seed")
     args = parser.parse_args()
-    adamkit_cmd = [str(Path(sys.executable).with_name("adamkit")), "train", "--preset", args.preset]
+    adamkit_cmd = [ADAMKIT, "train", "--preset", args.preset]
     commands = {
         "seed script (keras.optimizers.Adam)": [sys.executable, str(HERE / "seed_script.py")],
         f"adamkit train --preset {args.preset}": adamkit_cmd,
@@ -52,7 +41,7 @@ def main() -> None:
             for command in commands.values():
                 if command is adamkit_cmd:
                     command = [*command, "--out", f"{tmp}/run{repeat}", "--seed", str(repeat)]
-                row.extend(timed(command))
+                row.extend(trained(command))
             runs.append(row)
             table.add(str(repeat + 1), *row)
     medians = [statistics.median(r[i] for r in runs) for i in (0, 2)]

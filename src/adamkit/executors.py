@@ -188,13 +188,7 @@ class SparseRows(OneAtATime):
     name = "lazy rows (sparse)"
 
     def refuses(self, optimizer, variable, gradient, slots):
-        if not optimizer.lazy:
-            return "lazy=False"
-        if gradient is None or not sparse.is_sparse(gradient):
-            return "dense gradient"
-        if keras.backend.backend() != "tensorflow":
-            return "not TensorFlow"
-        return None
+        return sparse.lazy_refusal(optimizer, gradient)
 
     def apply(self, job):
         sparse.lazy_sparse_step(job)

@@ -35,6 +35,18 @@ def is_sparse(gradient) -> bool:
     return False
 
 
+def lazy_refusal(optimizer, gradient) -> str | None:
+    """Why a step cannot update the touched rows only (None where it can): that takes
+    ``lazy=True`` and a TensorFlow ``IndexedSlices`` gradient."""
+    if not optimizer.lazy:
+        return "lazy=False"
+    if gradient is None or not is_sparse(gradient):
+        return "dense gradient"
+    if keras.backend.backend() != "tensorflow":
+        return "not TensorFlow"
+    return None
+
+
 def densified(gradient):
     """A sparse gradient as the dense tensor it stands for (duplicates summed); any other
     gradient as it is. Without ``lazy=True`` every row's moments decay anyway."""

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -153,6 +154,42 @@ REGISTER_OP("AdamkitSparseApplyAdam")  // one table, the rows a sparse gradient 
     .Attr("adamax: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
+// The rows a sparse gradient names, ascending, each with its gradient row: a row named more than
+// once gets the sum of its rows in the order given, as TensorFlow's unsorted_segment_sum (which
+// densifying the gradient runs) adds them.
+template <typename T, typename Index>
+struct TouchedRows {
+  std::vector<int64_t> rows;
+  std::vector<const T*> grads;
+  std::vector<T> summed;
+
+  TouchedRows(const Index* index, const T* values, int64_t k, int64_t row_size) {
+    std::vector<int64_t> order(k);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [index](int64_t a, int64_t b) { return index[a] < index[b]; });
+    struct Repeated { size_t entry; int64_t begin, end; };  // a run of one row in order
+    std::vector<Repeated> repeated;
+    for (int64_t begin = 0; begin < k;) {
+      int64_t end = begin + 1;
+      while (end < k && index[order[end]] == index[order[begin]]) ++end;
+      if (end - begin > 1) repeated.push_back({rows.size(), begin, end});
+      rows.push_back(index[order[begin]]);
+      grads.push_back(values + order[begin] * row_size);
+      begin = end;
+    }
+    summed.assign(repeated.size() * row_size, T(0));  // sized once: grads point into it
+    for (size_t s = 0; s < repeated.size(); ++s) {
+      T* total = summed.data() + s * row_size;
+      for (int64_t i = repeated[s].begin; i < repeated[s].end; ++i) {
+        const T* g = values + order[i] * row_size;
+        for (int64_t e = 0; e < row_size; ++e) total[e] += g[e];
+      }
+      grads[repeated[s].entry] = total;
+    }
+  }
+};
+
 // One launch does what the lazy ops path does in ~25 (unique, segment sum, three gathers, the
 // rule, three scatters): duplicates summed in the order given (as unsorted_segment_sum sums
 // them, so the result is the densified gradient's), then each touched row updated in place.
@@ -192,33 +229,7 @@ class AdamkitSparseApplyAdamOp : public RuleOpKernel {
                   absl::InvalidArgumentError(absl::StrCat("indices[", i, "] = ", index[i],
                                                           " is not in [0, ", table_rows, ")")));
     }
-    std::vector<int64_t> order(k);
-    for (int64_t i = 0; i < k; ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [index](int64_t a, int64_t b) { return index[a] < index[b]; });
-    const T* values = grad.flat<T>().data();
-    std::vector<int64_t> rows;
-    std::vector<const T*> grads;
-    std::vector<T> summed;  // the rows named more than once, summed
-    std::vector<std::pair<size_t, int64_t>> sums;  // (entry in rows, its first in order)
-    for (int64_t i = 0; i < k;) {
-      int64_t end = i + 1;
-      while (end < k && index[order[end]] == index[order[i]]) ++end;
-      if (end - i > 1) sums.emplace_back(rows.size(), i);
-      rows.push_back(index[order[i]]);
-      grads.push_back(values + order[i] * row_size);
-      i = end;
-    }
-    summed.assign(sums.size() * row_size, T(0));
-    for (size_t s = 0; s < sums.size(); ++s) {
-      T* total = summed.data() + s * row_size;
-      const int64_t row = rows[sums[s].first];
-      for (int64_t i = sums[s].second; i < k && index[order[i]] == row; ++i) {
-        const T* g = values + order[i] * row_size;
-        for (int64_t e = 0; e < row_size; ++e) total[e] += g[e];
-      }
-      grads[sums[s].first] = total;
-    }
+    const TouchedRows<T, Index> touched(index, grad.flat<T>().data(), k, row_size);
     const Arrays<T, Stored> table{var.flat<T>().data(),
                                   reinterpret_cast<Stored*>(m.flat<S>().data()),
                                   reinterpret_cast<Stored*>(v.flat<S>().data()),
@@ -227,11 +238,11 @@ class AdamkitSparseApplyAdamOp : public RuleOpKernel {
                                   nullptr, scalars.flat<T>().data()};
     const uint32_t t = static_cast<uint32_t>(ctx->input(7).scalar<int32>()());
     auto work = [&](int64_t begin, int64_t end) {
-      adamkit::UpdateRows<T, Codec>(table, rows.data(), grads.data(), row_size, rule_, t, begin,
-                                    end);
+      adamkit::UpdateRows<T, Codec>(table, touched.rows.data(), touched.grads.data(), row_size,
+                                    rule_, t, begin, end);
     };
     auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(threads->num_threads, threads->workers, static_cast<int64_t>(rows.size()),
+    Shard(threads->num_threads, threads->workers, static_cast<int64_t>(touched.rows.size()),
           /*cost_per_unit=*/20 * row_size, work);
   }
 };

@@ -37,6 +37,7 @@ from adamkit.kernels import (
 )
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import scalar_table
+from adamkit.sparse import lazy_refusal
 
 SOURCE = Path(__file__).with_name("adam_op.cc")
 FFI_SOURCE = Path(__file__).with_name("adam_ffi.cc")  # the XLA custom call
@@ -121,9 +122,9 @@ def _in_xla() -> bool:
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
-def _rule(amsgrad: bool, adamax: bool) -> str:
-    """The custom calls' rule attributes, as MLIR."""
-    return f"amsgrad = {str(amsgrad).lower()}, adamax = {str(adamax).lower()}"
+def _rule(flags: dict[str, bool]) -> str:
+    """The custom calls' rule attributes (``rule_flags``), as MLIR."""
+    return ", ".join(f"{name} = {str(on).lower()}" for name, on in flags.items())
 
 
 def _xla_call(target, updated, inputs, attributes):
@@ -197,12 +198,6 @@ def _gradient(gradient, dtype, shape=None):
     return gradient if shape is None else tf.reshape(gradient, shape)
 
 
-def _flags(job) -> tuple[bool, bool]:
-    """(amsgrad, adamax): the kernels' rule template arguments."""
-    flags = rule_flags(job.rule)
-    return flags["amsgrad"], flags["adamax"]
-
-
 class TensorFlowOp:
     """adamkit's TensorFlow op (``adam_op.cc``): every float variable of a dtype in one launch
     where no tf.distribute strategy runs; 8-bit state one variable at a time."""
@@ -220,31 +215,30 @@ class TensorFlowOp:
         return not is_8bit(slots) and not tf.distribute.has_strategy()
 
     def apply(self, job):
-        amsgrad, adamax = _flags(job)
+        flags = rule_flags(job.rule)
         if is_8bit(job.slots[0]):
-            return _apply_8bit_op(job, amsgrad, adamax)
+            return _apply_8bit_op(job, flags)
         dtype = tf.as_dtype(job.variables[0].dtype)
         states = [plain_state(s) for s in job.slots]
         kernel_state = [[_handle(s[name]) for s in states] for name in ("momentum", "velocity")]
-        vhat = [_handle(s["velocity_hat" if amsgrad else "velocity"]) for s in states]
+        vhat = [_handle(s["velocity_hat" if flags["amsgrad"] else "velocity"]) for s in states]
         _op_module().adamkit_apply_adam(
             [_handle(v) for v in job.variables], *kernel_state, vhat,
             [_gradient(g, dtype) for g in job.gradients], _table(job, dtype),
-            tf.cast(job.step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype),
-            amsgrad=amsgrad, adamax=adamax)
+            tf.cast(job.step, tf.int32), S=tf.as_dtype(states[0]["momentum"].dtype), **flags)
 
 
-def _apply_8bit_op(job, amsgrad, adamax):
+def _apply_8bit_op(job, flags):
     """One float32 variable with 8-bit state: decode, update, re-encode block by block in one
     pass, bit for bit the codec of ``adamkit.state``."""
     (variable,), slots = job.variables, kernel_slots(job.slots[0])
     m, v = slots["momentum"], slots["velocity"]
-    h = slots["velocity_hat"] if amsgrad else v
+    h = slots["velocity_hat"] if flags["amsgrad"] else v
     _op_module().adamkit_apply_adam8bit(
         _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
         _handle(v.absmax), _handle(h.codes), _handle(h.absmax),
         _gradient(job.gradients[0], tf.float32), tf.reshape(_table(job, tf.float32), [-1]),
-        tf.cast(job.step, tf.int32), *_codec_tables(), amsgrad=amsgrad, adamax=adamax)
+        tf.cast(job.step, tf.int32), *_codec_tables(), **flags)
 
 
 def _codec_tables() -> list:
@@ -268,21 +262,21 @@ class XlaCall:
     groups = TensorFlowOp.groups
 
     def apply(self, job):
-        amsgrad, adamax = _flags(job)
+        flags = rule_flags(job.rule)
         if is_8bit(job.slots[0]):
-            return _apply_8bit_xla(job, amsgrad, adamax)
+            return _apply_8bit_xla(job, flags)
         states = [plain_state(s) for s in job.slots]
         names = state_names(states[0])
         updated = [tf_variable(v) for v in job.variables]
         updated += [tf_variable(s[name]) for name in names for s in states]
         dtype = tf.as_dtype(job.variables[0].dtype)
         inputs = [_gradient(g, dtype, v.shape) for g, v in zip(job.gradients, job.variables)]
-        attributes = f"{_rule(amsgrad, adamax)}, n = {len(job.variables)} : i64"
+        attributes = f"{_rule(flags)}, n = {len(job.variables)} : i64"
         return _xla_call("adamkit_adam", updated,
                          [*inputs, _table(job, dtype), tf.cast(job.step, tf.int32)], attributes)
 
 
-def _apply_8bit_xla(job, amsgrad, adamax):
+def _apply_8bit_xla(job, flags):
     """Custom call adamkit_adam8bit: θ, codes and absmax updated in place."""
     (variable,), slots = job.variables, kernel_slots(job.slots[0])
     names = state_names(slots)
@@ -291,7 +285,7 @@ def _apply_8bit_xla(job, amsgrad, adamax):
     inputs = [_gradient(job.gradients[0], tf.float32, variable.shape),
               tf.reshape(_table(job, tf.float32), [-1]), tf.cast(job.step, tf.int32),
               *_codec_tables()]
-    return _xla_call("adamkit_adam8bit", updated, inputs, _rule(amsgrad, adamax))
+    return _xla_call("adamkit_adam8bit", updated, inputs, _rule(flags))
 
 
 class ResourceApplyAdam:
@@ -351,10 +345,9 @@ class SparseOp:
     name = "adamkit kernel (TensorFlow op, touched rows)"
 
     def refuses(self, optimizer, variable, gradient, slots):
-        if not optimizer.lazy:
-            return "lazy=False"
-        if gradient is None or not isinstance(gradient, tf.IndexedSlices):
-            return "dense gradient"
+        reason = lazy_refusal(optimizer, gradient)
+        if reason:
+            return reason
         if _in_xla():
             return "under XLA"
         if not custom_kernel():
@@ -367,15 +360,15 @@ class SparseOp:
         return False
 
     def apply(self, job):
-        amsgrad, adamax = _flags(job)
+        flags = rule_flags(job.rule)
         (variable,), (gradient,) = job.variables, job.gradients
         dtype = tf.as_dtype(variable.dtype)
         state = plain_state(job.slots[0])
         _op_module().adamkit_sparse_apply_adam(
             _handle(variable), _handle(state["momentum"]), _handle(state["velocity"]),
-            _handle(state["velocity_hat" if amsgrad else "velocity"]), gradient.indices,
+            _handle(state["velocity_hat" if flags["amsgrad"] else "velocity"]), gradient.indices,
             tf.cast(gradient.values, dtype), _table(job, dtype), tf.cast(job.step, tf.int32),
-            S=tf.as_dtype(state["momentum"].dtype), amsgrad=amsgrad, adamax=adamax)
+            S=tf.as_dtype(state["momentum"].dtype), **flags)
 
 
 EXECUTORS = (XlaCall(), TensorFlowOp(), ResourceApplyAdam())
