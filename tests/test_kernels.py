@@ -262,6 +262,33 @@ def test_scalar_table_rows(decays):
         np.testing.assert_allclose(row[1:], shared, rtol=precision, atol=0)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX forms float64 scalars only with x64 enabled")
+@pytest.mark.parametrize("make", [
+    lambda: adamkit.Adam(0.01), lambda: adamkit.Adam(0.01, epsilon_mode="keras"),
+    lambda: adamkit.Adam(0.01, amsgrad=True), lambda: adamkit.AdamW(0.01, weight_decay=0.05),
+    lambda: adamkit.Adamax(0.01), lambda: adamkit.RAdam(0.01, weight_decay=0.05),
+    lambda: adamkit.Nadam(0.01)], ids=["adam", "keras", "amsgrad", "adamw", "adamax", "radam",
+                                       "nadam"])
+@pytest.mark.parametrize("steps", [1, 7])  # RAdam: unrectified, then rectified
+def test_host_scalar_table_is_the_ops_table_bit_for_bit(make, steps, rng):
+    """PyTorch's kernel takes its scalar rows from ``host_scalar_table`` (NumPy, in double): the
+    same rows as ``scalar_table``'s ops, every bit, for every rule it runs."""
+    from adamkit.kernels.scalars import host_scalar_table, scalar_table
+
+    variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in [(5, 3), (3,)]]
+    optimizer = make()
+    optimizer.build(variables)
+    grads = [rng.normal(size=v.shape).astype("float32") for v in variables]
+    for _ in range(steps - 1):
+        optimizer.apply(grads, variables)
+    job = optimizer._job(list(zip(grads, variables)), optimizer._get_current_learning_rate())
+    scalars = job.scalars("float64")
+    ops_rows = keras.ops.convert_to_numpy(scalar_table(job.rule, scalars, job.decays, "float64"))
+    host_rows = host_scalar_table(job.rule, scalars, job.decays)
+    assert host_rows.dtype == np.float64
+    np.testing.assert_array_equal(host_rows, ops_rows)
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
 @pytest.mark.parametrize("options", [{"amsgrad": True, "weight_decay": 0.05}, {}])
 @pytest.mark.parametrize("cls", [adamkit.Adam, adamkit.Adamax])

@@ -55,6 +55,8 @@ class Job:
             values = [ops.cast(s[name].read(), parameter_dtype) for s in self.slots]
             carried[name] = values[0] if len(values) == 1 else ops.stack(values)
         scalars, advanced = rule.scalars(step, rate, carried)
+        if not advanced:
+            return scalars
         written = ops.cast(self.optimizer.iterations + 1, "int32")
         for name, value in advanced.items():
             values = [value] if len(self.slots) == 1 else ops.unstack(value, num=len(self.slots))

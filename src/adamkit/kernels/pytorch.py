@@ -27,11 +27,12 @@ from pathlib import Path
 
 import keras
 import torch
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from adamkit import state as state_storage
 from adamkit.kernels import is_8bit, kernel_slots, plain_state, state_names
 from adamkit.kernels.build import compile_library
-from adamkit.kernels.scalars import scalar_table
+from adamkit.kernels.scalars import host_scalar_table
 
 SOURCE = Path(__file__).with_name("adam_host.cc")
 # adamkit_adam_host's kinds: (parameter dtype, state dtype) -> kind
@@ -69,7 +70,13 @@ def _dtype(x) -> str:
 
 
 def _tensor(variable) -> torch.Tensor:
-    return variable.value if isinstance(variable, keras.Variable) else variable
+    """The tensor a kernel updates in place: a Keras variable's own storage. Outside a stateless
+    scope that is ``value`` without the property's scope, autocast and device checks (~5 µs a
+    tensor, a dozen tensors a step); an autocast copy would not be the storage anyway."""
+    if not isinstance(variable, keras.Variable):
+        return variable
+    stored = variable._value
+    return variable.value if stored is None or in_stateless_scope() else stored
 
 
 class HostKernel:
@@ -101,8 +108,7 @@ class HostKernel:
             return _apply_8bit(job)
         thetas = [_tensor(v) for v in job.variables]
         dtype = thetas[0].dtype
-        scalars = scalar_table(job.rule, job.scalars("float64"), job.decays, "float64")
-        scalars = scalars.to(dtype).contiguous()  # held here: the call reads its memory
+        scalars = _host_table(job, dtype)  # held here: the call reads its memory
         grads = _gradients(job.gradients, thetas)
         states = [plain_state(s) for s in job.slots]
         m, v = ([_tensor(s[name]) for s in states] for name in ("momentum", "velocity"))
@@ -125,8 +131,7 @@ def _apply_8bit(job):
     codes = [_tensor(slots[name].codes) for name in names]
     absmax = [_tensor(slots[name].absmax) for name in names]
     (grad,) = _gradients(job.gradients, [theta])
-    scalars = scalar_table(job.rule, job.scalars("float64"), job.decays, "float64")
-    scalars = scalars.to(torch.float32).contiguous()  # held here: the call reads its memory
+    scalars = _host_table(job, torch.float32)  # held here: the call reads its memory
     _run("adamkit_adam8bit_host", [theta, *codes, *absmax],
          RULES[job.rule.second_moment], ctypes.c_void_p(theta.data_ptr()),
          ctypes.c_void_p(grad.data_ptr()), ctypes.c_int64(theta.numel()), _pointers(codes),
@@ -186,6 +191,12 @@ class TorchFusedAdam:
                 [_tensor(states[i]["velocity_hat"]) for i in members] if amsgrad else [],
                 [step] * len(members), lr=rate, beta1=rule.beta_1, beta2=rule.beta_2,
                 weight_decay=weight_decay, eps=rule.epsilon, amsgrad=amsgrad, maximize=False)
+
+
+def _host_table(job, dtype: torch.dtype) -> torch.Tensor:
+    """The step's scalar rows (``kernels.scalars``) formed in double on the host, in ``dtype``."""
+    rows = host_scalar_table(job.rule, job.scalars("float64"), job.decays)
+    return torch.from_numpy(rows).to(dtype)
 
 
 def _gradients(gradients, thetas) -> list:

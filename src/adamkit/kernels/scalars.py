@@ -26,14 +26,10 @@ def scalar_table(rule: Rule, scalars: Scalars, decays: list, dtype: str):
     vector (NAdam's a and b) has one entry per variable."""
     inverse_root = None if scalars.correction is None else ops.rsqrt(_as(scalars.correction,
                                                                          dtype))
-    third = rule.beta_2 if rule.second_moment == "infinity_norm" else 1.0 - rule.beta_2
-    rows = np.tile([1.0, 1.0 - rule.beta_1, third, 0.0, 1.0, rule.epsilon, 0.0], (len(decays), 1))
+    rows = _defaults(rule, len(decays))
     # Each tensor placed by a column mask, a select each (a stack, tile and concatenation took
     # PyTorch's step ~40% longer).
-    for column, value in ((3, scalars.step_size), (4, inverse_root), (5, scalars.epsilon),
-                          (6, scalars.gradient_step)):
-        if value is None or isinstance(value, float):
-            continue  # the row's own default (ε: the rule's, from its double value)
+    for column, value in _stepwise(scalars, inverse_root):
         value = _as(value, dtype)
         if len(value.shape) == 1:  # one entry per variable
             value = value[:, None]
@@ -43,6 +39,41 @@ def scalar_table(rule: Rule, scalars: Scalars, decays: list, dtype: str):
         mask = np.array([[d is factor] + [False] * 6 for d in decays])
         rows = ops.where(mask, _as(factor, dtype), rows)
     return ops.cast(rows, dtype)
+
+
+def host_scalar_table(rule: Rule, scalars: Scalars, decays: list) -> np.ndarray:
+    """``scalar_table``'s float64 rows formed on the host in NumPy, from scalars that hold their
+    values (a PyTorch step's CPU tensors): each value read once, where ``scalar_table``'s ops
+    would cost PyTorch's step a dozen dispatches. The same float64 operations, so the same rows
+    (``1/√c`` and an ``rsqrt`` are both correctly rounded)."""
+    inverse_root = None if scalars.correction is None else \
+        np.asarray(1.0 / np.sqrt(_host(scalars.correction)))  # an array: not a default
+    rows = _defaults(rule, len(decays))
+    for column, value in _stepwise(scalars, inverse_root):
+        rows[:, column] = _host(value)
+    for factor in {id(d): d for d in decays if d is not None}.values():
+        rows[[d is factor for d in decays], 0] = _host(factor)
+    return rows
+
+
+def _defaults(rule: Rule, count: int) -> np.ndarray:
+    """The rows' step-independent values, in double: a = b = 0 and s = 1 until set."""
+    third = rule.beta_2 if rule.second_moment == "infinity_norm" else 1.0 - rule.beta_2
+    return np.tile([1.0, 1.0 - rule.beta_1, third, 0.0, 1.0, rule.epsilon, 0.0], (count, 1))
+
+
+def _stepwise(scalars: Scalars, inverse_root) -> list:
+    """(column, value) for the columns this step's tensors set; a Python number (ε: the rule's,
+    from its double value) keeps the row's own default."""
+    return [(column, value) for column, value in ((3, scalars.step_size), (4, inverse_root),
+                                                  (5, scalars.epsilon), (6, scalars.gradient_step))
+            if value is not None and not isinstance(value, float)]
+
+
+def _host(x) -> np.ndarray:
+    """A value's double as NumPy holds it (a 0-d or per-variable array); read through the
+    array protocol, which costs a PyTorch CPU tensor a tenth of ``ops.convert_to_numpy``."""
+    return np.asarray(x, dtype=np.float64)
 
 
 def _as(x, dtype):
