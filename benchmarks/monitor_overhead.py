@@ -7,8 +7,10 @@ with it (``--tensorboard DIR``, ``every=100``), alternating which goes first. Th
 are each run's training wall time from its ``run.json`` (``model.fit``: training and validation,
 not the start-up, data loading or plots). In the runs with the monitor, the seconds spent inside
 the monitor's own hooks are also summed (the hook methods are wrapped with a timer in the child
-process), which isolates its cost from the noise of a shared machine. Prints a row per round and
-the median; writes ``benchmarks/results/monitor_overhead_<backend>_epochs<E>.json``.
+process), which isolates its cost from the noise of a shared machine; and the CPU time of the
+thread that ran them over the same time (less than the wall time where the hooks waited for a
+core that the backend's own threads, training on, held). Prints a row per round and the median;
+writes ``benchmarks/results/monitor_overhead_<backend>_epochs<E>.json``.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from pathlib import Path
 
 from results import Table
 
-HOOK_SECONDS = [0.0]
+HOOK_SECONDS = [0.0, 0.0]  # wall time, and the CPU time of the thread running the hooks
 
 
 def _timed(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return method(*args, **kwargs)
         finally:
             HOOK_SECONDS[0] += time.perf_counter() - start
+            HOOK_SECONDS[1] += time.thread_time() - cpu
     return wrapper
 
 
@@ -57,7 +60,8 @@ def child(args: argparse.Namespace) -> None:
     if main(argv) != 0:
         raise SystemExit("adamkit train failed")
     summary = json.loads((out / "run" / "run.json").read_text())
-    print(json.dumps({"fit_s": summary["wall_time_s"], "hooks_s": HOOK_SECONDS[0]}))
+    print(json.dumps({"fit_s": summary["wall_time_s"], "hooks_s": HOOK_SECONDS[0],
+                      "hooks_cpu_s": HOOK_SECONDS[1]}))
 
 
 def run_child(side: str, epochs: int, backend: str) -> dict:
@@ -86,16 +90,19 @@ def main() -> None:
                   f"{args.backend}: training time with it / without it, per round",
                   [("round", ""), ("without (s)", ".2f"), ("with (s)", ".2f"),
                    ("with / without", ".3f"), ("in its hooks (s)", ".3f"),
-                   ("hooks / without", ".3f")])
-    ratios, shares = [], []
+                   ("hooks' CPU / without", ".3f"), ("hooks / without", ".3f")])
+    ratios, shares, cpu_shares = [], [], []
     for number in range(1, args.rounds + 1):
         order = ("off", "on") if number % 2 else ("on", "off")
         runs = {side: run_child(side, args.epochs, args.backend) for side in order}
         off, on = runs["off"]["fit_s"], runs["on"]["fit_s"]
         ratios.append(on / off)
         shares.append(runs["on"]["hooks_s"] / off)
-        table.add(str(number), off, on, on / off, runs["on"]["hooks_s"], shares[-1])
-    table.add("median", None, None, statistics.median(ratios), None, statistics.median(shares))
+        cpu_shares.append(runs["on"]["hooks_cpu_s"] / off)
+        table.add(str(number), off, on, on / off, runs["on"]["hooks_s"], cpu_shares[-1],
+                  shares[-1])
+    table.add("median", None, None, statistics.median(ratios), None,
+              statistics.median(cpu_shares), statistics.median(shares))
     table.save()
 
 

@@ -323,3 +323,55 @@ def test_event_checksum_is_crc32c_masked_as_tensorflow_does():
     data = np.random.default_rng(5).integers(0, 256, size=1027, dtype=np.uint8).tobytes()
     for n in (0, 1, 3, 4, 5, 8, 11, 1024, 1027):
         assert masked_crc32c(data[:n]) == bytewise(data[:n]), n
+
+
+def test_every_variable_is_reduced_on_its_own_coordinates(tmp_path):
+    """Variables of several sizes (one over the 4,096-coordinate sample, some of a few
+    coordinates), reduced together in one pass: each one's numbers are NumPy's on its own state."""
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(64, 150)) * (np.arange(150) % 4 > 0)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    model = keras.Sequential([keras.Input((150,)), keras.layers.Dense(40, activation="relu"),
+                              keras.layers.Dense(3)])
+    model.compile(optimizer=adamkit.Adam(learning_rate=0.01),
+                  loss="sparse_categorical_crossentropy")
+    monitor = monitored_fit(model, x, y, tmp_path, every=8, epochs=2, batch_size=16)
+    histograms = read_histograms(tmp_path)
+    for variable in model.trainable_variables:
+        sizes, dominated = step_sizes(model.optimizer, moments(model.optimizer, variable), 8, 0.01)
+        name, sample = variable.path, np.sort(sizes.ravel()[::-(-sizes.size // 4096)])
+        assert monitor.history[f"optimizer/effective_lr/{name}/mean"] == [
+            (8, pytest.approx(sizes.mean(), rel=1e-6))]
+        assert monitor.history[f"optimizer/epsilon_dominated/{name}"] == [
+            (8, pytest.approx(dominated.mean(), rel=1e-6))]
+        for q in (10, 50, 90):
+            [(_, logged)] = monitor.history[f"optimizer/effective_lr/{name}/p{q}"]
+            assert logged == pytest.approx(np.percentile(sample, q), rel=1e-5), (name, q)
+        [(_, histogram)] = histograms[f"optimizer/log10_effective_lr/{name}"]
+        logs = np.log10(sample)
+        assert histogram.num == sum(histogram.bucket) == len(sample), name
+        assert (histogram.min, histogram.max) == (pytest.approx(logs[0], abs=1e-5),
+                                                  pytest.approx(logs[-1], abs=1e-5))
+        limits = np.array(histogram.bucket_limit)
+        expected = np.histogram(logs, bins=[-np.inf, *limits[:-1], np.inf])[0]
+        assert np.abs(np.array(histogram.bucket) - expected).sum() <= 2, name
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's trainer keeps its state outside the variables")
+def test_jax_state_is_read_where_the_trainer_keeps_it(tmp_path, monkeypatch):
+    """Keras copies JAX's training state into the variables once per epoch; the monitor adds no
+    copy of its own (reading ``self.model`` in a callback would add one per snapshot), and its
+    numbers are those of the state it read (the hand computation above checks them)."""
+    x, y = data(n=64)
+    model = linear_model(adamkit.Adam(), steps_per_execution=2)
+    synced = []
+    sync = type(model).jax_state_sync
+
+    def counting(self):
+        synced.append(getattr(self, "_jax_state", None) is not None and not self._jax_state_synced)
+        return sync(self)
+
+    monkeypatch.setattr(type(model), "jax_state_sync", counting)
+    monitor = monitored_fit(model, x, y, tmp_path, every=4, epochs=2, batch_size=8)
+    assert [s for s, _ in monitor.history["optimizer/learning_rate"]] == [4, 8, 12, 16]
+    assert sum(synced) == 2  # the trainer's own, at each epoch's end
