@@ -4,6 +4,8 @@ compressed state and the launch grouping have their own tests in test_fused.py.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -287,6 +289,22 @@ def test_host_scalar_table_is_the_ops_table_bit_for_bit(make, steps, rng):
     host_rows = host_scalar_table(job.rule, scalars, job.decays)
     assert host_rows.dtype == np.float64
     np.testing.assert_array_equal(host_rows, ops_rows)
+
+
+def test_scalar_tables_take_python_numbers_that_differ_from_the_rows_defaults():
+    """A step's scalar given as a Python number is written into the rows (both tables) unless it
+    is the row's own default, as the rule's ε is: a plain float is not taken for ε."""
+    from adamkit.kernels.scalars import host_scalar_table, scalar_table
+    from adamkit.rule import Scalars
+
+    rule = adamkit.Adam(0.01).rule
+    scalars = Scalars(step_size=0.25, epsilon=rule.epsilon, correction=None, gradient_step=0.5)
+    expected = [1.0, 1.0 - rule.beta_1, 1.0 - rule.beta_2, 0.25, 1.0, rule.epsilon, 0.5]
+    for rows in (host_scalar_table(rule, scalars, [None, None]),
+                 keras.ops.convert_to_numpy(scalar_table(rule, scalars, [None, None], "float64"))):
+        np.testing.assert_array_equal(rows, [expected, expected])
+    other = dataclasses.replace(scalars, epsilon=2e-3)
+    assert host_scalar_table(rule, other, [None])[0, 5] == 2e-3
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")

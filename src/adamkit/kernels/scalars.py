@@ -29,7 +29,7 @@ def scalar_table(rule: Rule, scalars: Scalars, decays: list, dtype: str):
     rows = _defaults(rule, len(decays))
     # Each tensor placed by a column mask, a select each (a stack, tile and concatenation took
     # PyTorch's step ~40% longer).
-    for column, value in _stepwise(scalars, inverse_root):
+    for column, value in _stepwise(rule, scalars, inverse_root):
         value = _as(value, dtype)
         if len(value.shape) == 1:  # one entry per variable
             value = value[:, None]
@@ -49,25 +49,31 @@ def host_scalar_table(rule: Rule, scalars: Scalars, decays: list) -> np.ndarray:
     inverse_root = None if scalars.correction is None else \
         np.asarray(1.0 / np.sqrt(_host(scalars.correction)))  # an array: not a default
     rows = _defaults(rule, len(decays))
-    for column, value in _stepwise(scalars, inverse_root):
+    for column, value in _stepwise(rule, scalars, inverse_root):
         rows[:, column] = _host(value)
     for factor in {id(d): d for d in decays if d is not None}.values():
         rows[[d is factor for d in decays], 0] = _host(factor)
     return rows
 
 
-def _defaults(rule: Rule, count: int) -> np.ndarray:
-    """The rows' step-independent values, in double: a = b = 0 and s = 1 until set."""
+def _default_row(rule: Rule) -> list[float]:
+    """A row's step-independent values, in double: a = b = 0 and s = 1 until set."""
     third = rule.beta_2 if rule.second_moment == "infinity_norm" else 1.0 - rule.beta_2
-    return np.tile([1.0, 1.0 - rule.beta_1, third, 0.0, 1.0, rule.epsilon, 0.0], (count, 1))
+    return [1.0, 1.0 - rule.beta_1, third, 0.0, 1.0, rule.epsilon, 0.0]
 
 
-def _stepwise(scalars: Scalars, inverse_root) -> list:
-    """(column, value) for the columns this step's tensors set; a Python number (ε: the rule's,
-    from its double value) keeps the row's own default."""
+def _defaults(rule: Rule, count: int) -> np.ndarray:
+    return np.tile(_default_row(rule), (count, 1))
+
+
+def _stepwise(rule: Rule, scalars: Scalars, inverse_root) -> list:
+    """(column, value) for the columns this step sets: its tensors, and any Python number other
+    than the row's default (ε as the rule states it stays that double, not a float32 tensor's)."""
+    row = _default_row(rule)
     return [(column, value) for column, value in ((3, scalars.step_size), (4, inverse_root),
                                                   (5, scalars.epsilon), (6, scalars.gradient_step))
-            if value is not None and not isinstance(value, float)]
+            if value is not None and not (isinstance(value, (int, float))
+                                          and float(value) == row[column])]
 
 
 def _host(x) -> np.ndarray:
