@@ -254,6 +254,45 @@ def test_batch_end_callbacks_stay_asynchronous(tmp_path):
     assert callbacks._async_train == keras.src.backend.IS_THREAD_SAFE
 
 
+def test_logged_calls_are_read_and_written_off_the_training_thread(tmp_path, monkeypatch):
+    """Only the snapshots are taken on the thread that trains: reading them, the statistics and
+    the event are the monitor's own thread's work, done in order, and all done when fit returns."""
+    import threading
+
+    from adamkit.tools import monitor as module
+
+    threads, steps = set(), []
+    write_pair = module.OptimizerMonitor._write_pair
+
+    def recorded(self, before, after):
+        threads.add(threading.current_thread().name)
+        write_pair(self, before, after)
+        steps.append(self.history["optimizer/learning_rate"][-1][0])
+
+    monkeypatch.setattr(module.OptimizerMonitor, "_write_pair", recorded)
+    x, y = data(n=64)
+    monitor = monitored_fit(linear_model(adamkit.Adam(0.01)), x, y, tmp_path, every=2, epochs=2,
+                            batch_size=8)
+    assert threads and threading.current_thread().name not in threads
+    assert all(name.startswith("OptimizerMonitor") for name in threads)
+    assert steps == list(range(2, 17, 2))
+    assert [s for s, _ in read_scalars(tmp_path)["optimizer/learning_rate"]] == steps
+    assert monitor._worker is None  # stopped at the end of training
+
+
+def test_an_error_in_the_monitors_thread_is_raised_from_fit(tmp_path, monkeypatch):
+    from adamkit.tools import monitor as module
+
+    def failing(self, before, after):
+        raise RuntimeError("statistics failed")
+
+    monkeypatch.setattr(module.OptimizerMonitor, "_write_pair", failing)
+    x, y = data(n=32)
+    with pytest.raises(RuntimeError, match="statistics failed"):
+        monitored_fit(linear_model(adamkit.Adam(0.01)), x, y, tmp_path, every=2, epochs=1,
+                      batch_size=8)
+
+
 def test_learning_rate_is_the_one_the_call_used(tmp_path):
     """A callback that changes the learning rate at the end of an epoch, before the monitor logs
     the epoch's last call: the logged rate is still the one that call trained with."""

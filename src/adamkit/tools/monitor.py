@@ -51,9 +51,11 @@ statistic of every variable in one call (float32 elementwise, sums in float64), 
 goes to the file as one record. One function for both snapshots means one trace;
 the reductions stay on the host because tracing them costs more than the monitor's whole budget
 in a short run (0.5 s on the tutorial's model on TensorFlow, against about 0.05 s for the
-snapshot). On JAX, whose dispatch is asynchronous, the snapshot after a call is read only once it
-is ready (at a later call's start, or at the epoch's end), so that the host never waits for the
-device on the monitor's account.
+snapshot). Only the snapshots are taken on the training thread: reading them to the host, the
+statistics and the event are the work of one thread of the monitor's own, while the next calls
+train (a training thread waiting for a TensorFlow call leaves a core free; on JAX, whose
+dispatch is asynchronous, it is that thread, not the training's, that waits for a snapshot to
+be ready). The epoch's end waits for it, so each epoch's events are written by then.
 
 The event files are written with TensorBoard's own record format and protocol buffers (the
 ``tensorboard`` package, ``pip install adamkit[monitor]``), without TensorFlow, so the monitor
@@ -62,6 +64,7 @@ works on every backend.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import socket
@@ -535,16 +538,6 @@ def _skipped(optimizer):
     return keras.ops.zeros((), "int32") if skipped is None else keras.ops.cast(skipped, "int32")
 
 
-def _ready(value) -> bool:
-    """Whether ``value`` (a tensor or a list of them) can be read without waiting: a JAX array may
-    still be computing (its dispatch is asynchronous); TensorFlow's and PyTorch's eager tensors
-    on a CPU are done."""
-    if isinstance(value, list):
-        return all(_ready(item) for item in value)
-    is_ready = getattr(value, "is_ready", None)
-    return is_ready is None or bool(is_ready())
-
-
 def _synced(model: keras.Model) -> None:
     """Brings JAX's training state into the model's variables (Keras's callbacks do it when they
     read ``self.model``; the trainer takes it back out before its next call)."""
@@ -872,7 +865,8 @@ class OptimizerMonitor(keras.callbacks.Callback):
         self._writer: EventWriter | None = None
         self._start = 0
         self._before: dict[str, Any] | None = None
-        self._pending: list[tuple[dict[str, Any], tuple]] = []
+        self._pending: list[concurrent.futures.Future] = []  # logged calls being written
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._probe: _Probe | None = None
         _protos()  # imported here, before training, not in the first epoch
         _bit_terms(8 * 8192)  # and the checksum's terms computed for events of up to 8 kB
@@ -911,7 +905,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._finish()  # the state now is the state after the previous call
-        self._write_ready()
+        self._written(wait=False)
         steps = getattr(self._model, "steps_per_execution", 1) or 1
         if not self._logs_call(batch, batch + steps - 1):
             return
@@ -929,22 +923,25 @@ class OptimizerMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._finish()
-        self._write_ready(wait=True)
+        self._written(wait=True)
 
     def _finish(self) -> None:
         """Takes the snapshot after the call that the snapshot before was taken for, once that
-        call is over; it is read later (``_write_ready``)."""
+        call is over, and hands the pair to the monitor's thread to be read and logged."""
         if self._before is None:
             return
         before, self._before = self._before, None
-        self._pending.append((before, before["probe"].snapshot(self._unsynced)))
+        after = before["probe"].snapshot(self._unsynced)
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="OptimizerMonitor")  # one thread: the events stay in order
+        self._pending.append(self._worker.submit(self._write_pair, before, after))
 
-    def _write_ready(self, wait: bool = False) -> None:
-        """Logs the snapshots taken whose values are ready (all of them if ``wait``): on JAX the
-        snapshot after a call is computed after that call, and reading it at once would make the
-        host wait for the call instead of preparing the next one."""
-        while self._pending and (wait or _ready(self._pending[0][1][2])):
-            self._write_pair(*self._pending.pop(0))
+    def _written(self, wait: bool) -> None:
+        """Forgets the logged calls whose events are written (waits for all if ``wait``),
+        raising here any error their writing met."""
+        while self._pending and (wait or self._pending[0].done()):
+            self._pending.pop(0).result()
 
     def _write_pair(self, before: Mapping[str, Any], after: tuple) -> None:
         """Logs one call of the train function from its snapshots before and after it."""
@@ -975,12 +972,21 @@ class OptimizerMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._finish()
-        self._write_ready(wait=True)
+        self._stop_worker()
         if self._writer is not None:
             self._writer.flush()
 
+    def _stop_worker(self) -> None:
+        try:
+            self._written(wait=True)
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown()
+                self._worker = None
+
     def close(self) -> None:
         """Closes the event file (a later ``fit`` opens a new one)."""
+        self._stop_worker()  # after a fit that stopped early, without ``on_train_end``
         if self._writer is not None:
             self._writer.close()
             self._writer = None
