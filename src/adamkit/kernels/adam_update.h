@@ -275,8 +275,9 @@ void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
 // The same encoder eight values at a time (AVX2, where -march=native has it): the decade is the
 // count of thresholds at or above a, and its constants are looked up with one permute each (the
 // tables have eight entries: one vector) instead of the scalar code's chain of 21 selects. The
-// same float32 operations in the same order as EncodeBlock, so the same codes, bit for bit. The
-// whole 8-bit step: 1.35× faster (27 against 37 ms of CPU time for 10M parameters, one thread).
+// same float32 operations in the same order as EncodeBlock, so the same codes, bit for bit. Where
+// there is AVX2 but not AVX-512, the whole 8-bit step: 1.3× faster than with EncodeBlock (35
+// against 46 ms, medians of the step for 10M parameters on one thread of a Zen 4, -mno-avx512f).
 struct MapVectors {
   __m256 threshold[kDecades - 1], floor, spacing, count, max_index;
   explicit MapVectors(const CodecTable& c)
@@ -349,10 +350,215 @@ void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVec
 
 #endif
 
-// A map's encoder: the vectorised one where there is AVX2, else EncodeBlock.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#define ADAMKIT_CODEC_AVX512 1
+// The encoder sixteen values at a time (AVX-512). The decade comes from a's binary exponent: an
+// octave [2^k, 2^(k+1)) holds at most one power of ten, so a 32-entry table by exponent gives the
+// thresholds above the octave (``above``) and the one inside it, if any (``inside``, else −1):
+// decade = above + (a ≤ inside), the same count as EncodeBlock's seven compares. The exponent is
+// clamped to the 32 octaves [2^-31, 2) that the thresholds (10^-1 … 10^-7) need; below them every
+// threshold counts, above them (a > 1, inf, NaN) none. Then the same float32 operations as
+// EncodeBlock, bit for bit: dither·2^-24 is exact, so fma(q, 2^-24, position) is its add, and
+// count − 1 + floor(…) is exact in float32 (floor(…) ≥ 0, and past 2^24 both sides clamp).
+constexpr int kLowestExponent = 127 - 31;  // of 2^-31: the table's slot is the exponent mod 32
+
+struct MapVectors16 {
+  __m512 inside_lo, inside_hi, floor, spacing, count_less_1, max_index;
+  __m512i above_lo, above_hi;
+  explicit MapVectors16(const CodecTable& c) : max_index(_mm512_set1_ps(c.max_index)) {
+    alignas(64) float inside[32], floors[16] = {}, spacings[16] = {}, counts[16] = {};
+    alignas(64) int32_t above[32];
+    for (int slot = 0; slot < 32; ++slot) {
+      const int exponent = kLowestExponent + slot;
+      const float bottom = std::ldexp(1.0f, exponent - 127), top = 2.0f * bottom;
+      above[slot] = 0;
+      inside[slot] = -1.0f;
+      for (int e = 0; e < kDecades - 1; ++e) {
+        above[slot] += c.threshold[e] >= top;
+        if (c.threshold[e] >= bottom && c.threshold[e] < top) inside[slot] = c.threshold[e];
+      }
+    }
+    for (int e = 0; e < kDecades; ++e) {
+      floors[e] = c.floor[e];
+      spacings[e] = c.spacing[e];
+      counts[e] = c.count[e] - 1.0f;
+    }
+    inside_lo = _mm512_load_ps(inside);
+    inside_hi = _mm512_load_ps(inside + 16);
+    above_lo = _mm512_load_si512(above);
+    above_hi = _mm512_load_si512(above + 16);
+    floor = _mm512_load_ps(floors);
+    spacing = _mm512_load_ps(spacings);
+    count_less_1 = _mm512_load_ps(counts);
+  }
+};
+
+// Sixteen values → sixteen codes (as int32), ``dither`` holding their dither (before the 2^-24).
+template <bool kSigned>
+inline __m512i Encode16(__m512 x, __m512 divisor, const MapVectors16& t, __m512 dither) {
+  const __m512 normalised = _mm512_div_ps(x, divisor);
+  const __m512 a = _mm512_abs_ps(normalised);
+  __m512i slot = _mm512_srli_epi32(_mm512_castps_si512(a), 23);
+  slot = _mm512_min_epi32(_mm512_max_epi32(slot, _mm512_set1_epi32(kLowestExponent)),
+                          _mm512_set1_epi32(kLowestExponent + 31));
+  const __m512 inside = _mm512_permutex2var_ps(t.inside_lo, slot, t.inside_hi);
+  const __m512i above = _mm512_permutex2var_epi32(t.above_lo, slot, t.above_hi);
+  const __mmask16 below = _mm512_cmp_ps_mask(a, inside, _CMP_LE_OQ);
+  const __m512i decade = _mm512_mask_add_epi32(above, below, above, _mm512_set1_epi32(1));
+  const __m512 low = _mm512_permutexvar_ps(decade, t.floor);
+  const __m512 gap = _mm512_permutexvar_ps(decade, t.spacing);
+  const __m512 points_less_1 = _mm512_permutexvar_ps(decade, t.count_less_1);
+  const __m512 position = _mm512_div_ps(_mm512_sub_ps(a, low), gap);
+  const __m512 up = _mm512_floor_ps(_mm512_fmadd_ps(dither, _mm512_set1_ps(0x1p-24f), position));
+  __m512 index = _mm512_min_ps(
+      _mm512_max_ps(_mm512_add_ps(points_less_1, up), _mm512_setzero_ps()), t.max_index);
+  if (kSigned) {  // the value's sign on the (non-negative) index: (normalised & −0) | index
+    index = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+        _mm512_castps_si512(normalised), _mm512_set1_epi32(INT32_MIN), _mm512_castps_si512(index),
+        0xEA));
+  } else {
+    index = _mm512_sub_ps(index, _mm512_set1_ps(128.0f));
+  }
+  return _mm512_cvttps_epi32(index);
+}
+
+// The block's absmax, as EncodeBlock takes it (an integer max over the bits with the sign
+// cleared), written to ``absmax_out``; returns the divisor, broadcast.
+inline __m512 Divisor16(const float* x, float* absmax_out) {
+  const __m512i magnitude = _mm512_set1_epi32(INT32_MAX);
+  __m512i top = _mm512_setzero_si512();
+  for (int j = 0; j < kBlock; j += 16) {
+    top = _mm512_max_epi32(top, _mm512_and_si512(_mm512_loadu_si512(x + j), magnitude));
+  }
+  const int32_t bits = _mm512_reduce_max_epi32(top);
+  float absmax;
+  std::memcpy(&absmax, &bits, sizeof absmax);
+  *absmax_out = absmax;
+  return _mm512_set1_ps(absmax > 0.0f ? absmax : 1.0f);
+}
+
+// The dither words of positions first_position … + 15, and the step to the next sixteen.
+inline __m512i DitherWords16(uint32_t first_position, uint32_t step_mix) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  return _mm512_add_epi32(
+      _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(first_position), lanes),
+                         _mm512_set1_epi32(kPositionMultiplier)),
+      _mm512_set1_epi32(step_mix));
+}
+constexpr uint32_t kDitherStride16 = 16u * kPositionMultiplier;
+
+inline __m512 Dither16(__m512i mixed) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(mixed, 8)); }
+
+// Sixty-four codes (four vectors of int32) stored as bytes. The packs work within 128-bit lanes:
+// dword k of their result holds codes 4·(k mod 4) + k / 4 of each sixteen; a permute reorders.
+inline void Store64(int8_t* codes, const __m512i c[4]) {
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(c[0], c[1]),
+                                           _mm512_packs_epi32(c[2], c[3]));
+  _mm512_storeu_si512(codes, _mm512_permutexvar_epi32(order, bytes));
+}
+
+template <bool kSigned>
+void EncodeBlock16(const float* x, int8_t* codes, float* absmax_out, const MapVectors16& t,
+                   uint32_t first_position, uint32_t step_mix) {
+  const __m512 divisor = Divisor16(x, absmax_out);
+  __m512i mixed = DitherWords16(first_position, step_mix);
+  for (int j = 0; j < kBlock; j += 64) {
+    __m512i c[4];
+    for (int q = 0; q < 4; ++q) {
+      c[q] = Encode16<kSigned>(_mm512_loadu_ps(x + j + 16 * q), divisor, t, Dither16(mixed));
+      mixed = _mm512_add_epi32(mixed, _mm512_set1_epi32(kDitherStride16));
+    }
+    Store64(codes + j, c);
+  }
+}
+
+// A block of m (signed map) and the same block of v (unsigned map) at once: they share the
+// dither, and two independent chains keep more of the core busy (the step: about 5% less time).
+inline void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
+                            float* m_absmax, float* v_absmax, const MapVectors16& signed_map,
+                            const MapVectors16& unsigned_map, uint32_t first_position,
+                            uint32_t step_mix) {
+  const __m512 m_divisor = Divisor16(m, m_absmax), v_divisor = Divisor16(v, v_absmax);
+  __m512i mixed = DitherWords16(first_position, step_mix);
+  for (int j = 0; j < kBlock; j += 64) {
+    __m512i cm[4], cv[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m512 dither = Dither16(mixed);
+      cm[q] = Encode16<true>(_mm512_loadu_ps(m + j + 16 * q), m_divisor, signed_map, dither);
+      cv[q] = Encode16<false>(_mm512_loadu_ps(v + j + 16 * q), v_divisor, unsigned_map, dither);
+      mixed = _mm512_add_epi32(mixed, _mm512_set1_epi32(kDitherStride16));
+    }
+    Store64(m_codes + j, cm);
+    Store64(v_codes + j, cv);
+  }
+}
+
+// Decoding is a 256-entry lookup: the table's floats as four byte planes, each looked up with
+// two 128-entry byte permutes (VBMI; the code's low seven bits, its sign bit picks which) and the
+// bytes interleaved back into floats. The step with it against the plain loop (which GCC turns
+// into an emulated gather): 14.5 against 19.6 ms for 10M parameters; vgatherdps and eight
+// 32-entry vpermi2ps with blends measured slower than this too.
+struct DecodePlanes {
+  __m512i plane[4][4];  // byte b of entries [0, 64), [64, 128), [128, 192), [192, 256)
+  explicit DecodePlanes(const float* decode) {
+    alignas(64) uint8_t bytes[4][256];
+    for (int i = 0; i < 256; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, decode + i, sizeof bits);
+      for (int b = 0; b < 4; ++b) bytes[b][i] = static_cast<uint8_t>(bits >> (8 * b));
+    }
+    for (int b = 0; b < 4; ++b) {
+      for (int q = 0; q < 4; ++q) plane[b][q] = _mm512_load_si512(bytes[b] + 64 * q);
+    }
+  }
+};
+
+inline void DecodeBlock64(const DecodePlanes& t, const int8_t* codes, float absmax, float* out) {
+  // The unpacks below interleave within 128-bit lanes: byte 16l + 4q + i must hold code
+  // 16q + 4l + i for float vector q to come out in order.
+  alignas(64) static constexpr uint8_t kOrder[64] = {
+      0,  1,  2,  3,  16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51,
+      4,  5,  6,  7,  20, 21, 22, 23, 36, 37, 38, 39, 52, 53, 54, 55,
+      8,  9,  10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59,
+      12, 13, 14, 15, 28, 29, 30, 31, 44, 45, 46, 47, 60, 61, 62, 63};
+  const __m512i c = _mm512_permutexvar_epi8(_mm512_load_si512(kOrder), _mm512_loadu_si512(codes));
+  const __mmask64 negative = _mm512_movepi8_mask(c);  // code + 128 < 128: the table's first half
+  __m512i p[4];
+  for (int b = 0; b < 4; ++b) {
+    const __m512i first = _mm512_permutex2var_epi8(t.plane[b][0], c, t.plane[b][1]);
+    const __m512i second = _mm512_permutex2var_epi8(t.plane[b][2], c, t.plane[b][3]);
+    p[b] = _mm512_mask_blend_epi8(negative, second, first);
+  }
+  const __m512i w01lo = _mm512_unpacklo_epi8(p[0], p[1]), w01hi = _mm512_unpackhi_epi8(p[0], p[1]);
+  const __m512i w23lo = _mm512_unpacklo_epi8(p[2], p[3]), w23hi = _mm512_unpackhi_epi8(p[2], p[3]);
+  const __m512i f[4] = {_mm512_unpacklo_epi16(w01lo, w23lo), _mm512_unpackhi_epi16(w01lo, w23lo),
+                        _mm512_unpacklo_epi16(w01hi, w23hi), _mm512_unpackhi_epi16(w01hi, w23hi)};
+  const __m512 scale = _mm512_set1_ps(absmax);
+  for (int q = 0; q < 4; ++q) {
+    _mm512_storeu_ps(out + 16 * q, _mm512_mul_ps(_mm512_castsi512_ps(f[q]), scale));
+  }
+}
+
+#endif
+
+// A map's encoder and decoder: the AVX-512 ones where there is AVX-512 (with VBMI's byte
+// permutes), else the AVX2 encoder and a plain lookup, else EncodeBlock.
 struct BlockCodec {
   CodecTable table;
-#if defined(__AVX2__)
+#if defined(ADAMKIT_CODEC_AVX512)
+  MapVectors16 vectors;
+  DecodePlanes planes;
+  explicit BlockCodec(const CodecTable& c) : table(c), vectors(c), planes(c.decode) {}
+  template <bool kSigned>
+  void Encode(const float* x, int8_t* codes, float* absmax, uint32_t position,
+              uint32_t step_mix) const {
+    EncodeBlock16<kSigned>(x, codes, absmax, vectors, position, step_mix);
+  }
+  void Decode(const int8_t* codes, float absmax, float* out) const {
+    for (int j = 0; j < kBlock; j += 64) DecodeBlock64(planes, codes + j, absmax, out + j);
+  }
+#elif defined(__AVX2__)
   MapVectors vectors;
   explicit BlockCodec(const CodecTable& c) : table(c), vectors(c) {}
   template <bool kSigned>
@@ -368,11 +574,26 @@ struct BlockCodec {
     EncodeBlock<kSigned>(x, codes, absmax, table, position, step_mix);
   }
 #endif
+#if !defined(ADAMKIT_CODEC_AVX512)
   // A gather (AVX2's vgatherdps) decodes no faster than this loop: measured 0.8–1.0× on Zen 3.
   void Decode(const int8_t* codes, float absmax, float* out) const {
     for (int j = 0; j < kBlock; ++j) out[j] = table.decode[codes[j] + 128] * absmax;
   }
+#endif
 };
+
+// A block of m (``signed_codec``) and of v (``unsigned_codec``), at position ``position``.
+inline void EncodeMoments(const BlockCodec& signed_codec, const BlockCodec& unsigned_codec,
+                          const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
+                          float* m_absmax, float* v_absmax, uint32_t position, uint32_t step_mix) {
+#if defined(ADAMKIT_CODEC_AVX512)
+  EncodeMoments16(m, v, m_codes, v_codes, m_absmax, v_absmax, signed_codec.vectors,
+                  unsigned_codec.vectors, position, step_mix);
+#else
+  signed_codec.Encode<true>(m, m_codes, m_absmax, position, step_mix);
+  unsigned_codec.Encode<false>(v, v_codes, v_absmax, position, step_mix);
+#endif
+}
 
 // Everything one 8-bit step needs; state s = 0 (m), 1 (v), 2 (v̂max).
 struct Adam8bitStep {
@@ -418,8 +639,8 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
     }
     for (int j = n; j < kBlock; ++j) m[j] = v[j] = h[j] = 0.0f;  // the padding, as quantize's
     const uint32_t position = static_cast<uint32_t>(first);
-    signed_codec.Encode<true>(m, p.codes[0] + first, p.absmax[0] + b, position, p.step_mix);
-    unsigned_codec.Encode<false>(v, p.codes[1] + first, p.absmax[1] + b, position, p.step_mix);
+    EncodeMoments(signed_codec, unsigned_codec, m, v, p.codes[0] + first, p.codes[1] + first,
+                  p.absmax[0] + b, p.absmax[1] + b, position, p.step_mix);
     if (kAmsgrad) {
       unsigned_codec.Encode<false>(h, p.codes[2] + first, p.absmax[2] + b, position, p.step_mix);
     }
