@@ -1,16 +1,22 @@
-"""The optimizer monitor's cost: ``adamkit train`` with and without ``--tensorboard``.
+"""The optimizer monitor's cost: epochs of ``adamkit train`` with and without ``--tensorboard``.
 
-    python benchmarks/monitor_overhead.py [--rounds 5] [--epochs 1] [--backend tensorflow]
+    python benchmarks/monitor_overhead.py [--backends tensorflow jax torch] [--rounds 8]
 
-Each round runs ``adamkit train --epochs E`` twice in fresh processes, without the monitor and
-with it (``--tensorboard DIR``, ``every=100``), alternating which goes first. The times compared
-are each run's training wall time from its ``run.json`` (``model.fit``: training and validation,
-not the start-up, data loading or plots). In the runs with the monitor, the seconds spent inside
-the monitor's own hooks are also summed (the hook methods are wrapped with a timer in the child
-process), which isolates its cost from the noise of a shared machine; and the CPU time of the
-thread that ran them over the same time (less than the wall time where the hooks waited for a
-core that the backend's own threads, training on, held). Prints a row per round and the median;
-writes ``benchmarks/results/monitor_overhead_<backend>_epochs<E>.json``.
+One process per backend builds ``adamkit train``'s model, data and optimizer (its own functions,
+its defaults: the tutorial's MLP, batch 32, MNIST's 60,000 images) and trains it epoch after
+epoch, as ``adamkit train`` does, each epoch one ``model.fit`` with validation: without the
+monitor and with it (``every=100``, one ``OptimizerMonitor`` serving every epoch, as in a run),
+alternating which goes first in each round. Two warm-up epochs (one of each) come first, so that
+no round pays a compilation or the monitor's first tracing. Per epoch it records:
+
+- the wall time of the epoch (training and validation);
+- the process's CPU time over it (every thread's: the backend's, and any the monitor uses);
+- with the monitor, the wall time inside the monitor's own hooks (its hook methods wrapped with a
+  timer), an upper bound of what it adds where nothing overlaps its work.
+
+Taking turns in one process cancels what separate processes differ by (start-up, memory layout,
+the machine's load drifting over a minute); the figure is the median of the rounds' ratios.
+Writes ``benchmarks/results/monitor_overhead_<backend>.json``.
 """
 
 from __future__ import annotations
@@ -24,86 +30,99 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from results import Table
 
-HOOK_SECONDS = [0.0, 0.0]  # wall time, and the CPU time of the thread running the hooks
+HOOK_SECONDS = [0.0]
 
 
 def _timed(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        start, cpu = time.perf_counter(), time.thread_time()
+        start = time.perf_counter()
         try:
             return method(*args, **kwargs)
         finally:
             HOOK_SECONDS[0] += time.perf_counter() - start
-            HOOK_SECONDS[1] += time.thread_time() - cpu
     return wrapper
 
 
-def child(args: argparse.Namespace) -> None:
-    """One ``adamkit train`` in this process; prints its timings as JSON on the last line."""
-    from adamkit.cli import main
+def child(rounds: int) -> None:
+    """Runs the epochs in this process; prints one JSON line per epoch."""
     from adamkit.tools import monitor
+    from adamkit.train import TrainSettings, fit, load_data, start_position
+    from adamkit.train.job import compiled_model, seed_everything
 
     # only the hooks the class itself defines: wrapping an inherited no-op would change how Keras
     # dispatches the callbacks (a defined on_train_batch_end turns off its asynchronous dispatch)
     for name, value in list(vars(monitor.OptimizerMonitor).items()):
         if name.startswith("on_") and callable(value):
             setattr(monitor.OptimizerMonitor, name, _timed(value))
-    out = Path(args.out)
-    argv = ["train", "--epochs", str(args.epochs), "--out", str(out / "run")]
-    if args.child == "on":
-        argv += ["--tensorboard", str(out / "tb")]
-    if main(argv) != 0:
-        raise SystemExit("adamkit train failed")
-    summary = json.loads((out / "run" / "run.json").read_text())
-    print(json.dumps({"fit_s": summary["wall_time_s"], "hooks_s": HOOK_SECONDS[0],
-                      "hooks_cpu_s": HOOK_SECONDS[1]}))
+    settings = TrainSettings(epochs=1)
+    seed_everything(settings)
+    train_data, validation_data = load_data(settings, log=lambda *_: None)
+    model, _, _ = compiled_model(settings, len(train_data[0]), log=lambda *_: None)
+    position = start_position(model, settings, log=lambda *_: None)
+    with tempfile.TemporaryDirectory() as log_dir:
+        watcher = monitor.OptimizerMonitor(log_dir, every=100)
+
+        def epoch(side: str) -> dict:
+            HOOK_SECONDS[0] = 0.0
+            start, cpu = time.perf_counter(), time.process_time()
+            fit(model, settings, train_data, validation_data, position, log=lambda *_: None,
+                extra_callbacks=[watcher] if side == "on" else [], verbose=0)
+            return {"side": side, "wall_s": time.perf_counter() - start,
+                    "cpu_s": time.process_time() - cpu, "hooks_s": HOOK_SECONDS[0]}
+
+        epoch("off"), epoch("on")  # warm-up: compilation, the monitor's first trace
+        for number in range(rounds):
+            for side in (("off", "on") if number % 2 == 0 else ("on", "off")):
+                print(json.dumps(epoch(side)), flush=True)
+        watcher.close()
 
 
-def run_child(side: str, epochs: int, backend: str) -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, __file__, "--child", side, "--epochs", str(epochs),
-                   "--out", out]
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"{side} run failed:\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+def measure(backend: str, rounds: int) -> list[dict]:
+    command = [sys.executable, __file__, "--child", "--rounds", str(rounds)]
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{backend} failed:\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def report(backend: str, epochs: list[dict]) -> None:
+    table = Table(f"monitor_overhead_{backend}",
+                  f"The optimizer monitor (every=100) on `adamkit train`'s epochs, {backend}: "
+                  "epoch time with it / without it, taking turns in one process",
+                  [("round", ""), ("without (s)", ".3f"), ("with (s)", ".3f"),
+                   ("with / without", ".3f"), ("CPU with / without", ".3f"),
+                   ("in its hooks (s)", ".3f"), ("hooks / without", ".3f")])
+    offs = [e for e in epochs if e["side"] == "off"]
+    ons = [e for e in epochs if e["side"] == "on"]
+    ratios, cpu_ratios, shares = [], [], []
+    for number, (off, on) in enumerate(zip(offs, ons), 1):
+        ratios.append(on["wall_s"] / off["wall_s"])
+        cpu_ratios.append(on["cpu_s"] / off["cpu_s"])
+        shares.append(on["hooks_s"] / off["wall_s"])
+        table.add(str(number), off["wall_s"], on["wall_s"], ratios[-1], cpu_ratios[-1],
+                  on["hooks_s"], shares[-1])
+    table.add("median", statistics.median(e["wall_s"] for e in offs),
+              statistics.median(e["wall_s"] for e in ons), statistics.median(ratios),
+              statistics.median(cpu_ratios), None, statistics.median(shares))
+    table.save()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--backend", default="tensorflow")
-    parser.add_argument("--child", choices=("on", "off"), help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args)
-    table = Table(f"monitor_overhead_{args.backend}_epochs{args.epochs}",
-                  f"The optimizer monitor (every=100) on `adamkit train --epochs {args.epochs}`, "
-                  f"{args.backend}: training time with it / without it, per round",
-                  [("round", ""), ("without (s)", ".2f"), ("with (s)", ".2f"),
-                   ("with / without", ".3f"), ("in its hooks (s)", ".3f"),
-                   ("hooks' CPU / without", ".3f"), ("hooks / without", ".3f")])
-    ratios, shares, cpu_shares = [], [], []
-    for number in range(1, args.rounds + 1):
-        order = ("off", "on") if number % 2 else ("on", "off")
-        runs = {side: run_child(side, args.epochs, args.backend) for side in order}
-        off, on = runs["off"]["fit_s"], runs["on"]["fit_s"]
-        ratios.append(on / off)
-        shares.append(runs["on"]["hooks_s"] / off)
-        cpu_shares.append(runs["on"]["hooks_cpu_s"] / off)
-        table.add(str(number), off, on, on / off, runs["on"]["hooks_s"], cpu_shares[-1],
-                  shares[-1])
-    table.add("median", None, None, statistics.median(ratios), None,
-              statistics.median(cpu_shares), statistics.median(shares))
-    table.save()
+        return child(args.rounds)
+    for backend in args.backends:
+        print(f"== {backend}", flush=True)
+        report(backend, measure(backend, args.rounds))
 
 
 if __name__ == "__main__":

@@ -41,21 +41,21 @@ bfloat16 state the recovered gradient carries the rounding of the stored moments
 Per logged call of the train function the device takes a snapshot twice, before the call and
 after it: one compiled function (``tf.function`` on TensorFlow, eager on PyTorch) copies the
 weights and the decoded state into one new vector, read to the host in one go (not a read per
-tensor); on JAX the arrays are copied as they are (``jax.device_put``), with nothing to compile,
-unless int8 state must be decoded (then ``jax.jit``), and before the call only the weights and
-the first moment, all that the differences need. Between its calls JAX's trainer keeps the
-training state outside the variables; the monitor copies it from there, rather than have Keras
-put it into every variable (as reading ``self.model`` in a callback does) for the trainer to
-gather it again before its next call. NumPy takes the differences and reduces them, each
-statistic of every variable in one call (float32 elementwise, sums in float64), and the event
-goes to the file as one record. One function for both snapshots means one trace;
-the reductions stay on the host because tracing them costs more than the monitor's whole budget
-in a short run (0.5 s on the tutorial's model on TensorFlow, against about 0.05 s for the
-snapshot). Only the snapshots are taken on the training thread: reading them to the host, the
-statistics and the event are the work of one thread of the monitor's own, while the next calls
-train (a training thread waiting for a TensorFlow call leaves a core free; on JAX, whose
-dispatch is asynchronous, it is that thread, not the training's, that waits for a snapshot to
-be ready). The epoch's end waits for it, so each epoch's events are written by then.
+tensor); on JAX the arrays are copied as they are (one ``jax.jit`` copy, dispatched without
+waiting for the train call that computes them), decoded first where the state is int8, and before
+the call only the weights and the first moment, all that the differences need. Between its calls
+JAX's trainer keeps the training state outside the variables; the monitor copies it from there,
+rather than have Keras put it into every variable (as reading ``self.model`` in a callback does)
+for the trainer to gather it again before its next call. NumPy takes the differences and reduces
+them, each statistic of every variable in one call (float32 elementwise, sums in float64), and
+the event goes to the file as one record. One function for both snapshots means one trace; the
+reductions stay on the host because tracing them costs more than the monitor's whole budget in a
+short run (0.5 s on the tutorial's model on TensorFlow, against about 0.05 s for the snapshot).
+Only the snapshots are taken on the training thread: reading them to the host, the statistics and
+the event are the work of one thread of the monitor's own, while the next calls train (a training
+thread waiting for a TensorFlow call leaves a core free; on JAX, whose dispatch is asynchronous,
+it is that thread, not the training's, that waits for a snapshot to be ready). The epoch's end
+waits for it, so each epoch's events are written by then.
 
 The event files are written with TensorBoard's own record format and protocol buffers (the
 ``tensorboard`` package, ``pip install adamkit[monitor]``), without TensorFlow, so the monitor
@@ -65,6 +65,7 @@ works on every backend.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import math
 import os
 import socket
@@ -549,7 +550,7 @@ def _copyable(optimizer, variables, stateful, names) -> list | None:
     """On JAX, where no state needs decoding by computation (no int8 codes): the Keras variables
     a snapshot holds, in its order (the weights, then each of ``names`` for every variable in
     ``stateful``), with the step count, α (where it is a variable) and the skipped steps last.
-    JAX copies their arrays as they are, without a compiled function to trace. None elsewhere."""
+    JAX copies their arrays as they are (``_copies``), with nothing to decode. None elsewhere."""
     if keras.backend.backend() != "jax":
         return None
     stored = [_stored_state(optimizer, variables[i]) for i in stateful]
@@ -563,6 +564,16 @@ def _copyable(optimizer, variables, stateful, names) -> list | None:
         optimizer, "skip_nonfinite", False) else None
     return [*variables, *(getattr(slot, "variable", slot) for slot in slots), optimizer.iterations,
             rate if isinstance(rate, keras.Variable) else None, skipped]
+
+
+@functools.cache
+def _copies():
+    """JAX: a compiled function returning new buffers holding its arguments' values. Dispatched
+    asynchronously, it queues behind the train call that computes them; ``jax.device_put`` of
+    the same arrays took three times as long on the training thread during ``fit``."""
+    import jax
+
+    return jax.jit(lambda arrays: [array.copy() for array in arrays])
 
 
 class _Live:
@@ -653,8 +664,8 @@ class _Probe:
     overwrite), called before a logged call of the train function and again after it; the host
     reads each snapshot at once (not a read per tensor) and takes the differences itself. On
     JAX, without int8 state, the snapshot is a copy of each array instead (``_copyable``):
-    nothing to compile, and before the call only what the differences need (the weights and
-    the first moment)."""
+    nothing to decode or concatenate, and before the call only what the differences need (the
+    weights and the first moment)."""
 
     def __init__(self, model: keras.Model) -> None:
         self.variables = list(model.trainable_variables)
@@ -710,11 +721,9 @@ class _Probe:
             self._copied[key] = None if variables is None else _Live(model, variables)
         live = self._copied[key]
         if live is not None:
-            import jax
-
             # new buffers, not the ones the next train call donates (and so deletes)
             found = live.values(model)
-            arrays = jax.device_put([a for a in found if a is not None], may_alias=False)
+            arrays = _copies()([a for a in found if a is not None])
             return layout, names, [None if a is None else arrays.pop(0) for a in found], None
         _synced(model)
         return (layout, layout[1], *self._call(("snapshot", layout), self._snapshot_fn(layout)))
