@@ -116,7 +116,7 @@ def speed_ratio(size: str, ours: str, theirs: str):
 
 def lazy_step(touched: int):
     def figure(result: dict) -> str:
-        _, keras_ms, _, lazy_ms, torch_ms, _ = find_row(result, str(touched))
+        _, keras_ms, _, lazy_ms, torch_ms, *_ = find_row(result, str(touched))
         torch_text = "" if torch_ms is None else f", torch SparseAdam {torch_ms:.3g} ms"
         return f"Keras's Adam {keras_ms:.0f} ms, **adamkit lazy {lazy_ms:.3g} ms**{torch_text}"
     return figure

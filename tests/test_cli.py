@@ -287,6 +287,8 @@ def test_bench_lazy_prints_a_table(tmp_path):
                                 "--rounds 2")
     assert saved["machine"]["cpu"] and saved["machine"]["libraries"]["keras"]
     assert [r[0] for r in saved["rows"]] == [10, 1000] and saved["rows"][0][3] > 0
+    # the lazy step's time per step with 32 a call, and a call that does next to nothing
+    assert all(row[6] > 0 and row[7] > 0 for row in saved["rows"])
     assert (tmp_path / "bench_lazy.png").read_bytes()[:4] == b"\x89PNG"
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["10", "1,000"]

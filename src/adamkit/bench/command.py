@@ -19,7 +19,10 @@ table and a sparse gradient (IndexedSlices) touching k rows; each optimizer's st
 ``tf.function`` (the ``model.fit`` path), warmed up, median of repeats: ``keras.optimizers.Adam``
 (decays every row), ``adamkit.Adam`` (dense, the default), ``adamkit.Adam(lazy=True,
 epsilon_mode="keras")`` (ε added to √v as torch.optim.SparseAdam adds it, so that both compute the
-same update), and ``torch.optim.SparseAdam`` (if torch is installed).
+same update), and ``torch.optim.SparseAdam`` (if torch is installed). Two more columns say what a
+``tf.function`` step costs apart from its work: the lazy step run 32 times per call (as
+``model.fit`` runs it with ``steps_per_execution=32``), per step, and a call of a ``tf.function``
+that only adds 1 to a variable, the least any step called once per call can take.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from adamkit.bench.stream import stream_step
 from adamkit.bench.timing import compiled_apply, median_seconds, parameter_shapes
 
 DIM = 64  # the embedding table's width in ``lazy``
+CALL_STEPS = 32  # ``lazy``'s steps per tf.function call in its column of steps run together
 LIMIT = "bandwidth limit (best of stream, torch fused)"
 
 
@@ -111,7 +115,7 @@ def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: 
     log(f"table {rows:,} x {DIM} float32; step time in ms (median over {rounds} rounds of the "
         f"median of {repeats}), TensorFlow tf.function")
     log(f"{'rows touched':>12} {'keras Adam':>11} {'adamkit':>9} {'adamkit lazy':>13} "
-        f"{'torch SparseAdam':>17} {'keras/lazy':>11}")
+        f"{'torch SparseAdam':>17} {'lazy, 32/call':>13} {'empty call':>10} {'keras/lazy':>11}")
     results = []
     for k in touched:
         indices = rng.integers(0, rows, size=k).astype(np.int32)
@@ -123,14 +127,21 @@ def lazy(rows: int = 1_000_000, touched=(100, 1_000, 10_000, 100_000), repeats: 
                  for name, optimizer in optimizers}
         if torch:
             steps["torch"] = torch_sparse_step(rows, indices, values)
+        steps["lazy, per step of 32"] = compiled_apply(
+            adamkit.Adam(lazy=True, epsilon_mode="keras"), [(rows, DIM)], [gradient],
+            steps_per_call=CALL_STEPS)
+        counter = tf.Variable(0, dtype=tf.int64)
+        steps["call"] = tf.function(lambda counter=counter: counter.assign_add(1))
         seconds = {name: [] for name in steps}
         for _ in range(rounds):
             for name, step in steps.items():
                 seconds[name].append(median_seconds(step, repeats))
         timings = {name: statistics.median(times) for name, times in seconds.items()}
+        timings["lazy, per step of 32"] /= CALL_STEPS
         timings.setdefault("torch", None)
         ms = {name: "n/a" if t is None else f"{1e3 * t:.3f}" for name, t in timings.items()}
         log(f"{k:>12,} {ms['keras']:>11} {ms['adamkit']:>9} {ms['lazy']:>13} {ms['torch']:>17} "
+            f"{ms['lazy, per step of 32']:>13} {ms['call']:>10} "
             f"{timings['keras'] / timings['lazy']:>10.0f}x")
         results.append({"rows": rows, "rows_touched": k, **timings})
         del steps
@@ -170,7 +181,8 @@ STEP_COLUMNS = [("parameters", ""), ("path", ""), ("Mparam/s", ".0f"), ("/ torch
                 ("/ limit", ".2f")]
 LAZY_COLUMNS = [("rows touched", ",d"), ("keras Adam (ms)", ".1f"), ("adamkit Adam (ms)", ".1f"),
                 ("adamkit lazy (ms)", ".3f"), ("torch SparseAdam (ms)", ".3f"),
-                ("keras / lazy", ".0f")]
+                ("keras / lazy", ".0f"), ("lazy, 32 steps a call (ms a step)", ".3f"),
+                ("an empty tf.function call (ms)", ".3f")]
 OPTIONS = {"step": ("sizes", "repeats", "rounds"), "lazy": ("rows", "touched", "repeats", "rounds")}
 
 
@@ -202,7 +214,8 @@ def lazy_rows(results: list[dict]) -> list[list]:
         return None if seconds is None else 1e3 * seconds
 
     return [[r["rows_touched"], ms(r["keras"]), ms(r["adamkit"]), ms(r["lazy"]), ms(r["torch"]),
-             r["keras"] / r["lazy"]] for r in results]
+             r["keras"] / r["lazy"], ms(r["lazy, per step of 32"]), ms(r["call"])]
+            for r in results]
 
 
 def result_table(results: list[dict], suite: str, command: str) -> dict:
