@@ -129,6 +129,29 @@ def test_a_storage_that_cannot_be_used_is_a_usage_error(storage, complaint, tmp_
     assert not out.exists()
 
 
+def test_a_study_another_process_has_just_created_is_joined_once_it_has_its_settings(tmp_path):
+    """Optuna creates a study, then sets its attributes: a second process that finds it between
+    the two waits for the settings instead of calling it another program's study (two
+    `adamkit tune` processes started together on a PostgreSQL study failed so)."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    settings = tune.search_settings(["adam"], 1, 32, 0)
+    study_with(url, "shared", {})
+    creator = threading.Timer(1.0, lambda: study_with_attrs(url, "shared", settings))
+    creator.start()
+    try:
+        storage = optuna.storages.RDBStorage(url)
+        assert tune.check_study(storage, "shared", settings) is True
+    finally:
+        creator.join()
+
+
+def study_with_attrs(storage_url: str, name: str, settings: dict) -> None:
+    optuna.load_study(study_name=name, storage=storage_url).set_user_attr(tune.SETTINGS_ATTR,
+                                                                          settings)
+
+
 def test_a_study_with_other_settings_is_a_usage_error(tmp_path, capsys):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     settings = tune.search_settings(["adam"], 3, 32, 0, description={

@@ -69,6 +69,10 @@ SPACE: dict[str, tuple[float, float, bool]] = {
 
 # The study's user attribute that holds its search settings.
 SETTINGS_ATTR = "adamkit_search"
+# How long a study without search settings is taken for one that another process has just
+# created and is about to give its settings (Optuna creates a study and sets its attributes in
+# two steps), before it is called another program's study.
+SETTLE_SECONDS = 5.0
 
 # What a trial's optimizer takes, in the order best.json and trials.csv list them.
 HYPERPARAMETERS = ("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay")
@@ -201,10 +205,12 @@ def check_study(storage: optuna.storages.BaseStorage, name: str, settings: dict[
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return False
-    stored = storage.get_study_user_attrs(study_id).get(SETTINGS_ATTR)
-    if stored is None:
-        raise StudyError("--study", f"study {name!r} exists but was not made by adamkit's tuning "
-                         "(it holds no search settings): choose another --study name")
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (stored := storage.get_study_user_attrs(study_id).get(SETTINGS_ATTR)) is None:
+        if time.monotonic() > deadline:
+            raise StudyError("--study", f"study {name!r} exists but was not made by adamkit's "
+                             "tuning (it holds no search settings): choose another --study name")
+        time.sleep(0.1)
     differences = _differences(stored, settings)
     if differences:
         raise StudyError("--study", f"study {name!r} exists with other search settings ("
