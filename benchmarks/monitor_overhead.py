@@ -12,7 +12,8 @@ no round pays a compilation or the monitor's first tracing. Per epoch it records
 - the wall time of the epoch (training and validation);
 - the process's CPU time over it (every thread's: the backend's, and any the monitor uses);
 - with the monitor, the wall time inside the monitor's own hooks (its hook methods wrapped with a
-  timer), an upper bound of what it adds where nothing overlaps its work.
+  timer): the part of its cost that is surely on the training thread (its own thread's reading,
+  statistics and writing show in the CPU time and the epoch's wall time instead).
 
 Taking turns in one process cancels what separate processes differ by (start-up, memory layout,
 the machine's load drifting over a minute); the figure is the median of the rounds' ratios.
