@@ -21,10 +21,10 @@ LAYERS = (
                       "adamkit.bench", "adamkit.cli", "adamkit")),
 )
 FRAMEWORKS = ("tensorflow", "jax", "torch")
-# The library's modules that may import a framework themselves: the backends' executors, and the
-# lazy rows of TensorFlow's IndexedSlices / JAX's BCOO.
+# The library's modules that may import a framework themselves: the backends' executors, the
+# lazy rows of TensorFlow's IndexedSlices / JAX's BCOO, and the chunks' in-place row writes.
 FRAMEWORK_MODULES = ("adamkit.kernels.tensorflow", "adamkit.kernels.jax",
-                     "adamkit.kernels.pytorch", "adamkit.sparse")
+                     "adamkit.kernels.pytorch", "adamkit.sparse", "adamkit.chunks")
 
 
 def layer_of(module: str) -> int:

@@ -5,14 +5,16 @@ on an unfused backend every elementwise operation in between makes a tensor the 
 variable: measured on TensorFlow, a 16.7M-parameter variable with int8 state took 1.2 GB more
 than its float32-state step, more than the 100 MB that int8 saves on it. ``chunked_step`` runs
 the same rule (``Rule.moments``, ``Rule.update``) and the same codec on chunks of ``CHUNK``
-values with ``keras.ops.map`` (a loop), so that only the new parameters (which must be assigned
-whole) reach full size: 190 MB against 1.2 GB there, float32 state's step taking 195 MB. Under
-JAX's jit, XLA fuses much of the chain but not the codec's block reductions and gathers:
-model.fit on 100M parameters with int8 state peaked at 2.47 GB whole, 1.81 GB in chunks
-(float32 state: 1.70 GB); with bfloat16 state 1.54 GB whole and 2.58 GB in chunks, so JAX runs
-bfloat16 state whole. Chunks are whole 8-bit
-blocks and each value keeps its flat position for the dither: the results are the unchunked
-path's, bit for bit.
+values in a loop, each chunk's results written into rows that the loop carries (in place:
+TensorFlow's slice update reuses a buffer that nothing else holds, XLA updates a loop's carry in
+place), so that only the new parameters and state reach full size. Stacking each chunk's
+results instead (``keras.ops.map``) held them twice: ``python benchmarks/lean_memory.py`` on
+201M parameters with int8 state saved 20% (TensorFlow) and −11% (JAX) of the theory that way.
+Under JAX's jit, XLA fuses much of a whole-tensor step but not the codec's block reductions and
+gathers; with bfloat16 state it fuses the whole step, which peaked lower there than in chunks
+(3.07 against 3.23 GB on 201M parameters), so JAX runs bfloat16 state whole. Chunks are whole
+8-bit blocks and each value keeps its flat position for the dither: the results are the
+unchunked path's, bit for bit.
 """
 
 from __future__ import annotations
@@ -47,21 +49,47 @@ def worth_chunking(variable, slots: dict) -> str | None:
     return None
 
 
-def after_previous(optimizer, count: int):
-    """The chunk indices 0 … count − 1, made to wait for the previous chunked step of the same
-    trace: TensorFlow would otherwise run every variable's loop at once, each holding its new
-    parameters at full size until they are assigned (measured on three 16.7M-parameter variables
-    with int8 state: 1.6 GB beyond the parameters side by side, 186 MB in turn). The previous
-    loop's largest index is ≥ 0, so min(it, 0) adds 0."""
-    indices = ops.arange(count, dtype="int32")
+def after_previous(optimizer):
+    """0, made to wait for the previous chunked step of the same trace: TensorFlow
+    would otherwise run every variable's loop at once, each holding its new parameters and state
+    at full size until they are assigned (measured on three 16.7M-parameter variables with int8
+    state: 1.6 GB beyond the parameters side by side, 186 MB in turn)."""
+    first = ops.convert_to_tensor(0, "int32")
     previous = getattr(optimizer, "_chunks_done", None)
-    if previous is None or getattr(previous, "graph", None) is not getattr(indices, "graph", None):
-        return indices  # none yet, or from another trace
-    return indices + ops.minimum(previous, 0)
+    if previous is None or getattr(previous, "graph", None) is not getattr(first, "graph", None):
+        return first  # none yet, or from another trace
+    return first + ops.minimum(previous, 0)
+
+
+def written(rows, index, row):
+    """``rows`` with row ``index`` replaced by ``row``, in place: TensorFlow's kernel reuses a
+    buffer that nothing else holds (a loop's carry, after its first write), XLA updates a loop's
+    carry in place, and PyTorch's rows are the caller's own copy (``owned``)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        begin = ops.reshape(index, (1,))
+        return tf.raw_ops.TensorStridedSliceUpdate(input=rows, begin=begin, end=begin + 1,
+                                                   strides=[1], value=row[None])
+    if backend == "jax":
+        from jax import lax
+
+        return lax.dynamic_update_index_in_dim(rows, row, index, 0)
+    rows[index] = row
+    return rows
+
+
+def owned(rows):
+    """Rows that ``written`` may change: on PyTorch, which writes in place, a copy of a stored
+    tensor; elsewhere the first write makes the copy."""
+    return ops.copy(rows) if keras.backend.backend() == "torch" else rows
 
 
 def chunked_step(job) -> None:
-    """One step of ``job.rule`` on ``job``'s one variable, ``CHUNK`` values at a time."""
+    """One step of ``job.rule`` on ``job``'s one variable, ``CHUNK`` values at a time. Each
+    chunk's new parameters and state are written into rows carried through the loop, which are
+    assigned at its end: no chunk's results are stacked into another full-size tensor."""
     optimizer, rule = job.optimizer, job.rule
     variable, gradient, decay, dtype = job.single()
     size = math.prod(variable.shape)
@@ -72,11 +100,12 @@ def chunked_step(job) -> None:
     gradient = ops.cast(sparse.densified(gradient), dtype)
     # Whole tensors seen as rows of chunks, each chunk read inside the loop: mapping over them
     # would copy them all first (TensorFlow's map unstacks its inputs into a TensorArray).
-    thetas = state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK)
     gradients = state_storage.in_chunks(gradient, count, CHUNK)
-    stored = [slot.stored_chunks(count, CHUNK) for slot in slots.values()]
+    thetas = owned(state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK))
+    stored = tuple(tuple(owned(part) for part in slot.stored_chunks(count, CHUNK))
+                   for slot in slots.values())
 
-    def one_chunk(index):
+    def one_chunk(index, thetas, stored):
         g = ops.take(gradients, index, axis=0)
         state = rule.moments(g, {
             name: slot.decode_chunk(tuple(ops.take(part, index, axis=0) for part in parts))
@@ -86,11 +115,14 @@ def chunked_step(job) -> None:
         positions = index * CHUNK + ops.arange(CHUNK, dtype="int32")
         if size % CHUNK:  # past the end the state stays 0, as the unchunked codec pads it
             state = {k: ops.where(positions < size, v, ops.zeros_like(v)) for k, v in state.items()}
-        return index, theta, tuple(slot.encode_chunk(state[name], positions, step)
-                                   for name, slot in slots.items())
+        encoded = (slot.encode_chunk(state[name], positions, step) for name, slot in slots.items())
+        return (index + 1, written(thetas, index, theta),
+                tuple(tuple(written(rows, index, row) for rows, row in zip(parts, new))
+                      for parts, new in zip(stored, encoded)))
 
-    done, theta, encoded = ops.map(one_chunk, after_previous(optimizer, count))
-    optimizer._chunks_done = ops.max(done)
-    optimizer.assign(variable, state_storage.from_chunks(theta, tuple(variable.shape)))
-    for slot, parts in zip(slots.values(), encoded):
+    done, thetas, stored = ops.while_loop(lambda index, *_: index < count, one_chunk,
+                                          (after_previous(optimizer), thetas, stored))
+    optimizer._chunks_done = done
+    optimizer.assign(variable, state_storage.from_chunks(thetas, tuple(variable.shape)))
+    for slot, parts in zip(slots.values(), stored):
         slot.write_chunks(optimizer, parts)
