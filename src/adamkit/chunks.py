@@ -64,7 +64,8 @@ def after_previous(optimizer):
 def written(rows, index, row):
     """``rows`` with row ``index`` replaced by ``row``, in place: TensorFlow's kernel reuses a
     buffer that nothing else holds (a loop's carry, after its first write), XLA updates a loop's
-    carry in place, and PyTorch's rows are the caller's own copy (``owned``)."""
+    carry in place, and PyTorch, which runs the loop eagerly, writes into the stored tensors
+    themselves (each chunk is read before it is written, and nothing else reads them meanwhile)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -78,12 +79,6 @@ def written(rows, index, row):
         return lax.dynamic_update_index_in_dim(rows, row, index, 0)
     rows[index] = row
     return rows
-
-
-def owned(rows):
-    """Rows that ``written`` may change: on PyTorch, which writes in place, a copy of a stored
-    tensor; elsewhere the first write makes the copy."""
-    return ops.copy(rows) if keras.backend.backend() == "torch" else rows
 
 
 def chunked_step(job) -> None:
@@ -101,9 +96,8 @@ def chunked_step(job) -> None:
     # Whole tensors seen as rows of chunks, each chunk read inside the loop: mapping over them
     # would copy them all first (TensorFlow's map unstacks its inputs into a TensorArray).
     gradients = state_storage.in_chunks(gradient, count, CHUNK)
-    thetas = owned(state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK))
-    stored = tuple(tuple(owned(part) for part in slot.stored_chunks(count, CHUNK))
-                   for slot in slots.values())
+    thetas = state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK)
+    stored = tuple(slot.stored_chunks(count, CHUNK) for slot in slots.values())
 
     def one_chunk(index, thetas, stored):
         g = ops.take(gradients, index, axis=0)
