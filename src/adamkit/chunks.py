@@ -7,9 +7,13 @@ than its float32-state step, more than the 100 MB that int8 saves on it. ``chunk
 the same rule (``Rule.moments``, ``Rule.update``) and the same codec on chunks of ``CHUNK``
 values in a loop, each chunk's results written into rows that the loop carries (in place:
 TensorFlow's slice update reuses a buffer that nothing else holds, XLA updates a loop's carry in
-place), so that only the new parameters and state reach full size. Stacking each chunk's
-results instead (``keras.ops.map``) held them twice: ``python benchmarks/lean_memory.py`` on
-201M parameters with int8 state saved 20% (TensorFlow) and −11% (JAX) of the theory that way.
+place, PyTorch writes into the stored tensors), so that at most the new parameters and state
+reach full size. Stacking each chunk's results instead (``keras.ops.map``) held them twice:
+``python benchmarks/lean_memory.py`` (201M parameters, int8 state) saved 20% of the theory on
+TensorFlow and −11% on JAX that way, 34–40% and 47% this way. TensorFlow pays for it in time:
+the step of one 16.7M-parameter variable took 1.1–1.2× (int8) and 1.7× (bfloat16) as long as
+with stacked chunks. Whole tensors there take about as long as stacked chunks, but peaked 1.5 GB
+higher on that benchmark with bfloat16 state.
 Under JAX's jit, XLA fuses much of a whole-tensor step but not the codec's block reductions and
 gathers; with bfloat16 state it fuses the whole step, which peaked lower there than in chunks
 (3.07 against 3.23 GB on 201M parameters), so JAX runs bfloat16 state whole. Chunks are whole
