@@ -14,6 +14,7 @@ TensorFlow and −11% on JAX that way, 34–40% and 47% this way. TensorFlow pay
 the step of one 16.7M-parameter variable took 1.1–1.2× (int8) and 1.7× (bfloat16) as long as
 with stacked chunks. Whole tensors there take about as long as stacked chunks, but peaked 1.5 GB
 higher on that benchmark with bfloat16 state.
+
 Under JAX's jit, XLA fuses much of a whole-tensor step but not the codec's block reductions and
 gathers; with bfloat16 state it fuses the whole step, which peaked lower there than in chunks
 (3.07 against 3.23 GB on 201M parameters), so JAX runs bfloat16 state whole. Chunks are whole
@@ -54,10 +55,11 @@ def worth_chunking(variable, slots: dict) -> str | None:
 
 
 def after_previous(optimizer):
-    """0, made to wait for the previous chunked step of the same trace: TensorFlow
-    would otherwise run every variable's loop at once, each holding its new parameters and state
-    at full size until they are assigned (measured on three 16.7M-parameter variables with int8
-    state: 1.6 GB beyond the parameters side by side, 186 MB in turn)."""
+    """0, made to wait for the previous chunked step of the same trace: TensorFlow would
+    otherwise run every variable's loop at once, each holding its new parameters and state at
+    full size until they are assigned (measured on three 16.7M-parameter variables with int8
+    state: 1.6 GB beyond the parameters side by side, 186 MB in turn). The previous loop ended
+    at its chunk count, ≥ 0, so min(it, 0) is 0."""
     first = ops.convert_to_tensor(0, "int32")
     previous = getattr(optimizer, "_chunks_done", None)
     if previous is None or getattr(previous, "graph", None) is not getattr(first, "graph", None):
