@@ -341,6 +341,38 @@ def test_the_chunked_ops_path_equals_the_whole_tensor_one(name, state_dtype, mon
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's jit_compile")
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_the_chunked_ops_path_compiles_with_xla_and_equals_the_whole_tensor_one(state_dtype,
+                                                                               monkeypatch):
+    """Under ``jit_compile=True`` a chunk's row is written by XLA's own update (a strided slice
+    wants constant bounds there): the same parameters and state as the whole-tensor ops path
+    compiled alike, after two steps."""
+    import tensorflow as tf
+
+    from adamkit import chunks
+
+    gradient = tf.constant(np.random.default_rng(1).standard_normal((601, 501)), "float32")
+
+    def run(chunked: bool):
+        if not chunked:
+            monkeypatch.setattr(chunks, "worth_chunking", lambda *args: "off for the test")
+        variable = keras.Variable(np.ones((601, 501), np.float32), name="w")
+        optimizer = adamkit.Adam(learning_rate=0.01, state_dtype=state_dtype, fused=False)
+        optimizer.build([variable])
+        executor = optimizer.explain()[0].executor
+        step = tf.function(lambda: optimizer.apply([gradient], [variable]), jit_compile=True)
+        step()
+        step()
+        monkeypatch.undo()
+        return executor, [ops.convert_to_numpy(v) for v in [variable, *optimizer.variables]]
+
+    (chunked_path, chunked), (whole_path, whole) = run(True), run(False)
+    assert (chunked_path, whole_path) == ("ops, in chunks", "ops")
+    for a, b in zip(chunked, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed):
     """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)

@@ -76,6 +76,10 @@ def written(rows, index, row):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        from adamkit.kernels.tensorflow import in_xla
+
+        if in_xla():  # XLA wants a strided slice's bounds constant; its own update is in place
+            return ops.slice_update(rows, (index, *[0] * (len(rows.shape) - 1)), row[None])
         begin = ops.reshape(index, (1,))
         return tf.raw_ops.TensorStridedSliceUpdate(input=rows, begin=begin, end=begin + 1,
                                                    strides=[1], value=row[None])

@@ -117,7 +117,7 @@ def xla_kernel() -> bool:
     return _LIBRARY["xla"] is not None
 
 
-def _in_xla() -> bool:
+def in_xla() -> bool:
     graph = tf.compat.v1.get_default_graph()
     return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(graph)
 
@@ -205,7 +205,7 @@ class TensorFlowOp:
     name = "adamkit kernel (TensorFlow op)"
 
     def refuses(self, optimizer, variable, gradient, slots):
-        if _in_xla():
+        if in_xla():
             return "under XLA"
         if not custom_kernel():
             return "the op could not be built"
@@ -253,7 +253,7 @@ class XlaCall:
     name = "adamkit kernel (XLA custom call)"
 
     def refuses(self, optimizer, variable, gradient, slots):
-        if not _in_xla():
+        if not in_xla():
             return "not under XLA"
         if not xla_kernel():
             return "the XLA custom call could not be built (or a GPU is visible)"
@@ -309,7 +309,7 @@ class ResourceApplyAdam:
         if state is None or {keras.backend.standardize_dtype(s.dtype)
                              for s in state.values()} != {dtype}:
             return "state not stored in the parameters' dtype"
-        if "velocity_hat" in state and _in_xla():
+        if "velocity_hat" in state and in_xla():
             return "AMSGrad under XLA (TensorFlow has no XLA kernel for it)"
         return None
 
@@ -348,7 +348,7 @@ class SparseOp:
         reason = lazy_refusal(optimizer, gradient)
         if reason:
             return reason
-        if _in_xla():
+        if in_xla():
             return "under XLA"
         if not custom_kernel():
             return "the op could not be built"
