@@ -10,10 +10,12 @@ TensorFlow's slice update reuses a buffer that nothing else holds, XLA updates a
 place, PyTorch writes into the stored tensors), so that at most the new parameters and state
 reach full size. Stacking each chunk's results instead (``keras.ops.map``) held them twice:
 ``python benchmarks/lean_memory.py`` (201M parameters, int8 state) saved 20% of the theory on
-TensorFlow and −11% on JAX that way, 34–40% and 47% this way. TensorFlow pays for it in time:
-the step of one 16.7M-parameter variable took 1.1–1.2× (int8) and 1.7× (bfloat16) as long as
-with stacked chunks. Whole tensors there take about as long as stacked chunks, but peaked 1.5 GB
-higher on that benchmark with bfloat16 state.
+TensorFlow that way, 34–40% this way. TensorFlow pays for it in time: the step of one
+16.7M-parameter variable took 1.3× (int8) and 2× (bfloat16) as long as with stacked
+chunks. Whole tensors there take about as long as stacked chunks, but peaked 1.5 GB higher on
+that benchmark with bfloat16 state. On JAX the saving stays where it was (−11% of the theory
+with int8 state): reading the chunks from the carried rows instead saved 47%, but XLA then
+copied the whole carry every iteration, a step 5× as long.
 
 Under JAX's jit, XLA fuses much of a whole-tensor step but not the codec's block reductions and
 gathers; with bfloat16 state it fuses the whole step, which peaked lower there than in chunks
@@ -68,27 +70,25 @@ def after_previous(optimizer):
 
 
 def written(rows, index, row):
-    """``rows`` with row ``index`` replaced by ``row``, in place: TensorFlow's kernel reuses a
-    buffer that nothing else holds (a loop's carry, after its first write), XLA updates a loop's
-    carry in place, and PyTorch, which runs the loop eagerly, writes into the stored tensors
-    themselves (each chunk is read before it is written, and nothing else reads them meanwhile)."""
+    """``rows`` with row ``index`` replaced by ``row``, in place: XLA (JAX, and TensorFlow under
+    ``jit_compile``) updates a loop's carry in place, TensorFlow's own kernel reuses a buffer
+    that nothing else holds (a loop's carry, after its first write), and PyTorch, which runs the
+    loop eagerly, writes into the stored tensors themselves (each chunk is read before it is
+    written, and nothing else reads them meanwhile)."""
     backend = keras.backend.backend()
+    if backend == "torch":
+        rows[index] = row
+        return rows
     if backend == "tensorflow":
         import tensorflow as tf
 
         from adamkit.kernels.tensorflow import in_xla
 
-        if in_xla():  # XLA wants a strided slice's bounds constant; its own update is in place
-            return ops.slice_update(rows, (index, *[0] * (len(rows.shape) - 1)), row[None])
-        begin = ops.reshape(index, (1,))
-        return tf.raw_ops.TensorStridedSliceUpdate(input=rows, begin=begin, end=begin + 1,
-                                                   strides=[1], value=row[None])
-    if backend == "jax":
-        from jax import lax
-
-        return lax.dynamic_update_index_in_dim(rows, row, index, 0)
-    rows[index] = row
-    return rows
+        if not in_xla():  # XLA wants a strided slice's bounds constant
+            begin = ops.reshape(index, (1,))
+            return tf.raw_ops.TensorStridedSliceUpdate(input=rows, begin=begin, end=begin + 1,
+                                                       strides=[1], value=row[None])
+    return ops.slice_update(rows, (index, *[0] * (len(rows.shape) - 1)), row[None])
 
 
 def chunked_step(job) -> None:
@@ -109,7 +109,10 @@ def chunked_step(job) -> None:
     thetas = state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK)
     stored = tuple(slot.stored_chunks(count, CHUNK) for slot in slots.values())
 
-    def one_chunk(index, thetas, stored):
+    # Each chunk is read from the tensors as they were, and written into the carried rows: read
+    # from the carry, XLA copied the whole carry every iteration (int8, 16.7M parameters: 705
+    # against 138 ms a step).
+    def one_chunk(index, new_thetas, new_stored):
         g = ops.take(gradients, index, axis=0)
         state = rule.moments(g, {
             name: slot.decode_chunk(tuple(ops.take(part, index, axis=0) for part in parts))
@@ -120,13 +123,13 @@ def chunked_step(job) -> None:
         if size % CHUNK:  # past the end the state stays 0, as the unchunked codec pads it
             state = {k: ops.where(positions < size, v, ops.zeros_like(v)) for k, v in state.items()}
         encoded = (slot.encode_chunk(state[name], positions, step) for name, slot in slots.items())
-        return (index + 1, written(thetas, index, theta),
+        return (index + 1, written(new_thetas, index, theta),
                 tuple(tuple(written(rows, index, row) for rows, row in zip(parts, new))
-                      for parts, new in zip(stored, encoded)))
+                      for parts, new in zip(new_stored, encoded)))
 
-    done, thetas, stored = ops.while_loop(lambda index, *_: index < count, one_chunk,
-                                          (after_previous(optimizer), thetas, stored))
+    done, new_thetas, new_stored = ops.while_loop(lambda index, *_: index < count, one_chunk,
+                                                  (after_previous(optimizer), thetas, stored))
     optimizer._chunks_done = done
-    optimizer.assign(variable, state_storage.from_chunks(thetas, tuple(variable.shape)))
-    for slot, parts in zip(slots.values(), stored):
+    optimizer.assign(variable, state_storage.from_chunks(new_thetas, tuple(variable.shape)))
+    for slot, parts in zip(slots.values(), new_stored):
         slot.write_chunks(optimizer, parts)
