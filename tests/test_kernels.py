@@ -291,6 +291,39 @@ def test_host_scalar_table_is_the_ops_table_bit_for_bit(make, steps, rng):
     np.testing.assert_array_equal(host_rows, ops_rows)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX forms float64 scalars only with x64 enabled")
+@pytest.mark.parametrize("make", [
+    lambda: adamkit.Adam(0.01), lambda: adamkit.Adam(0.01, amsgrad=True),
+    lambda: adamkit.AdamW(0.01, weight_decay=0.05), lambda: adamkit.Adamax(0.01),
+    lambda: adamkit.RAdam(0.01)], ids=["adam", "amsgrad", "adamw", "adamax", "radam"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_host_scalars_are_the_ops_scalars(make, dtype):
+    """PyTorch's kernel forms the rule's scalars in NumPy (``Job.host_scalars``): the same
+    equations as the ops' scalars, from the same rounded step and learning rate. At each step
+    (early ones, RAdam's switch at t = 6, and steps past 2²⁴, where float32 rounds t) the float32
+    rows are the ops' bit for bit, and the doubles agree to 1e-13 relative (NumPy's and a
+    backend's ``expm1`` may differ in the last bit; RAdam's ρₜ, a difference, magnifies that).
+    Float64 parameters take the ops' scalars themselves."""
+    from adamkit.kernels.scalars import host_scalar_table
+
+    variable = keras.Variable(np.ones((4, 3), dtype))
+    optimizer = make()
+    optimizer.build([variable])
+    gradient = keras.ops.ones((4, 3), dtype)
+    for step in [*range(1, 40), 1000, 12345, 2**24, 2**24 + 1, 2**24 + 3, 2**26 + 5]:
+        optimizer.iterations.assign(step - 1)
+        job = optimizer._job([(gradient, variable)], optimizer._get_current_learning_rate())
+        assert job.host_step() == float(keras.ops.convert_to_numpy(job.step)), step
+        host = host_scalar_table(job.rule, job.host_scalars(), job.decays)
+        ops = host_scalar_table(job.rule, job.scalars("float64"), job.decays)
+        if dtype == "float64":
+            np.testing.assert_array_equal(host, ops, f"t={step}")
+        else:
+            np.testing.assert_allclose(host, ops, rtol=1e-13, atol=0, err_msg=f"t={step}")
+            np.testing.assert_array_equal(host.astype(np.float32), ops.astype(np.float32),
+                                          f"t={step}")
+
+
 def test_scalar_tables_take_python_numbers_that_differ_from_the_rows_defaults():
     """A step's scalar given as a Python number is written into the rows (both tables) unless it
     is the row's own default, as the rule's ε is: a plain float is not taken for ε."""

@@ -11,9 +11,11 @@ the answer cannot change, and ``AdamFamily.explain`` shows its answers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Protocol
 
 import keras
+import numpy as np
 from keras import ops
 
 from adamkit import chunks, sparse
@@ -24,17 +26,33 @@ from adamkit import state as state_storage
 class Job:
     """One step of ``optimizer``'s rule on ``variables`` (one dtype, one state dtype).
 
-    ``step`` (t) and ``learning_rate`` are tensors of the variables' compute dtype; ``decays``
-    holds each variable's weight-decay factor 1 − αₜλ, or None where it does not decay (one
-    object shared by the variables that do)."""
+    ``dtype`` is the variables' compute dtype; ``rate`` the learning rate as the optimizer hands
+    it over; ``decays`` holds each variable's weight-decay factor 1 − αₜλ, or None where it does
+    not decay (one object shared by the variables that do)."""
 
     optimizer: Any
     variables: list
     gradients: list
     slots: list[dict]
-    step: Any
-    learning_rate: Any
+    dtype: str
+    rate: Any
     decays: list
+
+    @functools.cached_property
+    def step(self):
+        """t, the step being taken, as a tensor of the compute dtype (formed on first use: a
+        kernel called from the host reads ``host_step`` instead, without Keras ops)."""
+        return ops.cast(self.optimizer.iterations + 1, self.dtype)
+
+    @functools.cached_property
+    def learning_rate(self):
+        """αₜ as a tensor of the compute dtype."""
+        return ops.cast(self.rate, self.dtype)
+
+    def host_step(self) -> np.float64:
+        """``step``'s value as a NumPy double, read on the host: rounded to the compute dtype
+        first, as ``step`` is."""
+        return np.float64(np.dtype(self.dtype).type(int(self.optimizer.iterations) + 1))
 
     @property
     def rule(self):
@@ -46,7 +64,7 @@ class Job:
         carries (NAdam's Πμ, handed over in the parameters' dtype), which each executor asks for
         exactly once per step."""
         rule = self.rule
-        parameter_dtype = keras.backend.standardize_dtype(self.step.dtype)
+        parameter_dtype = self.dtype
         if rule.scalars_in_parameter_dtype:
             dtype = parameter_dtype
         step, rate = ops.cast(self.step, dtype), ops.cast(self.learning_rate, dtype)
@@ -63,6 +81,19 @@ class Job:
             for s, v in zip(self.slots, values):
                 s[name].write(self.optimizer, v, written)
         return scalars
+
+    def host_scalars(self) -> Any:
+        """``scalars("float64")`` as NumPy doubles, for a kernel called from the host: the same
+        equations (``adamkit.ops``) without a Keras op's dispatch each, the cost that PyTorch's
+        step pays in Python. NumPy's ``expm1`` and ``exp`` and a backend's may differ in a
+        double's last bit (RAdam's ρₜ, a difference, makes that some 70), which float32 rows
+        round away; float64 parameters, rules that carry state and rules that form their scalars
+        in the parameters' dtype take the tensors' way."""
+        rule = self.rule
+        if self.dtype != "float32" or rule.carried or rule.scalars_in_parameter_dtype:
+            return self.scalars("float64")
+        rate = np.float64(np.float32(float(self.rate)))  # the value ``learning_rate`` holds
+        return rule.scalars(self.host_step(), rate, {})[0]
 
     def single(self) -> tuple:
         """(variable, gradient, decay factor or None, compute dtype) of a one-variable job."""

@@ -4,13 +4,17 @@ A member's rule (``adamkit.rule``) forms its step from these pieces; every path 
 kernels' scalars, the lazy rows) takes them from there, so each equation is written here once.
 
 Conventions: ``step`` is the 1-based iteration count ``t`` as a float tensor; ``beta_1``, ``beta_2``
-and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive in.
+and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive in. The step's
+scalars (``power`` … ``radam_rectifier``) also take NumPy doubles and are then formed in NumPy
+(``namespace``): a kernel called from the host (PyTorch's) reads them there, where each Keras op
+would cost its step a dispatch of several microseconds.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from keras import ops
 from keras.backend import standardize_dtype
 
@@ -34,18 +38,24 @@ def second_moment(v, g, beta_2):
     return ema(v, ops.square(g), beta_2)
 
 
+def namespace(x):
+    """The functions that evaluate ``x``: NumPy for NumPy values, else ``keras.ops``."""
+    return np if isinstance(x, (np.ndarray, np.generic)) else ops
+
+
 def larger(a, b):
     """Elementwise max(a, b) in the inputs' dtype, as the kernels take it (b where a is NaN or
     b is). Not ``keras.ops.maximum``: on PyTorch it returns float32 for float64 inputs (Keras
     3.15), which cost float64 AMSGrad and AdaMax their precision there."""
-    return ops.where(ops.greater_equal(a, b), a, b)
+    xp = namespace(a)
+    return xp.where(xp.greater_equal(a, b), a, b)
 
 
 def power(beta, step):
     """βᵗ as exp(t·ln β), with ln β taken in double precision before it meets a float32 tensor."""
     if beta == 0.0:
-        return ops.zeros_like(step)
-    return ops.exp(step * math.log(beta))
+        return namespace(step).zeros_like(step)
+    return namespace(step).exp(step * math.log(beta))
 
 
 def bias_correction(beta, step):
@@ -56,8 +66,8 @@ def bias_correction(beta, step):
     in double; this form keeps the two consistent, as PyTorch's double-precision scalars are.
     """
     if beta == 0.0:
-        return ops.ones_like(step)
-    return -ops.expm1(step * math.log(beta))
+        return namespace(step).ones_like(step)
+    return -namespace(step).expm1(step * math.log(beta))
 
 
 def epsilon_hat_step_size(learning_rate, step, beta_1, beta_2):
@@ -96,9 +106,10 @@ def radam_rectifier(step, beta_2):
     """
     rho_inf = 2.0 / (1.0 - beta_2) - 1.0
     rho = rho_inf - 2.0 * step * power(beta_2, step) / bias_correction(beta_2, step)
-    rectified = ops.greater(rho, 5.0)
+    xp = namespace(step)
+    rectified = xp.greater(rho, 5.0)
     ratio = (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
-    return rectified, ops.sqrt(larger(ratio, 0.0))
+    return rectified, xp.sqrt(larger(ratio, 0.0))
 
 
 def decay_factor(learning_rate, weight_decay):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import numpy as np
 from keras import ops
 from keras.backend import standardize_dtype
 
@@ -142,5 +143,7 @@ class Rule:
 
 def constant(value: float, like):
     """``value`` as a tensor of ``like``'s dtype, from its double value (``ops.cast`` of a Python
-    number would round it to float32 first)."""
+    number would round it to float32 first); a NumPy value for a NumPy ``like``."""
+    if adam_ops.namespace(like) is np:
+        return np.asarray(value, like.dtype)
     return ops.convert_to_tensor(value, standardize_dtype(like.dtype))

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import torch
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
@@ -118,7 +119,7 @@ class HostKernel:
              KINDS[dtype, m[0].dtype], RULES[job.rule.second_moment], ctypes.c_int64(len(thetas)),
              _pointers(thetas), _pointers(m), _pointers(v), _pointers(vhat) if amsgrad else None,
              _pointers(grads), (ctypes.c_int64 * len(thetas))(*(t.numel() for t in thetas)),
-             _pointer(scalars), ctypes.c_int32(int(job.step)),
+             _pointer(scalars), ctypes.c_int32(int(job.host_step())),
              ctypes.c_int(torch.get_num_threads()))
 
 
@@ -136,7 +137,7 @@ def _apply_8bit(job):
          RULES[job.rule.second_moment], ctypes.c_void_p(theta.data_ptr()),
          ctypes.c_void_p(grad.data_ptr()), ctypes.c_int64(theta.numel()), _pointers(codes),
          _pointers(absmax), _pointer(scalars),
-         ctypes.c_int32(int(job.step)), *(_pointer(t) for t in _codec_tables()),
+         ctypes.c_int32(int(job.host_step())), *(_pointer(t) for t in _codec_tables()),
          ctypes.c_int(torch.get_num_threads()))
 
 
@@ -195,8 +196,8 @@ class TorchFusedAdam:
 
 def _host_table(job, dtype: torch.dtype) -> torch.Tensor:
     """The step's scalar rows (``kernels.scalars``) formed in double on the host, in ``dtype``."""
-    rows = host_scalar_table(job.rule, job.scalars("float64"), job.decays)
-    return torch.from_numpy(rows).to(dtype)
+    rows = host_scalar_table(job.rule, job.host_scalars(), job.decays)
+    return torch.from_numpy(rows.astype(np.float32 if dtype == torch.float32 else np.float64))
 
 
 def _gradients(gradients, thetas) -> list:

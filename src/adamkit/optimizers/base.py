@@ -266,12 +266,13 @@ class AdamFamily(keras.optimizers.Optimizer):
     def _job(self, pairs: list, learning_rate) -> executors.Job:
         """The step of these (gradient, variable) pairs, which share a compute dtype."""
         dtype = state_storage.compute_dtype(pairs[0][1])
-        rate = ops.cast(learning_rate, dtype)
-        factor = self._decay_factor(rate, dtype) if self.weight_decay is not None else None
-        return executors.Job(self, [v for _, v in pairs], [g for g, _ in pairs],
-                             [self.slots_of(v) for _, v in pairs],
-                             ops.cast(self.iterations + 1, dtype), rate,
-                             [factor if self._decays(v) else None for _, v in pairs])
+        job = executors.Job(self, [v for _, v in pairs], [g for g, _ in pairs],
+                            [self.slots_of(v) for _, v in pairs], dtype, learning_rate,
+                            [None] * len(pairs))
+        if self.weight_decay is not None:
+            factor = self._decay_factor(job.learning_rate, dtype)
+            job.decays = [factor if self._decays(v) else None for _, v in pairs]
+        return job
 
     def _apply_grouped(self, grads_and_variables: list, learning_rate) -> list:
         """Runs the variables whose executor takes many at once, one call per executor, dtype and

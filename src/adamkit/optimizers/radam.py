@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import keras
-from keras import ops
 
 from adamkit import ops as adam_ops
 from adamkit.optimizers.base import AdamFamily, FloatOrSchedule
@@ -23,11 +22,12 @@ class RAdamRule(Rule):
     def scalars(self, step, learning_rate, carried):
         step_size = learning_rate / adam_ops.bias_correction(self.beta_1, step)
         rectified, r = adam_ops.radam_rectifier(step, self.beta_2)
-        root = ops.sqrt(adam_ops.bias_correction(self.beta_2, step))
-        return Scalars(ops.where(rectified, step_size * r * root, step_size),
-                       ops.where(rectified, constant(self.epsilon, step), constant(1.0, step)),
-                       correction=ops.where(rectified, constant(1.0, step),
-                                            constant(math.inf, step))), {}
+        xp = adam_ops.namespace(step)
+        root = xp.sqrt(adam_ops.bias_correction(self.beta_2, step))
+        return Scalars(xp.where(rectified, step_size * r * root, step_size),
+                       xp.where(rectified, constant(self.epsilon, step), constant(1.0, step)),
+                       correction=xp.where(rectified, constant(1.0, step),
+                                           constant(math.inf, step))), {}
 
 
 @keras.saving.register_keras_serializable(package="adamkit")
