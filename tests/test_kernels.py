@@ -241,6 +241,39 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
         assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
 
 
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernel keeps its groups' addresses")
+@pytest.mark.parametrize("replace", ["parameter", "data", "state"])
+def test_torch_kernel_follows_storage_that_moved(rng, replace):
+    """The kernel keeps each group's addresses from step to step; where a tensor was replaced
+    (a new Parameter, as Keras's own initialisation sets one; new ``.data``; a state variable's
+    new Parameter), the next step writes the new storage and equals the ops path's step."""
+    import torch
+
+    assert pytorch_kernel(), "adamkit's PyTorch kernel should build here"
+    initial = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    grads = [[rng.normal(size=s).astype("float32") for s in SHAPES] for _ in range(3)]
+    results = {}
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = adamkit.Adam(learning_rate=0.01, amsgrad=True, fused=fused)
+        optimizer.build(variables)
+        for t, step_grads in enumerate(grads):
+            if t == 2:
+                if replace == "state":
+                    target = optimizer.variables[-1]  # the last variable's v̂
+                else:
+                    target = variables[0]
+                moved = target._value.detach().clone()
+                if replace == "data":
+                    target._value.data = moved
+                else:
+                    target._value = torch.nn.Parameter(moved, requires_grad=False)
+            optimizer.apply(step_grads, variables)
+        results[fused] = [keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]]
+    for a, b in zip(results[None], results[False]):
+        assert_close(a, b, 2e-6, replace)
+
 @pytest.mark.parametrize("decays", [[None, None, None], ["d", None, "d", None], [None, "d", "e"]])
 def test_scalar_table_rows(decays):
     """The kernels' per-variable rows from Adam's rule: the decay factor first (1 where there is
@@ -313,7 +346,7 @@ def test_host_scalars_are_the_ops_scalars(make, dtype):
     for step in [*range(1, 40), 1000, 12345, 2**24, 2**24 + 1, 2**24 + 3, 2**26 + 5]:
         optimizer.iterations.assign(step - 1)
         job = optimizer._job([(gradient, variable)], optimizer._get_current_learning_rate())
-        assert job.host_step() == float(keras.ops.convert_to_numpy(job.step)), step
+        assert job.host_step == float(keras.ops.convert_to_numpy(job.step)), step
         host = host_scalar_table(job.rule, job.host_scalars(), job.decays)
         ops = host_scalar_table(job.rule, job.scalars("float64"), job.decays)
         if dtype == "float64":

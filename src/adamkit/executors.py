@@ -49,6 +49,7 @@ class Job:
         """αₜ as a tensor of the compute dtype."""
         return ops.cast(self.rate, self.dtype)
 
+    @functools.cached_property
     def host_step(self) -> np.float64:
         """``step``'s value as a NumPy double, read on the host: rounded to the compute dtype
         first, as ``step`` is."""
@@ -93,7 +94,7 @@ class Job:
         if self.dtype != "float32" or rule.carried or rule.scalars_in_parameter_dtype:
             return self.scalars("float64")
         rate = np.float64(np.float32(float(self.rate)))  # the value ``learning_rate`` holds
-        return rule.scalars(self.host_step(), rate, {})[0]
+        return rule.scalars(self.host_step, rate, {})[0]
 
     def single(self) -> tuple:
         """(variable, gradient, decay factor or None, compute dtype) of a one-variable job."""

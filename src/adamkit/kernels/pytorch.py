@@ -71,13 +71,17 @@ def _dtype(x) -> str:
 
 
 def _tensor(variable) -> torch.Tensor:
-    """The tensor a kernel updates in place: a Keras variable's own storage. Outside a stateless
-    scope that is ``value`` without the property's scope, autocast and device checks (~5 µs a
-    tensor, a dozen tensors a step); an autocast copy would not be the storage anyway."""
-    if not isinstance(variable, keras.Variable):
-        return variable
-    stored = variable._value
-    return variable.value if stored is None or in_stateless_scope() else stored
+    """The tensor a kernel updates in place: a Keras variable's own storage."""
+    return _tensors([variable])[0]
+
+
+def _tensors(variables) -> list[torch.Tensor]:
+    """Each variable's own storage. Outside a stateless scope that is ``value`` without the
+    property's scope, autocast and device checks (~5 µs a tensor, a dozen tensors a step); an
+    autocast copy would not be the storage anyway."""
+    stateless = in_stateless_scope()
+    return [v if not isinstance(v, keras.Variable)
+            else v.value if stateless or v._value is None else v._value for v in variables]
 
 
 class HostKernel:
@@ -103,24 +107,54 @@ class HostKernel:
     def groups(self, slots):
         return not is_8bit(slots)
 
-    @torch.no_grad()
-    def apply(self, job):
+    def apply(self, job):  # no autograd: only tensors' memory is read here, and ctypes writes
         if is_8bit(job.slots[0]):
             return _apply_8bit(job)
-        thetas = [_tensor(v) for v in job.variables]
-        dtype = thetas[0].dtype
-        scalars = _host_table(job, dtype)  # held here: the call reads its memory
-        grads = _gradients(job.gradients, thetas)
-        states = [plain_state(s) for s in job.slots]
-        m, v = ([_tensor(s[name]) for s in states] for name in ("momentum", "velocity"))
-        amsgrad = job.rule.second_moment == "max"
-        vhat = [_tensor(s["velocity_hat"]) for s in states] if amsgrad else []
-        _run("adamkit_adam_host", [*thetas, *m, *v, *vhat],
-             KINDS[dtype, m[0].dtype], RULES[job.rule.second_moment], ctypes.c_int64(len(thetas)),
-             _pointers(thetas), _pointers(m), _pointers(v), _pointers(vhat) if amsgrad else None,
-             _pointers(grads), (ctypes.c_int64 * len(thetas))(*(t.numel() for t in thetas)),
-             _pointer(scalars), ctypes.c_int32(int(job.host_step())),
+        storage = _storage(job)
+        scalars = _host_table(job, storage.dtype)  # held here: the call reads its memory
+        grads = _gradients(job.gradients, storage.tensors[:len(job.variables)])
+        _run("adamkit_adam_host", storage.tensors, storage.kind, RULES[job.rule.second_moment],
+             ctypes.c_int64(len(job.variables)), *storage.pointers, _pointers(grads),
+             storage.sizes, _pointer(scalars), ctypes.c_int32(int(job.host_step)),
              ctypes.c_int(torch.get_num_threads()))
+
+
+class _Storage:
+    """A group's θ, m, v (and AMSGrad's v̂) as the kernel takes them: the tensors, an array of
+    addresses for each, and the sizes."""
+
+    def __init__(self, job):
+        states = [plain_state(s) for s in job.slots]
+        names = ("momentum", "velocity", "velocity_hat")[:3 if "velocity_hat" in states[0] else 2]
+        self.variables = [*job.variables, *(s[name] for name in names for s in states)]
+        self.tensors = _tensors(self.variables)
+        self.addresses = [t.data_ptr() for t in self.tensors]
+        count = len(job.variables)
+        thetas, m = self.tensors[:count], self.tensors[count]
+        self.dtype = thetas[0].dtype
+        self.kind = KINDS[self.dtype, m.dtype]
+        self.pointers = [_pointers(self.tensors[i:i + count])
+                         for i in range(0, len(self.tensors), count)]
+        if len(names) == 2:
+            self.pointers.append(None)  # no v̂
+        self.sizes = (ctypes.c_int64 * count)(*(t.numel() for t in thetas))
+
+    def current(self) -> bool:
+        """Whether every tensor is still its variable's storage, at the same address."""
+        return all(getattr(v, "_value", v) is t and t.data_ptr() == a
+                   for v, t, a in zip(self.variables, self.tensors, self.addresses))
+
+
+def _storage(job) -> _Storage:
+    """``job``'s storage, prepared once per group of variables and kept on the optimizer while it
+    is ``current`` (forming the addresses took ~10 µs a step); in a stateless scope, made anew."""
+    if in_stateless_scope():
+        return _Storage(job)
+    key = ("host kernel", *map(id, job.variables))
+    found = job.optimizer._prepared.get(key)
+    if found is None or not found.current():
+        found = job.optimizer._prepared[key] = _Storage(job)
+    return found
 
 
 def _apply_8bit(job):
@@ -129,15 +163,15 @@ def _apply_8bit(job):
     slots = kernel_slots(job.slots[0])
     names = state_names(slots)
     theta = _tensor(job.variables[0])
-    codes = [_tensor(slots[name].codes) for name in names]
-    absmax = [_tensor(slots[name].absmax) for name in names]
+    codes = _tensors([slots[name].codes for name in names])
+    absmax = _tensors([slots[name].absmax for name in names])
     (grad,) = _gradients(job.gradients, [theta])
     scalars = _host_table(job, torch.float32)  # held here: the call reads its memory
     _run("adamkit_adam8bit_host", [theta, *codes, *absmax],
          RULES[job.rule.second_moment], ctypes.c_void_p(theta.data_ptr()),
          ctypes.c_void_p(grad.data_ptr()), ctypes.c_int64(theta.numel()), _pointers(codes),
          _pointers(absmax), _pointer(scalars),
-         ctypes.c_int32(int(job.host_step())), *(_pointer(t) for t in _codec_tables()),
+         ctypes.c_int32(int(job.host_step)), *(_pointer(t) for t in _codec_tables()),
          ctypes.c_int(torch.get_num_threads()))
 
 

@@ -149,6 +149,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         if exclude_from_weight_decay:
             self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
         self._choices = {}  # variable index -> (executor, reasons), where the answer is fixed
+        self._prepared = {}  # what an executor prepares once for a group of variables
 
     def _check_lazy(self, state_dtype: object = None) -> None:
         # A callable's answers are known at build: each is checked there.
