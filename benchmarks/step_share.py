@@ -11,9 +11,13 @@ batches less ``model.fit`` over ``STEPS``, divided by ``STEPS``, which leaves ou
 set-up; ``train_on_batch`` costs several steps in its set-up), and the
 update alone of Keras's SGD, Keras's Adam and adamkit's Adam on the model's variables, as each
 backend's trainer runs it (``adamkit.bench.timing.backend_stepper``: ``tf.function``; JAX's jit
-with the state donated; PyTorch's ``apply``). The last column is (update − SGD's update) / SGD's
-whole step: what the optimizer adds to an epoch beyond SGD if nothing of it overlaps, the figure
-that ``epoch_times.py``'s "median / SGD" − 1 should come near.
+with the state donated; PyTorch's ``apply``); "beyond SGD's update / SGD step" is (update − SGD's
+update) / SGD's whole step: what the optimizer adds to an epoch beyond SGD if nothing of it
+overlaps. Then the whole training step with each optimizer, on one fixed batch, compiled as the
+trainer compiles it (``adamkit.bench.timing.training_stepper``): forward, backward and update
+together, without the input pipeline, so that what the compiler fuses (or cannot) shows; its
+last column, (training step − SGD's training step) / SGD's whole step, is the figure that
+``epoch_times.py``'s "median / SGD" − 1 should come near, measured a step at a time.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import statistics
 import subprocess
 import sys
 
-from epoch_times import make_model
+from epoch_times import make_model, make_optimizer
 from results import Table
 
 UPDATES = ("keras SGD", "keras Adam", "adamkit Adam")
@@ -38,8 +42,7 @@ def child(args) -> None:
     import keras
     import numpy as np
 
-    import adamkit
-    from adamkit.bench.timing import backend_stepper, median_seconds
+    from adamkit.bench.timing import backend_stepper, median_seconds, training_stepper
 
     keras.utils.set_random_seed(0)
     model, batch = make_model(args.model)
@@ -53,11 +56,18 @@ def child(args) -> None:
         return lambda: model.fit(x[:batches * batch], y[:batches * batch], batch_size=batch,
                                  epochs=1, verbose=0)
 
+    trainers = {}  # the whole training step with each optimizer, on one fixed batch
+    for name in UPDATES:
+        keras.utils.set_random_seed(0)
+        trained, _ = make_model(args.model)
+        trained.compile(make_optimizer(name),
+                        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        trained.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # builds all
+        trainers[name] = training_stepper(trained, x[:batch], y[:batch])
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32) * 1e-3)
              for s in shapes]
-    makers = {"keras SGD": lambda: keras.optimizers.SGD(0.01), "keras Adam": keras.optimizers.Adam,
-              "adamkit Adam": adamkit.Adam}
+    makers = {name: lambda name=name: make_optimizer(name) for name in UPDATES}
     if args.child == "tensorflow":
         from adamkit.bench.timing import compiled_apply
 
@@ -65,12 +75,15 @@ def child(args) -> None:
     else:
         steps = {name: backend_stepper(make(), shapes, grads) for name, make in makers.items()}
     fits = {"long": fit(2 * STEPS), "short": fit(STEPS)}
-    seconds = {name: [] for name in ["SGD training step", *steps]}
+    seconds = {name: [] for name in ["SGD training step", *steps,
+                                     *(f"{name}: training step" for name in trainers)]}
     for _ in range(args.rounds):
         long, short = (median_seconds(f, 3, warmup=1) for f in fits.values())
         seconds["SGD training step"].append((long - short) / STEPS)
         for name, step in steps.items():
             seconds[name].append(median_seconds(step, 20))
+        for name, step in trainers.items():
+            seconds[f"{name}: training step"].append(median_seconds(step, 20))
     print(json.dumps({"parameters": model.count_params(), "batch": batch, "seconds": seconds}))
 
 
@@ -89,16 +102,19 @@ def main() -> None:
                   f"model.fit over {2 * STEPS} batches less over {STEPS}, per batch)",
                   [("backend", ""), ("SGD training step (ms)", ".2f"), ("update", ""),
                    ("update (ms)", ".2f"), ("update / SGD step", ".3f"),
-                   ("beyond SGD's update / SGD step", ".3f")])
+                   ("beyond SGD's update / SGD step", ".3f"), ("training step (ms)", ".2f"),
+                   ("beyond SGD's training step / SGD step", ".3f")])
     for backend in args.backends:
         command = [sys.executable, __file__, "--child", backend, *sys.argv[1:]]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         result = json.loads(done.stdout.splitlines()[-1])
         ms = {name: 1e3 * statistics.median(s) for name, s in result["seconds"].items()}
         whole = ms.pop("SGD training step")
+        sgd_step = ms["keras SGD: training step"]
         for name in UPDATES:
+            step = ms[f"{name}: training step"]
             table.add(backend, whole, name, ms[name], ms[name] / whole,
-                      (ms[name] - ms["keras SGD"]) / whole)
+                      (ms[name] - ms["keras SGD"]) / whole, step, (step - sgd_step) / whole)
     table.save()
 
 

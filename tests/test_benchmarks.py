@@ -99,3 +99,34 @@ def test_measured_figures_on_the_pages_are_rendered_tables(page, names):
     assert path in render.PAGES
     shown = {m["name"] for m in render.BLOCK.finditer(path.read_text())}
     assert names <= shown, f"{page} does not render {names - shown}"
+
+
+def test_the_training_stepper_takes_the_step_that_fit_takes():
+    """``bench.timing.training_stepper`` (step_share's whole training step) is the trainer's own
+    step: a model stepped by it ends where ``train_on_batch`` on the same batch leaves its twin."""
+    import keras
+    import numpy as np
+
+    import adamkit
+    from adamkit.bench.timing import training_stepper
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 6), dtype=np.float32), rng.integers(0, 3, 16)
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                                  keras.layers.Dense(3)])
+        model.compile(adamkit.Adam(0.01),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        models.append(model)
+    step = training_stepper(models[0], x, y)
+    for _ in range(3):
+        step()
+        models[1].train_on_batch(x, y)
+    getattr(step, "write_back", lambda: None)()  # JAX: the state, from the step's own arrays
+    for a, b in zip(models[0].trainable_variables, models[1].trainable_variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                                   rtol=1e-6, atol=1e-7)
+    assert int(models[0].optimizer.iterations) == 4

@@ -260,10 +260,8 @@ def test_torch_kernel_follows_storage_that_moved(rng, replace):
         optimizer.build(variables)
         for t, step_grads in enumerate(grads):
             if t == 2:
-                if replace == "state":
-                    target = optimizer.variables[-1]  # the last variable's v̂
-                else:
-                    target = variables[0]
+                # the first parameter, or the last variable's v̂
+                target = optimizer.variables[-1] if replace == "state" else variables[0]
                 moved = target._value.detach().clone()
                 if replace == "data":
                     target._value.data = moved

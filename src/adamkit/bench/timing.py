@@ -84,3 +84,42 @@ def backend_stepper(optimizer, shapes, grads) -> Callable[[], object]:
         jax.block_until_ready(held[1])
 
     return step
+
+
+def training_stepper(model, x, y) -> Callable[[], object]:
+    """One training step of a compiled ``model`` on the batch (``x``, ``y``), compiled as the
+    backend's trainer compiles it, without the input pipeline and ``fit``'s loop around it:
+    ``train_step`` in a ``tf.function`` (XLA as ``model.jit_compile`` says); on JAX under
+    ``jax.jit`` with the state donated; on PyTorch eagerly. The model has trained a step already
+    (``fit``), so that its optimizer and metrics are built. On JAX the state lives in the step's
+    own arrays, as in ``fit``; the step's ``write_back()`` assigns it to the model. Its time is
+    the forward pass, the backward pass and the update together, so an update that the compiler
+    fuses with the backward pass (or cannot) shows here and not in the update alone."""
+    backend = keras.backend.backend()
+    data = (keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(model.train_step, jit_compile=bool(model.jit_compile),
+                           reduce_retracing=True)
+        return lambda: step(data)
+    if backend == "jax":
+        import jax
+
+        owners = (model.trainable_variables, model.non_trainable_variables,
+                  model.optimizer.variables, model.metrics_variables)
+        update = jax.jit(model.train_step, donate_argnums=0)
+        held = [tuple([v.value for v in variables] for variables in owners)]
+
+        def step():
+            _, held[0] = update(held[0], data)
+            jax.block_until_ready(held[0])
+
+        def write_back():
+            for variables, values in zip(owners, held[0]):
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+
+        step.write_back = write_back
+        return step
+    return lambda: model.train_step(data)
