@@ -8,7 +8,9 @@ AdamW's decay, RAdam, NAdam, AdaMax, and the ``"keras"`` ε̂), float32 paramete
 bfloat16 state and float64 with float64, split over ``torch.get_num_threads()`` threads; and
 float32 parameters with 8-bit state, one call per variable (``adamkit_adam8bit_host``). It reads
 θ, g, m, v and writes θ, m, v once, so it runs level with ``torch._fused_adam_`` on the same
-tensors (``benchmarks/README.md`` has the measured ratios).
+tensors (``benchmarks/README.md`` has the measured ratios). PyTorch runs this module's Python every
+step, so it does little: the rule's scalars are formed in NumPy (``Job.host_scalars``) and a
+group's addresses are prepared once (``_Storage``).
 
 Where it cannot be built (no compiler; ``ADAMKIT_BUILD_KERNEL=0``), or for tensors off the CPU,
 ``torch._fused_adam_`` (what ``torch.optim.Adam(fused=True)`` runs) serves Adam's own rule with
