@@ -5,6 +5,7 @@ compressed state and the launch grouping have their own tests in test_fused.py.)
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -240,6 +241,21 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
     for a, b in zip([*variables, *fused.variables], [*plain_variables, *plain.variables]):
         assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
 
+
+
+@pytest.mark.skipif(BACKEND != "torch" or not Path("/proc/self/maps").exists(),
+                    reason="PyTorch's OpenMP runtime, seen in Linux's map of the process")
+def test_torch_kernel_threads_are_pytorchs_openmp_team():
+    """The kernel is built with OpenMP and links libgomp.so.1, the runtime PyTorch has loaded:
+    its threads are PyTorch's team, not threads that would share the cores with that team's
+    spinning ones. The process maps one OpenMP runtime."""
+    from adamkit.kernels import pytorch
+
+    assert pytorch_kernel(), "adamkit's PyTorch kernel should build here"
+    assert hasattr(pytorch._library(), "omp_get_max_threads")  # resolved through its libgomp
+    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's kernel keeps its groups' addresses")

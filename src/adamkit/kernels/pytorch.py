@@ -56,8 +56,7 @@ def _library():
         _LIBRARY["library"] = None
         if os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0":
             try:
-                library = ctypes.CDLL(str(compile_library(SOURCE, ["-ffp-contract=off",
-                                                                   "-pthread"])))
+                library = ctypes.CDLL(str(_build()))
                 library.adamkit_adam_host.restype = ctypes.c_int
                 library.adamkit_adam8bit_host.restype = ctypes.c_int
                 _LIBRARY["library"] = library
@@ -66,6 +65,15 @@ def _library():
                       "using PyTorch's fused Adam where it applies, else the ops path (slower).",
                       file=sys.stderr)
     return _LIBRARY["library"]
+
+
+def _build() -> Path:
+    """The kernel's library, built with OpenMP where the compiler has it: its threads are then
+    PyTorch's own OpenMP team (``adam_host.cc`` says why); else with threads of its own."""
+    try:
+        return compile_library(SOURCE, ["-ffp-contract=off", "-fopenmp"])
+    except RuntimeError:
+        return compile_library(SOURCE, ["-ffp-contract=off", "-pthread"])
 
 
 def _dtype(x) -> str:
