@@ -13,11 +13,12 @@ update alone of Keras's SGD, Keras's Adam and adamkit's Adam on the model's vari
 backend's trainer runs it (``adamkit.bench.timing.backend_stepper``: ``tf.function``; JAX's jit
 with the state donated; PyTorch's ``apply``); "beyond SGD's update / SGD step" is (update − SGD's
 update) / SGD's whole step: what the optimizer adds to an epoch beyond SGD if nothing of it
-overlaps. Then the whole training step with each optimizer, on one fixed batch, compiled as the
-trainer compiles it (``adamkit.bench.timing.training_stepper``): forward, backward and update
-together, without the input pipeline, so that what the compiler fuses (or cannot) shows; its
-last column, (training step − SGD's training step) / SGD's whole step, is the figure that
-``epoch_times.py``'s "median / SGD" − 1 should come near, measured a step at a time.
+overlaps. Then the whole training step with each optimizer on one fixed batch ("fixed-batch
+step"), compiled as the trainer compiles it (``adamkit.bench.timing.training_stepper``):
+forward, backward and update together, without the input pipeline, so that what the compiler
+fuses (or cannot) shows; the last column, (fixed-batch step − SGD's fixed-batch step) / SGD's
+step in fit, is the figure that ``epoch_times.py``'s "median / SGD" − 1 should come near,
+measured a step at a time.
 """
 
 from __future__ import annotations
@@ -75,15 +76,15 @@ def child(args) -> None:
     else:
         steps = {name: backend_stepper(make(), shapes, grads) for name, make in makers.items()}
     fits = {"long": fit(2 * STEPS), "short": fit(STEPS)}
-    seconds = {name: [] for name in ["SGD training step", *steps,
-                                     *(f"{name}: training step" for name in trainers)]}
+    seconds = {name: [] for name in ["SGD step in fit", *steps,
+                                     *(f"{name}: fixed-batch step" for name in trainers)]}
     for _ in range(args.rounds):
         long, short = (median_seconds(f, 3, warmup=1) for f in fits.values())
-        seconds["SGD training step"].append((long - short) / STEPS)
+        seconds["SGD step in fit"].append((long - short) / STEPS)
         for name, step in steps.items():
             seconds[name].append(median_seconds(step, 20))
         for name, step in trainers.items():
-            seconds[f"{name}: training step"].append(median_seconds(step, 20))
+            seconds[f"{name}: fixed-batch step"].append(median_seconds(step, 20))
     print(json.dumps({"parameters": model.count_params(), "batch": batch, "seconds": seconds}))
 
 
@@ -97,22 +98,23 @@ def main() -> None:
     if args.child:
         return child(args)
     table = Table(f"step_share_{args.model}",
-                  f"The update alone against SGD's whole training step, {args.model} model "
-                  "(milliseconds, median over rounds of each part's median; the training step: "
-                  f"model.fit over {2 * STEPS} batches less over {STEPS}, per batch)",
-                  [("backend", ""), ("SGD training step (ms)", ".2f"), ("update", ""),
+                  f"The update alone and the whole step against SGD's step, {args.model} model "
+                  "(milliseconds, median over rounds of each part's median; SGD's step in fit: "
+                  f"model.fit over {2 * STEPS} batches less over {STEPS}, per batch; the "
+                  "fixed-batch step: one batch, compiled as the trainer compiles it)",
+                  [("backend", ""), ("SGD step in fit (ms)", ".2f"), ("update", ""),
                    ("update (ms)", ".2f"), ("update / SGD step", ".3f"),
-                   ("beyond SGD's update / SGD step", ".3f"), ("training step (ms)", ".2f"),
-                   ("beyond SGD's training step / SGD step", ".3f")])
+                   ("beyond SGD's update / SGD step", ".3f"), ("fixed-batch step (ms)", ".2f"),
+                   ("beyond SGD's fixed-batch step / SGD step", ".3f")])
     for backend in args.backends:
         command = [sys.executable, __file__, "--child", backend, *sys.argv[1:]]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         result = json.loads(done.stdout.splitlines()[-1])
         ms = {name: 1e3 * statistics.median(s) for name, s in result["seconds"].items()}
-        whole = ms.pop("SGD training step")
-        sgd_step = ms["keras SGD: training step"]
+        whole = ms.pop("SGD step in fit")
+        sgd_step = ms["keras SGD: fixed-batch step"]
         for name in UPDATES:
-            step = ms[f"{name}: training step"]
+            step = ms[f"{name}: fixed-batch step"]
             table.add(backend, whole, name, ms[name], ms[name] / whole,
                       (ms[name] - ms["keras SGD"]) / whole, step, (step - sgd_step) / whole)
     table.save()

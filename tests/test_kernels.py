@@ -242,7 +242,6 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
         assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
 
 
-
 @pytest.mark.skipif(BACKEND != "torch" or not Path("/proc/self/maps").exists(),
                     reason="PyTorch's OpenMP runtime, seen in Linux's map of the process")
 def test_torch_kernel_threads_are_pytorchs_openmp_team():
@@ -351,6 +350,7 @@ def test_host_scalars_are_the_ops_scalars(make, dtype):
     rows are the ops' bit for bit, and the doubles agree to 1e-13 relative (NumPy's and a
     backend's ``expm1`` may differ in the last bit; RAdam's ρₜ, a difference, magnifies that).
     Float64 parameters take the ops' scalars themselves."""
+    from adamkit import ops as adam_ops
     from adamkit.kernels.scalars import host_scalar_table
 
     variable = keras.Variable(np.ones((4, 3), dtype))
@@ -363,9 +363,11 @@ def test_host_scalars_are_the_ops_scalars(make, dtype):
         assert job.host_step == float(keras.ops.convert_to_numpy(job.step)), step
         host = host_scalar_table(job.rule, job.host_scalars(), job.decays)
         ops = host_scalar_table(job.rule, job.scalars("float64"), job.decays)
-        if dtype == "float64":
+        if dtype == "float64":  # the tensors' way, not NumPy's
+            assert adam_ops.namespace(job.host_scalars().step_size) is keras.ops
             np.testing.assert_array_equal(host, ops, f"t={step}")
         else:
+            assert adam_ops.namespace(job.host_scalars().step_size) is np
             np.testing.assert_allclose(host, ops, rtol=1e-13, atol=0, err_msg=f"t={step}")
             np.testing.assert_array_equal(host.astype(np.float32), ops.astype(np.float32),
                                           f"t={step}")

@@ -65,9 +65,11 @@ class Rule:
 
     def scalars(self, step, learning_rate, carried: dict) -> tuple[Scalars, dict]:
         """(a, b, c, ε) of step ``step`` (t, counted from 1) and the carried state's next values.
-        ``step`` and ``learning_rate`` are tensors of one float dtype; ``carried`` holds each
-        name of ``carried`` as a tensor of the parameters' dtype (a vector: one entry per
-        variable)."""
+        ``step`` and ``learning_rate`` are tensors of one float dtype, or NumPy doubles where a
+        kernel called from the host asks (``Job.host_scalars``: the pieces of ``adamkit.ops``
+        take both, and ``adamkit.ops.namespace`` says which a rule's own functions are);
+        ``carried`` holds each name of ``carried`` as a tensor of the parameters' dtype (a
+        vector: one entry per variable)."""
         raise NotImplementedError
 
     @property

@@ -90,9 +90,11 @@ def training_stepper(model, x, y) -> Callable[[], object]:
     """One training step of a compiled ``model`` on the batch (``x``, ``y``), compiled as the
     backend's trainer compiles it, without the input pipeline and ``fit``'s loop around it:
     ``train_step`` in a ``tf.function`` (XLA as ``model.jit_compile`` says); on JAX under
-    ``jax.jit`` with the state donated; on PyTorch eagerly. The model has trained a step already
-    (``fit``), so that its optimizer and metrics are built. On JAX the state lives in the step's
-    own arrays, as in ``fit``; the step's ``write_back()`` assigns it to the model. Its time is
+    ``jax.jit`` with the state donated; on PyTorch eagerly (``fit`` without ``jit_compile``). The
+    model has trained a step already (``fit``), so that its optimizer and metrics are built. On
+    JAX the state lives in the step's own arrays, as in ``fit``, and the first step donates the
+    model's own buffers: the model cannot be read until the step's ``write_back()`` assigns the
+    state to it. Its time is
     the forward pass, the backward pass and the update together, so an update that the compiler
     fuses with the backward pass (or cannot) shows here and not in the update alone."""
     backend = keras.backend.backend()

@@ -56,7 +56,7 @@ def _library():
         _LIBRARY["library"] = None
         if os.environ.get("ADAMKIT_BUILD_KERNEL", "1") != "0":
             try:
-                library = ctypes.CDLL(str(_build()))
+                library = _load()
                 library.adamkit_adam_host.restype = ctypes.c_int
                 library.adamkit_adam8bit_host.restype = ctypes.c_int
                 _LIBRARY["library"] = library
@@ -67,13 +67,26 @@ def _library():
     return _LIBRARY["library"]
 
 
-def _build() -> Path:
-    """The kernel's library, built with OpenMP where the compiler has it: its threads are then
-    PyTorch's own OpenMP team (``adam_host.cc`` says why); else with threads of its own."""
-    try:
-        return compile_library(SOURCE, ["-ffp-contract=off", "-fopenmp"])
-    except RuntimeError:
-        return compile_library(SOURCE, ["-ffp-contract=off", "-pthread"])
+def _load() -> ctypes.CDLL:
+    """The kernel's library. Built with OpenMP where linking ``libgomp.so.1`` gives it PyTorch's
+    own OpenMP team (``adam_host.cc`` says why); else, or where that build fails to compile or
+    load, with threads of its own."""
+    if _pytorch_runs_libgomp():
+        try:
+            return ctypes.CDLL(str(compile_library(SOURCE, ["-ffp-contract=off", "-fopenmp"])))
+        except (RuntimeError, OSError):
+            pass
+    return ctypes.CDLL(str(compile_library(SOURCE, ["-ffp-contract=off", "-pthread"])))
+
+
+def _pytorch_runs_libgomp() -> bool:
+    """Whether PyTorch's parallel backend is OpenMP from a loaded ``libgomp.so.1`` (Linux wheels):
+    a library that links it then joins that runtime, not a second one (conda's libiomp5 or a
+    renamed libgomp would be a second)."""
+    maps = Path("/proc/self/maps")
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info() or not maps.exists():
+        return False
+    return any(line.endswith("/libgomp.so.1") for line in maps.read_text().splitlines())
 
 
 def _dtype(x) -> str:
@@ -117,7 +130,7 @@ class HostKernel:
     def groups(self, slots):
         return not is_8bit(slots)
 
-    def apply(self, job):  # no autograd: only tensors' memory is read here, and ctypes writes
+    def apply(self, job):  # no autograd guard: nothing here records a step of θ or its state
         if is_8bit(job.slots[0]):
             return _apply_8bit(job)
         storage = _storage(job)
@@ -157,7 +170,9 @@ class _Storage:
 
 def _storage(job) -> _Storage:
     """``job``'s storage, prepared once per group of variables and kept on the optimizer while it
-    is ``current`` (forming the addresses took ~10 µs a step); in a stateless scope, made anew."""
+    is ``current`` (forming the addresses took ~10 µs a step); in a stateless scope, made anew.
+    Keyed by the parameters alone: their state variables are made once, at ``build``, and the
+    entry holds the parameters, so that no other variable can take their ids."""
     if in_stateless_scope():
         return _Storage(job)
     key = ("host kernel", *map(id, job.variables))
