@@ -68,13 +68,11 @@ def child(args) -> None:
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype(np.float32) * 1e-3)
              for s in shapes]
-    makers = {name: lambda name=name: make_optimizer(name) for name in UPDATES}
     if args.child == "tensorflow":
-        from adamkit.bench.timing import compiled_apply
-
-        steps = {name: compiled_apply(make(), shapes, grads) for name, make in makers.items()}
+        from adamkit.bench.timing import compiled_apply as stepper
     else:
-        steps = {name: backend_stepper(make(), shapes, grads) for name, make in makers.items()}
+        stepper = backend_stepper
+    steps = {name: stepper(make_optimizer(name), shapes, grads) for name in UPDATES}
     fits = {"long": fit(2 * STEPS), "short": fit(STEPS)}
     seconds = {name: [] for name in ["SGD step in fit", *steps,
                                      *(f"{name}: fixed-batch step" for name in trainers)]}

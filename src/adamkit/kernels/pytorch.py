@@ -148,7 +148,7 @@ class _Storage:
 
     def __init__(self, job):
         states = [plain_state(s) for s in job.slots]
-        names = ("momentum", "velocity", "velocity_hat")[:3 if "velocity_hat" in states[0] else 2]
+        names = state_names(states[0])
         self.variables = [*job.variables, *(s[name] for name in names for s in states)]
         self.tensors = _tensors(self.variables)
         self.addresses = [t.data_ptr() for t in self.tensors]
