@@ -6,9 +6,9 @@
 ``model.fit`` with Adam can only be as close to SGD's epoch as Adam's update is to SGD's: both run
 the same forward and backward pass, and the update comes after it. Per backend, in its own
 process, this times side by side, the parts taking turns round after round: one whole training
-step with Keras's SGD (the floor of ``benchmarks/epoch_times.py``: ``model.fit`` over 2·``STEPS``
-batches less ``model.fit`` over ``STEPS``, divided by ``STEPS``, which leaves out each fit's own
-set-up; ``train_on_batch`` costs several steps in its set-up), and the
+step with Keras's SGD (the floor of ``benchmarks/epoch_times.py``: the epoch of ``model.fit`` over
+2·``STEPS`` batches less that over ``STEPS``, divided by ``STEPS``, which leaves out the first
+step's own set-up; ``train_on_batch`` costs several steps in its set-up), and the
 update alone of Keras's SGD, Keras's Adam and adamkit's Adam on the model's variables, as each
 backend's trainer runs it (``adamkit.bench.timing.backend_stepper``: ``tf.function``; JAX's jit
 with the state donated; PyTorch's ``apply``); "beyond SGD's update / SGD step" is (update − SGD's
@@ -19,22 +19,31 @@ forward, backward and update together, without the input pipeline, so that what 
 fuses (or cannot) shows; the last column, (fixed-batch step − SGD's fixed-batch step) / SGD's
 step in fit, is the figure that ``epoch_times.py``'s "median / SGD" − 1 should come near,
 measured a step at a time.
+
+The last row of each backend is the least that any Adam can add to SGD's step there: reading and
+writing m and v, 16 of the 28 bytes a parameter that an Adam step moves, at the memory-bandwidth
+limit (``adamkit.bench.stream``: 16/28 of the time that streaming a step's bytes takes, on every
+core). Where it is more than 5% of SGD's step, no Adam can come within 5% of SGD's epoch unless
+its update overlaps the backward pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 
-from epoch_times import make_model, make_optimizer
+from epoch_times import epoch_clock, make_model, make_optimizer
 from results import Table
 
 UPDATES = ("keras SGD", "keras Adam", "adamkit Adam")
 STEPS = 50  # batches in each timed model.fit
+FLOOR = "m and v at the bandwidth limit"
+STATE_BYTES = 16 / 28  # of an Adam step's bytes a parameter: m and v, each read and written
 
 
 def child(args) -> None:
@@ -43,6 +52,7 @@ def child(args) -> None:
     import keras
     import numpy as np
 
+    from adamkit.bench.stream import stream_step
     from adamkit.bench.timing import backend_stepper, median_seconds, training_stepper
 
     keras.utils.set_random_seed(0)
@@ -53,9 +63,14 @@ def child(args) -> None:
     x = rng.random((2 * STEPS * batch, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 2 * STEPS * batch)
 
-    def fit(batches: int):
-        return lambda: model.fit(x[:batches * batch], y[:batches * batch], batch_size=batch,
-                                 epochs=1, verbose=0)
+    def epoch_seconds(batches: int, repeats: int = 3) -> float:
+        """The median epoch of ``model.fit`` over ``batches`` batches, after one untimed."""
+        clock, seconds = epoch_clock(), []
+        for _ in range(repeats + 1):
+            model.fit(x[:batches * batch], y[:batches * batch], batch_size=batch, epochs=1,
+                      verbose=0, callbacks=[clock])
+            seconds.append(clock.seconds)
+        return statistics.median(seconds[1:])
 
     trainers = {}  # the whole training step with each optimizer, on one fixed batch
     for name in UPDATES:
@@ -73,12 +88,13 @@ def child(args) -> None:
     else:
         stepper = backend_stepper
     steps = {name: stepper(make_optimizer(name), shapes, grads) for name in UPDATES}
-    fits = {"long": fit(2 * STEPS), "short": fit(STEPS)}
+    stream = stream_step(model.count_params())
     seconds = {name: [] for name in ["SGD step in fit", *steps,
-                                     *(f"{name}: fixed-batch step" for name in trainers)]}
+                                     *(f"{name}: fixed-batch step" for name in trainers), FLOOR]}
     for _ in range(args.rounds):
-        long, short = (median_seconds(f, 3, warmup=1) for f in fits.values())
+        long, short = epoch_seconds(2 * STEPS), epoch_seconds(STEPS)
         seconds["SGD step in fit"].append((long - short) / STEPS)
+        seconds[FLOOR].append(STATE_BYTES * median_seconds(stream, 20))
         for name, step in steps.items():
             seconds[name].append(median_seconds(step, 20))
         for name, step in trainers.items():
@@ -98,7 +114,7 @@ def main() -> None:
     table = Table(f"step_share_{args.model}",
                   f"The update alone and the whole step against SGD's step, {args.model} model "
                   "(milliseconds, median over rounds of each part's median; SGD's step in fit: "
-                  f"model.fit over {2 * STEPS} batches less over {STEPS}, per batch; the "
+                  f"the epoch of model.fit over {2 * STEPS} batches less over {STEPS}, per batch; the "
                   "fixed-batch step: one batch, compiled as the trainer compiles it)",
                   [("backend", ""), ("SGD step in fit (ms)", ".2f"), ("update", ""),
                    ("update (ms)", ".2f"), ("update / SGD step", ".3f"),
@@ -115,6 +131,8 @@ def main() -> None:
             step = ms[f"{name}: fixed-batch step"]
             table.add(backend, whole, name, ms[name], ms[name] / whole,
                       (ms[name] - ms["keras SGD"]) / whole, step, (step - sgd_step) / whole)
+        floor = ms[FLOOR]  # SGD's update moves no m, v: all of it is beyond SGD's
+        table.add(backend, whole, FLOOR, floor, floor / whole, floor / whole, math.nan, math.nan)
     table.save()
 
 
