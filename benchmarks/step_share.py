@@ -23,8 +23,9 @@ measured a step at a time.
 The last row of each backend is the least that any Adam can add to SGD's step there: reading and
 writing m and v, 16 of the 28 bytes a parameter that an Adam step moves, at the memory-bandwidth
 limit (``adamkit.bench.stream``: 16/28 of the time that streaming a step's bytes takes, on every
-core). Where it is more than 5% of SGD's step, no Adam can come within 5% of SGD's epoch unless
-its update overlaps the backward pass.
+core; where m and v fit in the cache, as the tutorial's do, the cache's speed instead). Where it
+is more than 5% of SGD's step, no Adam can come within 5% of SGD's epoch unless its update
+overlaps the backward pass.
 """
 
 from __future__ import annotations
