@@ -11,11 +11,11 @@ round (a shared machine slows whole stretches of time: alternating spreads that 
 them), after one untimed epoch each that compiles.
 
 The epoch is timed from Keras's ``on_epoch_begin`` to its ``on_epoch_end``: every step, input
-included. ``fit`` itself returns later on TensorFlow, by 0.5–2 s in about half the calls and not
-in the others, whatever the optimizer (the input pipeline's teardown after the last step); that
-call is the last column. Rows: the fastest and the median epoch, the median over SGD's median,
-and the median of each round's epoch over SGD's epoch of the same round (1.00 = the floor; the
-goal is within 1.05).
+included. ``fit`` itself returns later on TensorFlow, by 0.5–2 s in many calls and not in the
+others, whatever the optimizer (the input pipeline's teardown after the last step); that call is
+the last column. Columns: the fastest and the median epoch, the median over SGD's median, and
+the median of each round's epoch over SGD's epoch of the same round (1.00 = the floor; the goal
+is within 1.05).
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -133,7 +132,7 @@ def main() -> None:
             table.add(backend, whole, name, ms[name], ms[name] / whole,
                       (ms[name] - ms["keras SGD"]) / whole, step, (step - sgd_step) / whole)
         floor = ms[FLOOR]  # SGD's update moves no m, v: all of it is beyond SGD's
-        table.add(backend, whole, FLOOR, floor, floor / whole, floor / whole, math.nan, math.nan)
+        table.add(backend, whole, FLOOR, floor, floor / whole, floor / whole, None, None)
     table.save()
 
 
