@@ -43,6 +43,7 @@ def make_optimizer(name: str):
         "keras SGD": lambda: keras.optimizers.SGD(0.01),
         "keras Adam": lambda: keras.optimizers.Adam(),
         "adamkit Adam": lambda: adamkit.Adam(),
+        "adamkit Adam, fused=False": lambda: adamkit.Adam(fused=False),
         "adamkit AdamW": lambda: adamkit.AdamW(weight_decay=0.004),
         "adamkit AMSGrad": lambda: adamkit.Adam(amsgrad=True),
         "adamkit Adam, bfloat16 state": lambda: adamkit.Adam(state_dtype="bfloat16"),

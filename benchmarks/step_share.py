@@ -18,7 +18,8 @@ step"), compiled as the trainer compiles it (``adamkit.bench.timing.training_ste
 forward, backward and update together, without the input pipeline, so that what the compiler
 fuses (or cannot) shows; the last column, (fixed-batch step − SGD's fixed-batch step) / SGD's
 step in fit, is the figure that ``epoch_times.py``'s "median / SGD" − 1 should come near,
-measured a step at a time.
+measured a step at a time. adamkit's Adam with ``fused=False`` runs the same rule as Keras ops,
+which the compiler may fuse with the backward pass where it cannot fuse a kernel's call.
 
 The last row of each backend is the least that any Adam can add to SGD's step there: reading and
 writing m and v, 16 of the 28 bytes a parameter that an Adam step moves, at the memory-bandwidth
@@ -40,7 +41,7 @@ import sys
 from epoch_times import epoch_clock, make_model, make_optimizer
 from results import Table
 
-UPDATES = ("keras SGD", "keras Adam", "adamkit Adam")
+UPDATES = ("keras SGD", "keras Adam", "adamkit Adam", "adamkit Adam, fused=False")
 STEPS = 50  # batches in each timed model.fit
 FLOOR = "m and v at the bandwidth limit"
 STATE_BYTES = 16 / 28  # of an Adam step's bytes a parameter: m and v, each read and written
