@@ -64,27 +64,13 @@ def make_model(kind: str):
                              keras.layers.Dense(10)]), 128
 
 
-def epoch_clock():
-    """A Keras callback whose ``seconds`` is its last epoch's, from ``on_epoch_begin`` to
-    ``on_epoch_end``: the steps, without ``fit``'s own set-up and teardown."""
-    import keras
-
-    class EpochClock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.begin = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.begin
-
-    return EpochClock()
-
-
 def child(args) -> None:
     """Prints one JSON line per optimizer: (name, seconds of each round's epoch, seconds of each
     round's ``fit`` call)."""
     os.environ["KERAS_BACKEND"] = args.child
     import keras
 
+    from adamkit.bench.timing import EpochTimer
     from adamkit.data import load_mnist
 
     (x, y), _ = load_mnist()
@@ -101,11 +87,11 @@ def child(args) -> None:
     epochs, calls = ({name: [] for name in OPTIMIZERS} for _ in range(2))
     for _ in range(args.rounds):
         for name, (model, batch) in models.items():
-            clock = epoch_clock()
+            timer = EpochTimer()
             start = time.perf_counter()
-            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[clock])
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[timer])
             calls[name].append(time.perf_counter() - start)
-            epochs[name].append(clock.seconds)
+            epochs[name].extend(timer.times)
     for name in OPTIMIZERS:
         print(json.dumps([name, epochs[name], calls[name]]), flush=True)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,6 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import adamkit  # noqa: E402
+from adamkit.bench.timing import EpochTimer  # noqa: E402
 from results import Table  # noqa: E402
 
 USERS, ITEMS, DIM = 200_000, 20_000, 32
@@ -43,17 +43,6 @@ def model() -> keras.Model:
     user = keras.layers.Embedding(USERS, DIM, name="users")(pairs[:, 0])
     item = keras.layers.Embedding(ITEMS, DIM, name="items")(pairs[:, 1])
     return keras.Model(pairs, keras.ops.sum(user * item, axis=1))
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 
-from epoch_times import epoch_clock, make_model, make_optimizer
+from epoch_times import make_model, make_optimizer
 from results import Table
 
 UPDATES = ("keras SGD", "keras Adam", "adamkit Adam", "adamkit Adam, fused=False")
@@ -54,7 +54,7 @@ def child(args) -> None:
     import numpy as np
 
     from adamkit.bench.stream import stream_step
-    from adamkit.bench.timing import backend_stepper, median_seconds, training_stepper
+    from adamkit.bench.timing import EpochTimer, backend_stepper, median_seconds, training_stepper
 
     keras.utils.set_random_seed(0)
     model, batch = make_model(args.model)
@@ -66,11 +66,11 @@ def child(args) -> None:
 
     def epoch_seconds(batches: int, repeats: int = 3) -> float:
         """The median epoch of ``model.fit`` over ``batches`` batches, after one untimed."""
-        clock, seconds = epoch_clock(), []
+        timer, seconds = EpochTimer(), []
         for _ in range(repeats + 1):
             model.fit(x[:batches * batch], y[:batches * batch], batch_size=batch, epochs=1,
-                      verbose=0, callbacks=[clock])
-            seconds.append(clock.seconds)
+                      verbose=0, callbacks=[timer])
+            seconds.extend(timer.times)
         return statistics.median(seconds[1:])
 
     trainers = {}  # the whole training step with each optimizer, on one fixed batch

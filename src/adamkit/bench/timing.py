@@ -1,5 +1,6 @@
 """Timing an optimizer step: medians of repeated calls, and steps as the frameworks' trainers run
-them (``tf.function`` with ``steps_per_execution``; JAX's jit with the state donated)."""
+them (``tf.function`` with ``steps_per_execution``; JAX's jit with the state donated); and the
+epochs of ``model.fit``."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ def median_seconds(step: Callable[[], object], repeats: int, warmup: int = 3) ->
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds of each epoch of the last ``fit``, from ``on_epoch_begin`` to ``on_epoch_end``: the
+    steps, input included, without ``fit``'s own set-up and teardown (on TensorFlow its input
+    pipeline's teardown delays many calls' return by 0.5–2 s, whatever the optimizer)."""
+
+    def on_train_begin(self, logs=None):
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
 
 
 def repeated(step: Callable[[], object], times: int) -> Callable[[], None]:
