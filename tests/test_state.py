@@ -373,11 +373,8 @@ def test_the_chunked_ops_path_compiles_with_xla_and_equals_the_whole_tensor_one(
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed):
-    """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)
-    through the kernels' 8-bit encoder (the AVX2 one where the CPU has it) and the scalar one:
-    the same codes, each one of the two map values that bracket the value, with the dither."""
+def encoder_library():
+    """tests/native/encoder_check.cc, built against the kernels' header (skips without a compiler)."""
     import ctypes
     import hashlib
     from pathlib import Path
@@ -392,11 +389,71 @@ def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(sign
                                   salt=hashlib.sha256(header.read_bytes()).hexdigest())
     except RuntimeError as error:  # no compiler: the kernels fall back too, nothing to check
         pytest.skip(str(error))
+    return ctypes.CDLL(str(library))
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed):
+    """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)
+    through the kernels' 8-bit encoder (the AVX2 one where the CPU has it) and the scalar one:
+    the same codes, each one of the two map values that bracket the value, with the dither."""
+    import ctypes
+
+    library = encoder_library()
     table = np.ascontiguousarray(st.codec_table(signed))
     counts = (ctypes.c_int64 * 3)()
-    ctypes.CDLL(str(library)).adamkit_check_encoder(
+    library.adamkit_check_encoder(
         int(signed), table.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint32(0x6A09E667 * 3),
         counts)
     checked, disagree, outside = counts
     assert checked == 0x3F800000 + 1
     assert (disagree, outside) == (0, 0)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_kernels_encoder_writes_the_codecs_codes_at_every_scale(signed, rng):
+    """Blocks at every scale — zero, 1e-30 and 1e-20 (below 2^-64: prescaled), ordinary ones,
+    1e20, 1e30 and 3e38 (above 2^64), constant blocks (whose one value must reach the top code)
+    — through the kernels' encoder and adamkit.state.quantize: the same codes and absmax."""
+    import ctypes
+
+    library = encoder_library()
+    scales = [0.0, 1e-30, 1e-20, 1e-3, 1.0, 7.0, 1e20, 1e30, 3e38]
+    values = rng.standard_normal((len(scales), st.BLOCK_SIZE)) * np.exp(
+        rng.uniform(-12, 0, (len(scales), st.BLOCK_SIZE)))
+    values = values / np.abs(values).max(axis=1, keepdims=True) * np.array(scales)[:, None]
+    constant = rng.uniform(0.1, 10.0, (64, 1)) * np.ones((1, st.BLOCK_SIZE))
+    x = np.concatenate([values, constant]).astype(np.float32)
+    x = x if signed else np.abs(x)
+    blocks = x.shape[0]
+    step = 17
+    codes = np.zeros(x.shape, np.int8)
+    absmax = np.zeros(blocks, np.float32)
+    table = np.ascontiguousarray(st.codec_table(signed))
+    library.adamkit_encode_blocks(
+        int(signed), table.ctypes.data_as(ctypes.c_void_p), x.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_int64(blocks), ctypes.c_uint32((step * 0x6A09E667) % 2**32),
+        codes.ctypes.data_as(ctypes.c_void_p), absmax.ctypes.data_as(ctypes.c_void_p))
+    expected_codes, expected_absmax = st.quantize(ops.convert_to_tensor(x), signed,
+                                                  ops.convert_to_tensor(step, "int32"))
+    np.testing.assert_array_equal(codes, ops.convert_to_numpy(expected_codes))
+    np.testing.assert_array_equal(absmax, ops.convert_to_numpy(expected_absmax))
+    assert np.all(codes[len(scales):] == 127)  # the top code (unsigned: 255 − 128): exact
+
+
+def test_block_scales_normalise_the_largest_value_to_the_top_code(rng):
+    """(x / d)·r reaches 1 for x = absmax at every scale: d a power of two bringing absmax into
+    [2^-85, 2^64], r float32(1 / (absmax / d)) or one ulp more, always a normal float32."""
+    # Normal numbers only: TensorFlow's and XLA's threads read subnormals as 0 (so do the kernels
+    # on those threads), and the all-zero block has its own test.
+    absmax = np.concatenate([np.exp(rng.uniform(-87, 88, 20000)), [1.2e-38, 1e-30, 3.4e38, 1.0]])
+    absmax = absmax.astype(np.float32)
+    divisor, reciprocal = (numpy(t).astype(np.float32)
+                           for t in st.block_scales(ops.convert_to_tensor(absmax)))
+    scaled = absmax / divisor
+    assert np.all(np.log2(divisor) % 1 == 0) and np.all((scaled >= 2.0**-85) & (scaled <= 2.0**64))
+    assert np.all(reciprocal >= np.finfo(np.float32).tiny)
+    nearest = np.float32(1) / scaled
+    assert np.all((reciprocal == nearest) | (reciprocal == np.nextafter(nearest, np.float32(np.inf))))
+    assert np.all(scaled * reciprocal >= 1)
+    assert np.any(reciprocal != nearest)  # the rounding up is needed, for about one block in eight

@@ -82,10 +82,12 @@ def codec_table(signed: bool) -> np.ndarray:
 
     - [0, 256): the decoded value of each code c at c + 128;
     - then ``DECADES`` entries each of: the decade thresholds 10^-1 … 10^-F (padded with −1, never
-      reached), each decade's floor (10^-(e+1), 0 for the last), spacing and point count.
+      reached); each decade's resolution R_e = 1/spacing_e and origin O_e = floor_e·R_e − count_e + 1
+      (floor_e = 10^-(e+1), 0 for the last), so that a sits at position a·R_e − O_e on the map; and
+      its point count.
 
-    The Python codec and the C++ kernel (``kernels/adam_op.cc``) both read this table and round with
-    the same float32 operations, so they encode and decode bit for bit alike.
+    The Python codec and the C++ kernels (``kernels/adam_update.h``) both read this table and round
+    with the same float32 operations, so they encode and decode bit for bit alike.
     """
     bits = fraction_bits(signed)
     magnitudes = _magnitudes(bits)
@@ -104,35 +106,41 @@ def codec_table(signed: bool) -> np.ndarray:
     spacing = np.ones(DECADES)
     spacing[:bits] = 0.9 * 10.0 ** -decades[:-1] / count[:bits]
     spacing[bits] = 10.0**-bits  # the last decade holds one point, 10^-F, stitched to 0
-    table = np.concatenate([decode, thresholds, floor, spacing, count]).astype(np.float32)
+    resolution = 1.0 / spacing
+    origin = floor * resolution - count + 1.0
+    table = np.concatenate([decode, thresholds, resolution, origin, count]).astype(np.float32)
     assert table.shape == (CODEC_TABLE_SIZE,)
     return table
 
 
 def _table_part(table, part: str):
-    begin = 256 + ("thresholds", "floor", "spacing", "count").index(part) * DECADES
+    begin = 256 + ("thresholds", "resolution", "origin", "count").index(part) * DECADES
     return table[begin : begin + DECADES]
 
 
 def magnitude_index(a, signed: bool, dither=None):
     """The index p ∈ [0, 2^(F+1) − 1] of a map value next to ``a`` ∈ [0, 1] (a float32 tensor).
 
-    In decade e the value of index p = 2^(F-e) + k is floor_e + (k + 1)·spacing_e; since the
+    In decade e the value of index p = 2^(F-e) + k is floor_e + (k + 1)·spacing_e, so a sits at
+    position a·R_e − O_e on the map (``codec_table``): a multiply and a subtract, no division. Since the
     decades' uniform grids meet at 10^-(e+1), rounding within a's decade rounds on the whole map
-    (k = −1 rounds down to the next decade's top; in the last decade, to 0). Without ``dither`` that
-    is the nearest value; with ``dither`` u ∈ [0, 1), floor(x + u) rounds up with probability equal
-    to the fraction (stochastic rounding, unbiased when u is uniform).
+    (below the decade's first point, down to the next decade's top; in the last decade, to 0).
+    Without ``dither`` that is the nearest value; with ``dither`` u ∈ [0, 1), floor(position + u)
+    rounds up with probability equal to the fraction (stochastic rounding, unbiased when u is
+    uniform).
     """
     table = codec_table(signed)
     bits = fraction_bits(signed)
     decade = ops.zeros(ops.shape(a), "int32")
     for threshold in _table_part(table, "thresholds")[:bits]:  # e = #{thresholds ≥ a}
         decade = decade + ops.cast(a <= float(threshold), "int32")
-    floor, spacing, count = (ops.take(ops.convert_to_tensor(_table_part(table, part)), decade)
-                             for part in ("floor", "spacing", "count"))
-    position = (a - floor) / spacing
-    k = (ops.round(position) if dither is None else ops.floor(position + dither)) - 1.0
-    return ops.clip(count + k, 0.0, 2.0 ** (bits + 1) - 1.0)
+    resolution, origin = (ops.take(ops.convert_to_tensor(_table_part(table, part)), decade)
+                          for part in ("resolution", "origin"))
+    # A subtract, not an add: TensorFlow's graph optimiser rewrites a chain of adds (this one and
+    # the dither's below) as one AddN, which sums in another order.
+    position = a * resolution - origin
+    index = ops.round(position) if dither is None else ops.floor(position + dither)
+    return ops.clip(index, 0.0, 2.0 ** (bits + 1) - 1.0)
 
 
 def quantization_map(signed: bool) -> np.ndarray:
@@ -155,7 +163,10 @@ def quantize(x, signed: bool, step=None, first_position=0):
         flat = ops.pad(flat, [(0, padded - size)])
     blocks = ops.reshape(flat, (-1, BLOCK_SIZE))
     absmax = ops.max(ops.abs(blocks), axis=1)
-    normalised = blocks / ops.expand_dims(ops.where(absmax > 0, absmax, 1.0), 1)
+    divisor, reciprocal = block_scales(absmax)
+    # (x / d)·r, not x·(1/d)·r: TensorFlow's graph optimiser would fold a chain of two multiplies
+    # into one by (1/d)·r, which is not a float32 number for the largest blocks.
+    normalised = blocks / ops.expand_dims(divisor, 1) * ops.expand_dims(reciprocal, 1)
     dither = None
     if step is not None:
         positions = flat_positions((padded // BLOCK_SIZE, BLOCK_SIZE)) + first_position
@@ -163,6 +174,26 @@ def quantize(x, signed: bool, step=None, first_position=0):
     index = magnitude_index(ops.abs(normalised), signed, dither)
     code = ops.sign(normalised) * index if signed else index - 128.0
     return ops.cast(code, "int8"), absmax
+
+
+def block_scales(absmax):
+    """Per block, (d, r): its values x normalise to (x / d)·r, where d is 1 or a power of two, so
+    that the kernels do it with two multiplies (by 1/d, exact, and by r) and no division.
+
+    d is 2^-64 where absmax is below 2^-64 and 2^64 where it is above 2^64: absmax / d then lies in
+    [2^-85, 2^64] (2^-149 is float32's least), so that r = float32(1 / (absmax / d)) is a normal
+    number (1 for an all-zero block). Where (absmax / d)·r rounds below 1, r is one ulp
+    larger: the block's largest value normalises to at least 1, the top code, and is stored
+    exactly.
+    """
+    divisor = ops.where(absmax < 2.0**-64, 2.0**-64, ops.where(absmax > 2.0**64, 2.0**64, 1.0))
+    scaled = absmax / divisor
+    scaled = ops.where(scaled > 0, scaled, 1.0)
+    # 2/(2·scaled) is 1/scaled exactly; written so because TensorFlow's graph optimiser rewrites
+    # 1/x as its Reciprocal op, which is not correctly rounded (a third of float32 values differ).
+    reciprocal = 2.0 / (2.0 * scaled)
+    short = ops.cast(scaled * reciprocal < 1.0, "int32")
+    return divisor, ops.view(ops.view(reciprocal, "int32") + short, "float32")
 
 
 def dequantize(codes, absmax, shape, signed: bool, dtype="float32"):

@@ -75,3 +75,21 @@ extern "C" void adamkit_check_encoder(int is_signed, const float* table, uint32_
     Check<false>(table, step_mix, counts);
   }
 }
+
+// Encodes ``blocks`` blocks of ``x`` as the kernels do (``step_mix``: the step times the dither's
+// step multiplier), each at its flat position, into ``codes`` and ``absmax``: for comparing the
+// kernels' codes with adamkit.state.quantize's on any values.
+extern "C" void adamkit_encode_blocks(int is_signed, const float* table, const float* x,
+                                      int64_t blocks, uint32_t step_mix, int8_t* codes,
+                                      float* absmax) {
+  const adamkit::CodecTable map(table);
+  const adamkit::BlockCodec codec(map);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const auto position = static_cast<uint32_t>(b * kBlock);
+    if (is_signed) {
+      codec.Encode<true>(x + b * kBlock, codes + b * kBlock, absmax + b, position, step_mix);
+    } else {
+      codec.Encode<false>(x + b * kBlock, codes + b * kBlock, absmax + b, position, step_mix);
+    }
+  }
+}

@@ -208,37 +208,42 @@ constexpr int kBlock = 256;
 constexpr int kDecades = 8;
 
 // The layout of adamkit.state.codec_table: decoded value of code c at c + 128, then per decade
-// the thresholds 10^-1…10^-F (padding −1), floor, spacing and point count.
+// the thresholds 10^-1…10^-F (padding −1), resolution R, origin O and point count: a normalised
+// value a of decade e sits at position a·R_e − O_e on the map.
 struct CodecTable {
   const float* decode;
   const float* threshold;
-  const float* floor;
-  const float* spacing;
-  const float* count;
+  const float* resolution;
+  const float* origin;
   float max_index;  // 2^(F+1) − 1
   explicit CodecTable(const float* t)
-      : decode(t), threshold(t + 256), floor(t + 256 + kDecades),
-        spacing(t + 256 + 2 * kDecades), count(t + 256 + 3 * kDecades),
-        max_index(2.0f * count[0] - 1.0f) {}
+      : decode(t), threshold(t + 256), resolution(t + 256 + kDecades),
+        origin(t + 256 + 2 * kDecades), max_index(2.0f * t[256 + 3 * kDecades] - 1.0f) {}
 };
 
-// One block's values → codes, rounding stochastically on the map exactly as adamkit.state.quantize
-// does: the same float32 divisions and the same 24-bit dither, so both write the same codes.
-// Written to vectorise: the tables are copied to locals (int8 stores may alias anything else), the
-// decade's constants are picked by a chain of selects rather than gathered, and the absmax is an
-// integer max over the bits with the sign cleared (the same order as the floats' magnitudes).
-template <bool kSigned>
-void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
-                 float* __restrict__ absmax_out, const CodecTable& c, uint32_t first_position,
-                 uint32_t step_mix) {
-  float threshold[kDecades - 1], floor[kDecades], spacing[kDecades], count[kDecades];
-  for (int e = 0; e < kDecades; ++e) {
-    if (e < kDecades - 1) threshold[e] = c.threshold[e];
-    floor[e] = c.floor[e];
-    spacing[e] = c.spacing[e];
-    count[e] = c.count[e];
+// How a block's values x normalise, as adamkit.state.block_scales: (x·prescale)·reciprocal, with
+// no division (the encoder's cost was in its divisions). prescale is a power of two that brings
+// an extreme absmax into [2^-64, 2^64] (else 1), so the reciprocal is a normal float; it is one
+// ulp larger where absmax times it rounds below 1, so the largest value reaches the top code.
+struct BlockScale {
+  float prescale, reciprocal;
+  explicit BlockScale(float absmax)
+      : prescale(absmax < 0x1p-64f ? 0x1p64f : absmax > 0x1p64f ? 0x1p-64f : 1.0f) {
+    float scaled = absmax * prescale;
+    scaled = scaled > 0.0f ? scaled : 1.0f;
+    reciprocal = 1.0f / scaled;
+    if (scaled * reciprocal < 1.0f) {
+      uint32_t bits;
+      std::memcpy(&bits, &reciprocal, sizeof bits);
+      ++bits;
+      std::memcpy(&reciprocal, &bits, sizeof bits);
+    }
   }
-  const float max_index = c.max_index;
+};
+
+// The block's absmax: an integer max over the bits with the sign cleared (the same order as the
+// floats' magnitudes, and it vectorises).
+inline float BlockAbsmax(const float* __restrict__ x) {
   int32_t top = 0;
   for (int j = 0; j < kBlock; ++j) {
     int32_t bits;
@@ -247,25 +252,42 @@ void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
   }
   float absmax;
   std::memcpy(&absmax, &top, sizeof absmax);
+  return absmax;
+}
+
+// One block's values → codes, rounding stochastically on the map exactly as adamkit.state.quantize
+// does: the same float32 operations and the same 24-bit dither, so both write the same codes.
+// Written to vectorise: the tables are copied to locals (int8 stores may alias anything else) and
+// the decade's constants are picked by a chain of selects rather than gathered.
+template <bool kSigned>
+void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
+                 float* __restrict__ absmax_out, const CodecTable& c, uint32_t first_position,
+                 uint32_t step_mix) {
+  float threshold[kDecades - 1], resolution[kDecades], origin[kDecades];
+  for (int e = 0; e < kDecades; ++e) {
+    if (e < kDecades - 1) threshold[e] = c.threshold[e];
+    resolution[e] = c.resolution[e];
+    origin[e] = c.origin[e];
+  }
+  const float max_index = c.max_index;
+  const float absmax = BlockAbsmax(x);
   *absmax_out = absmax;
-  const float divisor = absmax > 0.0f ? absmax : 1.0f;
+  const BlockScale scale(absmax);
   for (int j = 0; j < kBlock; ++j) {
-    const float normalised = x[j] / divisor;
+    const float normalised = (x[j] * scale.prescale) * scale.reciprocal;
     const float a = std::fabs(normalised);
     // decade e = how many thresholds 10^-1 > 10^-2 > … lie at or above a.
-    float low = floor[0], gap = spacing[0], points = count[0];
+    float r = resolution[0], o = origin[0];
     for (int e = 0; e < kDecades - 1; ++e) {
       const bool below = a <= threshold[e];
-      low = below ? floor[e + 1] : low;
-      gap = below ? spacing[e + 1] : gap;
-      points = below ? count[e + 1] : points;
+      r = below ? resolution[e + 1] : r;
+      o = below ? origin[e + 1] : o;
     }
     const uint32_t mixed = (first_position + static_cast<uint32_t>(j)) * kPositionMultiplier +
                            step_mix;
     const float dither = static_cast<float>(static_cast<int32_t>(mixed >> 8)) * 0x1p-24f;
-    const float position = (a - low) / gap;
-    const float k = std::floor(position + dither) - 1.0f;
-    const float index = std::min(std::max(points + k, 0.0f), max_index);
+    const float position = a * r - o;
+    const float index = std::min(std::max(std::floor(position + dither), 0.0f), max_index);
     const float code = kSigned ? (normalised < 0.0f ? -index : index) : index - 128.0f;
     codes[j] = static_cast<int8_t>(static_cast<int32_t>(code));
   }
@@ -274,40 +296,37 @@ void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
 #if defined(__AVX2__)
 // The same encoder eight values at a time (AVX2, where -march=native has it): the decade is the
 // count of thresholds at or above a, and its constants are looked up with one permute each (the
-// tables have eight entries: one vector) instead of the scalar code's chain of 21 selects. The
-// same float32 operations in the same order as EncodeBlock, so the same codes, bit for bit. Where
-// there is AVX2 but not AVX-512, the whole 8-bit step: 1.3× faster than with EncodeBlock (22
-// against 28 ms, medians of the step for 10M parameters on one thread of a Zen 4, -mno-avx512f).
+// tables have eight entries: one vector) instead of the scalar code's chain of 14 selects. The
+// same float32 operations in the same order as EncodeBlock, so the same codes, bit for bit.
 struct MapVectors {
-  __m256 threshold[kDecades - 1], floor, spacing, count, max_index;
+  __m256 threshold[kDecades - 1], resolution, origin, max_index;
   explicit MapVectors(const CodecTable& c)
-      : floor(_mm256_loadu_ps(c.floor)), spacing(_mm256_loadu_ps(c.spacing)),
-        count(_mm256_loadu_ps(c.count)), max_index(_mm256_set1_ps(c.max_index)) {
+      : resolution(_mm256_loadu_ps(c.resolution)), origin(_mm256_loadu_ps(c.origin)),
+        max_index(_mm256_set1_ps(c.max_index)) {
     for (int e = 0; e < kDecades - 1; ++e) threshold[e] = _mm256_set1_ps(c.threshold[e]);
   }
 };
 
 // Eight values → eight codes (as int32), ``mixed`` holding their dither words.
 template <bool kSigned>
-inline __m256i Encode8(__m256 x, __m256 divisor, const MapVectors& t, __m256i mixed) {
+inline __m256i Encode8(__m256 x, const BlockScale& scale, const MapVectors& t, __m256i mixed) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256 normalised = _mm256_div_ps(x, divisor);
+  const __m256 normalised = _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(scale.prescale)),
+                                          _mm256_set1_ps(scale.reciprocal));
   const __m256 a = _mm256_andnot_ps(sign, normalised);
   __m256i decade = _mm256_setzero_si256();
   for (int e = 0; e < kDecades - 1; ++e) {  // a true comparison is −1 as an integer
     const __m256 below = _mm256_cmp_ps(a, t.threshold[e], _CMP_LE_OQ);
     decade = _mm256_sub_epi32(decade, _mm256_castps_si256(below));
   }
-  const __m256 low = _mm256_permutevar8x32_ps(t.floor, decade);
-  const __m256 gap = _mm256_permutevar8x32_ps(t.spacing, decade);
-  const __m256 points = _mm256_permutevar8x32_ps(t.count, decade);
+  const __m256 resolution = _mm256_permutevar8x32_ps(t.resolution, decade);
+  const __m256 origin = _mm256_permutevar8x32_ps(t.origin, decade);
   const __m256 dither = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(mixed, 8)),
                                       _mm256_set1_ps(0x1p-24f));
-  const __m256 position = _mm256_div_ps(_mm256_sub_ps(a, low), gap);
-  const __m256 k = _mm256_sub_ps(_mm256_floor_ps(_mm256_add_ps(position, dither)),
-                                 _mm256_set1_ps(1.0f));
-  __m256 index = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(points, k), _mm256_setzero_ps()),
-                               t.max_index);
+  const __m256 position = _mm256_sub_ps(_mm256_mul_ps(a, resolution), origin);
+  __m256 index = _mm256_min_ps(
+      _mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(position, dither)), _mm256_setzero_ps()),
+      t.max_index);
   // Signed: the value's sign on the (non-negative) index; −0 converts to 0 as the scalar's does.
   index = kSigned ? _mm256_or_ps(index, _mm256_and_ps(normalised, sign))
                   : _mm256_sub_ps(index, _mm256_set1_ps(128.0f));
@@ -328,7 +347,7 @@ void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVec
                   uint32_t first_position, uint32_t step_mix) {
   const float absmax = Absmax(x);
   *absmax_out = absmax;
-  const __m256 divisor = _mm256_set1_ps(absmax > 0.0f ? absmax : 1.0f);
+  const BlockScale scale(absmax);
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256i mixed = _mm256_add_epi32(
       _mm256_mullo_epi32(_mm256_add_epi32(_mm256_set1_epi32(first_position), lanes),
@@ -339,7 +358,7 @@ void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVec
   for (int j = 0; j < kBlock; j += 32) {
     __m256i c[4];
     for (int q = 0; q < 4; ++q, mixed = _mm256_add_epi32(mixed, stride)) {
-      c[q] = Encode8<kSigned>(_mm256_loadu_ps(x + j + 8 * q), divisor, t, mixed);
+      c[q] = Encode8<kSigned>(_mm256_loadu_ps(x + j + 8 * q), scale, t, mixed);
     }
     const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]),
                                              _mm256_packs_epi32(c[2], c[3]));
@@ -355,21 +374,22 @@ void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVec
 // The encoder sixteen values at a time (AVX-512). The decade comes from a's binary exponent: an
 // octave [2^k, 2^(k+1)) holds at most one power of ten, so a 32-entry table by exponent gives the
 // thresholds above the octave (``above``) and the one inside it, if any (``inside``, else −1):
-// decade = above + (a ≤ inside), the same count as EncodeBlock's seven compares. The exponent is
-// clamped to the 32 octaves [2^-31, 2) that the thresholds (10^-1 … 10^-7) need; below them every
-// threshold counts, above them (a > 1, inf, NaN) none. Then the same float32 operations as
-// EncodeBlock, bit for bit: dither·2^-24 is exact, so fma(q, 2^-24, position) is its add, and
-// count − 1 + floor(…) is exact in float32 (floor(…) ≥ 0, and past 2^24 both sides clamp).
-// With the decoder below, the whole 8-bit step: 1.7× faster than with the AVX2 encoder and the
-// plain decode loop (13.4 against 23.2 ms, medians of the step for 10M parameters on one thread
-// of a Zen 4).
-constexpr int kLowestExponent = 127 - 31;  // of 2^-31: the table's slot is the exponent mod 32
+// decade = above + (a ≤ inside), the same count as EncodeBlock's seven compares. The table covers
+// the 32 octaves [2^-31, 2) that the thresholds (10^-1 … 10^-7) need: a lower exponent saturates
+// to the first (every threshold counts); a normalised value is at most 1 + 2 ulp, so higher ones
+// are only inf and NaN (exponent 255, read mod 32 as the last slot: none counts). Then the same
+// float32 operations as EncodeBlock, bit for bit: dither·2^-24 is exact, so fma(q, 2^-24,
+// position) is its add. The whole 8-bit step with the decoder below, on one thread of a Zen 4
+// (10M parameters, medians): 13.4 ms against 23.2 with the AVX2 encoder and the plain decode loop;
+// since the codec multiplies where it divided and folds the decade's floor and count into one
+// origin (two permutes, a subtract and an add fewer), the encode of m and v takes 0.7× as long.
+constexpr int kLowestExponent = 127 - 31;  // of 2^-31: the table's slot is the exponent less it
 
 struct MapVectors16 {
-  __m512 inside_lo, inside_hi, floor, spacing, count_less_1, max_index;
+  __m512 inside_lo, inside_hi, resolution, origin, max_index;
   __m512i above_lo, above_hi;
   explicit MapVectors16(const CodecTable& c) : max_index(_mm512_set1_ps(c.max_index)) {
-    alignas(64) float inside[32], floors[16] = {}, spacings[16] = {}, counts[16] = {};
+    alignas(64) float inside[32], resolutions[16] = {}, origins[16] = {};
     alignas(64) int32_t above[32];
     for (int slot = 0; slot < 32; ++slot) {
       const int exponent = kLowestExponent + slot;
@@ -382,39 +402,35 @@ struct MapVectors16 {
       }
     }
     for (int e = 0; e < kDecades; ++e) {
-      floors[e] = c.floor[e];
-      spacings[e] = c.spacing[e];
-      counts[e] = c.count[e] - 1.0f;
+      resolutions[e] = c.resolution[e];
+      origins[e] = c.origin[e];
     }
     inside_lo = _mm512_load_ps(inside);
     inside_hi = _mm512_load_ps(inside + 16);
     above_lo = _mm512_load_si512(above);
     above_hi = _mm512_load_si512(above + 16);
-    floor = _mm512_load_ps(floors);
-    spacing = _mm512_load_ps(spacings);
-    count_less_1 = _mm512_load_ps(counts);
+    resolution = _mm512_load_ps(resolutions);
+    origin = _mm512_load_ps(origins);
   }
 };
 
-// Sixteen values → sixteen codes (as int32), ``dither`` holding their dither (before the 2^-24).
+// Sixteen values, normalised, → sixteen codes (as int32), ``dither`` holding their dither
+// (before the 2^-24).
 template <bool kSigned>
-inline __m512i Encode16(__m512 x, __m512 divisor, const MapVectors16& t, __m512 dither) {
-  const __m512 normalised = _mm512_div_ps(x, divisor);
+inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512 dither) {
   const __m512 a = _mm512_abs_ps(normalised);
-  __m512i slot = _mm512_srli_epi32(_mm512_castps_si512(a), 23);
-  slot = _mm512_min_epi32(_mm512_max_epi32(slot, _mm512_set1_epi32(kLowestExponent)),
-                          _mm512_set1_epi32(kLowestExponent + 31));
+  // The exponent less kLowestExponent, saturating at 0: a 16-bit subtract, as the exponent sits
+  // in each lane's low half and the high half is 0.
+  const __m512i slot = _mm512_subs_epu16(_mm512_srli_epi32(_mm512_castps_si512(a), 23),
+                                         _mm512_set1_epi32(kLowestExponent));
   const __m512 inside = _mm512_permutex2var_ps(t.inside_lo, slot, t.inside_hi);
   const __m512i above = _mm512_permutex2var_epi32(t.above_lo, slot, t.above_hi);
   const __mmask16 below = _mm512_cmp_ps_mask(a, inside, _CMP_LE_OQ);
   const __m512i decade = _mm512_mask_add_epi32(above, below, above, _mm512_set1_epi32(1));
-  const __m512 low = _mm512_permutexvar_ps(decade, t.floor);
-  const __m512 gap = _mm512_permutexvar_ps(decade, t.spacing);
-  const __m512 points_less_1 = _mm512_permutexvar_ps(decade, t.count_less_1);
-  const __m512 position = _mm512_div_ps(_mm512_sub_ps(a, low), gap);
+  const __m512 position = _mm512_sub_ps(_mm512_mul_ps(a, _mm512_permutexvar_ps(decade, t.resolution)),
+                                        _mm512_permutexvar_ps(decade, t.origin));
   const __m512 up = _mm512_floor_ps(_mm512_fmadd_ps(dither, _mm512_set1_ps(0x1p-24f), position));
-  __m512 index = _mm512_min_ps(
-      _mm512_max_ps(_mm512_add_ps(points_less_1, up), _mm512_setzero_ps()), t.max_index);
+  __m512 index = _mm512_min_ps(_mm512_max_ps(up, _mm512_setzero_ps()), t.max_index);
   if (kSigned) {  // the value's sign on the (non-negative) index: (normalised & −0) | index
     index = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
         _mm512_castps_si512(normalised), _mm512_set1_epi32(INT32_MIN), _mm512_castps_si512(index),
@@ -425,9 +441,8 @@ inline __m512i Encode16(__m512 x, __m512 divisor, const MapVectors16& t, __m512 
   return _mm512_cvttps_epi32(index);
 }
 
-// The block's absmax, as EncodeBlock takes it (an integer max over the bits with the sign
-// cleared), written to ``absmax_out``; returns the divisor, broadcast.
-inline __m512 Divisor16(const float* x, float* absmax_out) {
+// The block's absmax, as BlockAbsmax takes it, written to ``absmax_out``; returns its scale.
+inline BlockScale Scale16(const float* x, float* absmax_out) {
   const __m512i magnitude = _mm512_set1_epi32(INT32_MAX);
   __m512i top = _mm512_setzero_si512();
   for (int j = 0; j < kBlock; j += 16) {
@@ -437,7 +452,13 @@ inline __m512 Divisor16(const float* x, float* absmax_out) {
   float absmax;
   std::memcpy(&absmax, &bits, sizeof absmax);
   *absmax_out = absmax;
-  return _mm512_set1_ps(absmax > 0.0f ? absmax : 1.0f);
+  return BlockScale(absmax);
+}
+
+inline __m512 Normalise16(__m512 x, const BlockScale& scale) {
+  // Both multiplies always: a branch on prescale == 1 (then x·1 is x) measured slower.
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(scale.prescale)),
+                       _mm512_set1_ps(scale.reciprocal));
 }
 
 // The dither words of positions first_position … + 15, and the step to the next sixteen.
@@ -464,12 +485,13 @@ inline void Store64(int8_t* codes, const __m512i c[4]) {
 template <bool kSigned>
 void EncodeBlock16(const float* x, int8_t* codes, float* absmax_out, const MapVectors16& t,
                    uint32_t first_position, uint32_t step_mix) {
-  const __m512 divisor = Divisor16(x, absmax_out);
+  const BlockScale scale = Scale16(x, absmax_out);
   __m512i mixed = DitherWords16(first_position, step_mix);
   for (int j = 0; j < kBlock; j += 64) {
     __m512i c[4];
     for (int q = 0; q < 4; ++q) {
-      c[q] = Encode16<kSigned>(_mm512_loadu_ps(x + j + 16 * q), divisor, t, Dither16(mixed));
+      c[q] = Encode16<kSigned>(Normalise16(_mm512_loadu_ps(x + j + 16 * q), scale), t,
+                               Dither16(mixed));
       mixed = _mm512_add_epi32(mixed, _mm512_set1_epi32(kDitherStride16));
     }
     Store64(codes + j, c);
@@ -482,14 +504,16 @@ inline void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int
                             float* m_absmax, float* v_absmax, const MapVectors16& signed_map,
                             const MapVectors16& unsigned_map, uint32_t first_position,
                             uint32_t step_mix) {
-  const __m512 m_divisor = Divisor16(m, m_absmax), v_divisor = Divisor16(v, v_absmax);
+  const BlockScale m_scale = Scale16(m, m_absmax), v_scale = Scale16(v, v_absmax);
   __m512i mixed = DitherWords16(first_position, step_mix);
   for (int j = 0; j < kBlock; j += 64) {
     __m512i cm[4], cv[4];
     for (int q = 0; q < 4; ++q) {
       const __m512 dither = Dither16(mixed);
-      cm[q] = Encode16<true>(_mm512_loadu_ps(m + j + 16 * q), m_divisor, signed_map, dither);
-      cv[q] = Encode16<false>(_mm512_loadu_ps(v + j + 16 * q), v_divisor, unsigned_map, dither);
+      cm[q] = Encode16<true>(Normalise16(_mm512_loadu_ps(m + j + 16 * q), m_scale), signed_map,
+                             dither);
+      cv[q] = Encode16<false>(Normalise16(_mm512_loadu_ps(v + j + 16 * q), v_scale),
+                              unsigned_map, dither);
       mixed = _mm512_add_epi32(mixed, _mm512_set1_epi32(kDitherStride16));
     }
     Store64(m_codes + j, cm);
