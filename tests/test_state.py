@@ -373,33 +373,43 @@ def test_the_chunked_ops_path_compiles_with_xla_and_equals_the_whole_tensor_one(
         np.testing.assert_array_equal(a, b)
 
 
-def encoder_library():
-    """tests/native/encoder_check.cc, built against the kernels' header (skips without a compiler)."""
+# The encoders adam_update.h picks by what it is compiled for: the best this CPU has (AVX-512 or
+# AVX2), the AVX2 one with AVX-512 switched off, and the scalar one with both off; CI's CPU
+# would otherwise test only the first.
+ENCODERS = {"native": [], "avx2": ["-mno-avx512f"], "scalar": ["-mno-avx512f", "-mno-avx2"]}
+
+
+def encoder_library(encoder: str = "native"):
+    """tests/native/encoder_check.cc, built against the kernels' header for ``encoder`` (skips
+    without a compiler, or for AVX2 where the CPU has none)."""
     import ctypes
     import hashlib
     from pathlib import Path
 
     from adamkit import kernels
-    from adamkit.kernels.build import compile_library
+    from adamkit.kernels.build import compile_library, cpu_identity
 
+    if encoder == "avx2" and "avx2" not in cpu_identity().split():
+        pytest.skip("this CPU has no AVX2")
     header = Path(kernels.__file__).parent / "adam_update.h"
     try:
         library = compile_library(Path(__file__).parent / "native" / "encoder_check.cc",
-                                  [f"-I{header.parent}", "-ffp-contract=off"],
+                                  [f"-I{header.parent}", "-ffp-contract=off", *ENCODERS[encoder]],
                                   salt=hashlib.sha256(header.read_bytes()).hexdigest())
     except RuntimeError as error:  # no compiler: the kernels fall back too, nothing to check
         pytest.skip(str(error))
     return ctypes.CDLL(str(library))
 
 
+@pytest.mark.parametrize("encoder", ["native", "avx2"])
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed):
+def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed, encoder):
     """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)
-    through the kernels' 8-bit encoder (the AVX2 one where the CPU has it) and the scalar one:
-    the same codes, each one of the two map values that bracket the value, with the dither."""
+    through a vector encoder of the kernels and the scalar one: the same codes, each one of the
+    two map values that bracket the value, with the dither."""
     import ctypes
 
-    library = encoder_library()
+    library = encoder_library(encoder)
     table = np.ascontiguousarray(st.codec_table(signed))
     counts = (ctypes.c_int64 * 3)()
     library.adamkit_check_encoder(
@@ -410,14 +420,15 @@ def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(sign
     assert (disagree, outside) == (0, 0)
 
 
+@pytest.mark.parametrize("encoder", list(ENCODERS))
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_the_kernels_encoder_writes_the_codecs_codes_at_every_scale(signed, rng):
+def test_the_kernels_encoder_writes_the_codecs_codes_at_every_scale(signed, encoder, rng):
     """Blocks at every scale — zero, 1e-30 and 1e-20 (below 2^-64: prescaled), ordinary ones,
     1e20, 1e30 and 3e38 (above 2^64), constant blocks (whose one value must reach the top code)
     — through the kernels' encoder and adamkit.state.quantize: the same codes and absmax."""
     import ctypes
 
-    library = encoder_library()
+    library = encoder_library(encoder)
     scales = [0.0, 1e-30, 1e-20, 1e-3, 1.0, 7.0, 1e20, 1e30, 3e38]
     values = rng.standard_normal((len(scales), st.BLOCK_SIZE)) * np.exp(
         rng.uniform(-12, 0, (len(scales), st.BLOCK_SIZE)))
