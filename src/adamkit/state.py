@@ -16,8 +16,11 @@ moment is signed (F = 6, the code's sign is the value's sign, 255 values); the s
 other non-negative states use the sign bit as one more bit of precision (F = 7, 256 values, stored
 as code − 128). Encoding is arithmetic (decade from threshold comparisons, then rounding within
 the decade's uniform grid, from a small table), not a search, so it stays elementwise and fuses
-under XLA; the TensorFlow kernel (``kernels/adam_op.cc``) reads the same table and writes the same
-codes.
+under XLA; the kernels (``kernels/adam_update.h``) read the same table and write the same codes.
+Under XLA (JAX's jit, TensorFlow's ``jit_compile``) the compiler may fuse the codec's a·R − O into
+one rounding (an FMA), as it may the moments' updates, so there the ops path's codes can differ
+from the kernels' in a stochastic rounding now and then; eagerly and under ``tf.function`` they
+are the same bit for bit.
 
 ``BLOCK_SIZE`` = 256, as bitsandbytes: an outlier only coarsens its own 256 neighbours, and the
 absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two moments. Tensors under

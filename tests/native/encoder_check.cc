@@ -1,6 +1,7 @@
 // The exhaustive check of the 8-bit encoder (adam_update.h) over every float32 in [−1, 1]:
 // each value is encoded in a block whose absmax is 1 (so it is its own normalised value), by the
-// encoder the kernels run (the AVX2 one where there is AVX2) and by the scalar one; the codes must
+// vector encoder it is compiled for (AVX-512 or AVX2; tests/test_state.py builds it both ways) and
+// by the scalar one; the codes must
 // agree, and each code must be one of the two map values that bracket the value (what a search
 // of the sorted map gives, rounded down or up), whatever the dither.
 #include <cstdint>
@@ -91,5 +92,15 @@ extern "C" void adamkit_encode_blocks(int is_signed, const float* table, const f
     } else {
       codec.Encode<false>(x + b * kBlock, codes + b * kBlock, absmax + b, position, step_mix);
     }
+  }
+}
+
+// Each absmax's BlockScale, as the kernels form it: for comparing with adamkit.state.block_scales.
+extern "C" void adamkit_block_scales(const float* absmax, int64_t n, float* prescale,
+                                     float* reciprocal) {
+  for (int64_t i = 0; i < n; ++i) {
+    const adamkit::BlockScale scale(absmax[i]);
+    prescale[i] = scale.prescale;
+    reciprocal[i] = scale.reciprocal;
   }
 }

@@ -222,9 +222,10 @@ struct CodecTable {
 };
 
 // How a block's values x normalise, as adamkit.state.block_scales: (x·prescale)·reciprocal, with
-// no division (the encoder's cost was in its divisions). prescale is a power of two that brings
-// an extreme absmax into [2^-64, 2^64] (else 1), so the reciprocal is a normal float; it is one
-// ulp larger where absmax times it rounds below 1, so the largest value reaches the top code.
+// no division (much of the encoder's cost was in its divisions). prescale is 2^64 for an absmax
+// below 2^-64 and 2^-64 for one above 2^64 (else 1), so absmax·prescale lies in [2^-85, 2^64] and
+// its reciprocal is a normal float; that is one ulp larger where absmax·prescale times it rounds
+// below 1, so the largest value reaches the top code.
 struct BlockScale {
   float prescale, reciprocal;
   explicit BlockScale(float absmax)
@@ -376,13 +377,15 @@ void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVec
 // thresholds above the octave (``above``) and the one inside it, if any (``inside``, else −1):
 // decade = above + (a ≤ inside), the same count as EncodeBlock's seven compares. The table covers
 // the 32 octaves [2^-31, 2) that the thresholds (10^-1 … 10^-7) need: a lower exponent saturates
-// to the first (every threshold counts); a normalised value is at most 1 + 2 ulp, so higher ones
-// are only inf and NaN (exponent 255, read mod 32 as the last slot: none counts). Then the same
+// to the first (every threshold counts); a finite block's normalised values are at most 1 + 2
+// ulp, so higher ones are inf and NaN (exponent 255, read mod 32 as the last slot: none counts)
+// or, in a block whose absmax is NaN, any value (a wrong slot there, but a position past the top
+// in every decade, so the same top code as the scalar encoder's). Then the same
 // float32 operations as EncodeBlock, bit for bit: dither·2^-24 is exact, so fma(q, 2^-24,
 // position) is its add. The whole 8-bit step with the decoder below, on one thread of a Zen 4
 // (10M parameters, medians): 13.4 ms against 23.2 with the AVX2 encoder and the plain decode loop;
-// since the codec multiplies where it divided and folds the decade's floor and count into one
-// origin (two permutes, a subtract and an add fewer), the encode of m and v takes 0.7× as long.
+// since the codec multiplies where it divided (twice) and folds the decade's floor and count into
+// one origin (a permute and an add fewer), the encode of m and v takes 0.8× as long.
 constexpr int kLowestExponent = 127 - 31;  // of 2^-31: the table's slot is the exponent less it
 
 struct MapVectors16 {
