@@ -490,12 +490,13 @@ def test_the_kernels_block_scales_are_the_codecs():
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_positions_stay_inside_their_decade(signed):
-    """In float32, a·R − O for the first and last 200,000 floats of every decade lies within the
-    decade's indices [count − 1, 2·count − 1]: rounding never carries a value past a neighbouring
-    code, whatever its dither (the exhaustive check tries one dither per value)."""
+    """For the first and last 200,000 floats of every decade, the fixed-point distance from the
+    decade's floor, ⌊(a − floor)·scale⌋, lies in [0, count·2^FIXED_POINT]: rounding never carries
+    a value past a neighbouring code, whatever its dither (the exhaustive check tries one dither
+    per value)."""
     table = st.codec_table(signed)
-    thresholds, resolution, origin, count = (st._table_part(table, part) for part in
-                                              ("thresholds", "resolution", "origin", "count"))
+    thresholds, floor, scale, count = (st._table_part(table, part) for part in
+                                       ("thresholds", "floor", "scale", "count"))
     decades = st.fraction_bits(signed) + 1
     for e in range(decades):
         bottom = thresholds[e] if e < decades - 1 else np.float32(0)
@@ -504,5 +505,5 @@ def test_positions_stay_inside_their_decade(signed):
         first = (bottom.view(np.int32) + steps).view(np.float32)
         last = (top.view(np.int32) + 1 - steps).view(np.float32)
         a = np.concatenate([first[first <= top], last[last > bottom]])
-        position = a * resolution[e] - origin[e]
-        assert position.min() >= count[e] - 1 and position.max() <= 2 * count[e] - 1, e
+        fixed = ((a - floor[e]) * scale[e]).astype(np.int64)
+        assert fixed.min() >= 0 and fixed.max() <= count[e] * 2**st.FIXED_POINT, e

@@ -16,11 +16,8 @@ moment is signed (F = 6, the code's sign is the value's sign, 255 values); the s
 other non-negative states use the sign bit as one more bit of precision (F = 7, 256 values, stored
 as code − 128). Encoding is arithmetic (decade from threshold comparisons, then rounding within
 the decade's uniform grid, from a small table), not a search, so it stays elementwise and fuses
-under XLA; the kernels (``kernels/adam_update.h``) read the same table and write the same codes.
-Under XLA (JAX's jit, TensorFlow's ``jit_compile``) the compiler may fuse the codec's a·R − O into
-one rounding (an FMA), as it may the moments' updates, so there the ops path's codes can differ
-from the kernels' in a stochastic rounding now and then; eagerly and under ``tf.function`` they
-are the same bit for bit.
+under XLA; the kernels (``kernels/adam_update.h``) read the same table and write the same codes,
+eagerly, under ``tf.function`` and under XLA alike (``magnitude_index`` says how).
 
 ``BLOCK_SIZE`` = 256, as bitsandbytes: an outlier only coarsens its own 256 neighbours, and the
 absmax costs 4/256 byte per value, 2.03 bytes per parameter for Adam's two moments. Tensors under
@@ -59,6 +56,9 @@ SIGNED_FRACTION_BITS = 6
 UNSIGNED_FRACTION_BITS = 7
 DECADES = 8  # F + 1 ≤ 8 decades in either map
 CODEC_TABLE_SIZE = 256 + 4 * DECADES
+# Fraction bits of a value's fixed-point position on the map (``magnitude_index``): positions are
+# below 2^8, so position, first index and dither together stay below 2^31.
+FIXED_POINT = 22
 
 
 def fraction_bits(signed: bool) -> int:
@@ -85,9 +85,9 @@ def codec_table(signed: bool) -> np.ndarray:
 
     - [0, 256): the decoded value of each code c at c + 128;
     - then ``DECADES`` entries each of: the decade thresholds 10^-1 … 10^-F (padded with −1, never
-      reached); each decade's resolution R_e = 1/spacing_e and origin O_e = floor_e·R_e − count_e + 1
-      (floor_e = 10^-(e+1), 0 for the last), so that a sits at position a·R_e − O_e on the map; and
-      its point count.
+      reached); each decade's floor (10^-(e+1), 0 for the last); its scale 2^FIXED_POINT / spacing,
+      which turns a's distance from the floor into fixed point (``magnitude_index``); and its point
+      count.
 
     The Python codec and the C++ kernels (``kernels/adam_update.h``) both read this table and round
     with the same float32 operations, so they encode and decode bit for bit alike.
@@ -109,41 +109,44 @@ def codec_table(signed: bool) -> np.ndarray:
     spacing = np.ones(DECADES)
     spacing[:bits] = 0.9 * 10.0 ** -decades[:-1] / count[:bits]
     spacing[bits] = 10.0**-bits  # the last decade holds one point, 10^-F, stitched to 0
-    resolution = 1.0 / spacing
-    origin = floor * resolution - count + 1.0
-    table = np.concatenate([decode, thresholds, resolution, origin, count]).astype(np.float32)
+    scale = 2.0**FIXED_POINT / spacing
+    table = np.concatenate([decode, thresholds, floor, scale, count]).astype(np.float32)
     assert table.shape == (CODEC_TABLE_SIZE,)
     return table
 
 
 def _table_part(table, part: str):
-    begin = 256 + ("thresholds", "resolution", "origin", "count").index(part) * DECADES
+    begin = 256 + ("thresholds", "floor", "scale", "count").index(part) * DECADES
     return table[begin : begin + DECADES]
 
 
 def magnitude_index(a, signed: bool, dither=None):
-    """The index p ∈ [0, 2^(F+1) − 1] of a map value next to ``a`` ∈ [0, 1] (a float32 tensor).
+    """The index p ∈ [0, 2^(F+1) − 1] (int32) of a map value next to ``a`` ∈ [0, 1] (float32).
 
     In decade e the value of index p = 2^(F-e) + k is floor_e + (k + 1)·spacing_e, so a sits at
-    position a·R_e − O_e on the map (``codec_table``): a multiply and a subtract, no division. Since the
-    decades' uniform grids meet at 10^-(e+1), rounding within a's decade rounds on the whole map
-    (below the decade's first point, down to the next decade's top; in the last decade, to 0).
-    Without ``dither`` that is the nearest value; with ``dither`` u ∈ [0, 1), floor(position + u)
-    rounds up with probability equal to the fraction (stochastic rounding, unbiased when u is
-    uniform).
+    position (a − floor_e)/spacing_e + count_e − 1 on the map. Since the decades' uniform grids
+    meet at 10^-(e+1), rounding within a's decade rounds on the whole map (below the decade's
+    first point, down to the next decade's top; in the last decade, to 0). The position is taken
+    in fixed point with ``FIXED_POINT`` fraction bits: ⌊(a − floor_e)·scale_e⌋, a subtract and a
+    multiply (no division), then integer adds of (count_e − 1)·2^FIXED_POINT and the dither, and
+    a shift. Integer adds are exact in any order, and nothing fuses a multiply that no float add
+    follows (XLA fuses a multiply and an add into one rounding, an FMA): every backend, compiled
+    or not, and the kernels get the same index. ``dither``: int32 in [0, 2^FIXED_POINT), which
+    rounds up with probability equal to the fraction (stochastic rounding, unbiased when uniform);
+    None: half of it, the nearest value (a tie rounds up).
     """
     table = codec_table(signed)
     bits = fraction_bits(signed)
     decade = ops.zeros(ops.shape(a), "int32")
     for threshold in _table_part(table, "thresholds")[:bits]:  # e = #{thresholds ≥ a}
         decade = decade + ops.cast(a <= float(threshold), "int32")
-    resolution, origin = (ops.take(ops.convert_to_tensor(_table_part(table, part)), decade)
-                          for part in ("resolution", "origin"))
-    # A subtract, not an add: TensorFlow's graph optimiser rewrites a chain of adds (this one and
-    # the dither's below) as one AddN, which sums in another order.
-    position = a * resolution - origin
-    index = ops.round(position) if dither is None else ops.floor(position + dither)
-    return ops.clip(index, 0.0, 2.0 ** (bits + 1) - 1.0)
+    floor, scale, count = (ops.take(ops.convert_to_tensor(_table_part(table, part)), decade)
+                           for part in ("floor", "scale", "count"))
+    fixed = ops.cast((a - floor) * scale, "int32")  # a > floor_e: truncation is the floor
+    first = ops.cast(count - 1.0, "int32") * 2**FIXED_POINT
+    half = 2 ** (FIXED_POINT - 1)
+    index = ops.right_shift(fixed + first + (half if dither is None else dither), FIXED_POINT)
+    return ops.clip(index, 0, 2 ** (bits + 1) - 1)
 
 
 def quantization_map(signed: bool) -> np.ndarray:
@@ -173,9 +176,9 @@ def quantize(x, signed: bool, step=None, first_position=0):
     dither = None
     if step is not None:
         positions = flat_positions((padded // BLOCK_SIZE, BLOCK_SIZE)) + first_position
-        dither = ops.cast(dither_bits(positions, step, 24), "float32") * 2.0**-24
+        dither = dither_bits(positions, step, FIXED_POINT)
     index = magnitude_index(ops.abs(normalised), signed, dither)
-    code = ops.sign(normalised) * index if signed else index - 128.0
+    code = ops.where(normalised < 0, -index, index) if signed else index - 128
     return ops.cast(code, "int8"), absmax
 
 

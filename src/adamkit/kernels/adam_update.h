@@ -207,19 +207,31 @@ void UpdateRows(const Arrays<T, typename Codec::Stored>& table, const int64_t* r
 constexpr int kBlock = 256;
 constexpr int kDecades = 8;
 
+// adamkit.state.FIXED_POINT: fraction bits of a value's fixed-point position on the map.
+constexpr int kFixedPoint = 22;
+
 // The layout of adamkit.state.codec_table: decoded value of code c at c + 128, then per decade
-// the thresholds 10^-1…10^-F (padding −1), resolution R, origin O and point count: a normalised
-// value a of decade e sits at position a·R_e − O_e on the map.
+// the thresholds 10^-1…10^-F (padding −1), floor, scale (2^22 / spacing) and point count. A
+// normalised value a of decade e has the index (⌊(a − floor_e)·scale_e⌋ + first_e + dither) >> 22,
+// first_e = (count_e − 1)·2^22: the float part ends in a multiply, the rest is integer adds.
 struct CodecTable {
   const float* decode;
   const float* threshold;
-  const float* resolution;
-  const float* origin;
-  float max_index;  // 2^(F+1) − 1
+  const float* floor;
+  const float* scale;
+  int32_t first[kDecades];
+  int32_t max_index;  // 2^(F+1) − 1
   explicit CodecTable(const float* t)
-      : decode(t), threshold(t + 256), resolution(t + 256 + kDecades),
-        origin(t + 256 + 2 * kDecades), max_index(2.0f * t[256 + 3 * kDecades] - 1.0f) {}
+      : decode(t), threshold(t + 256), floor(t + 256 + kDecades), scale(t + 256 + 2 * kDecades),
+        max_index(2 * static_cast<int32_t>(t[256 + 3 * kDecades]) - 1) {
+    for (int e = 0; e < kDecades; ++e) {
+      first[e] = (static_cast<int32_t>(t[256 + 3 * kDecades + e]) - 1) << kFixedPoint;
+    }
+  }
 };
+
+// The dither of a dither word (kPositionMultiplier's sequence): its top 22 bits.
+inline uint32_t DitherOf(uint32_t mixed) { return mixed >> (32 - kFixedPoint); }
 
 // How a block's values x normalise, as adamkit.state.block_scales: (x·prescale)·reciprocal, with
 // no division (much of the encoder's cost was in its divisions). prescale is 2^64 for an absmax
@@ -257,20 +269,22 @@ inline float BlockAbsmax(const float* __restrict__ x) {
 }
 
 // One block's values → codes, rounding stochastically on the map exactly as adamkit.state.quantize
-// does: the same float32 operations and the same 24-bit dither, so both write the same codes.
-// Written to vectorise: the tables are copied to locals (int8 stores may alias anything else) and
-// the decade's constants are picked by a chain of selects rather than gathered.
+// does: the same float32 and integer operations and the same 22-bit dither, so both write the
+// same codes. Written to vectorise: the tables are copied to locals (int8 stores may alias
+// anything else) and the decade's constants are picked by a chain of selects rather than gathered.
 template <bool kSigned>
 void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
                  float* __restrict__ absmax_out, const CodecTable& c, uint32_t first_position,
                  uint32_t step_mix) {
-  float threshold[kDecades - 1], resolution[kDecades], origin[kDecades];
+  float threshold[kDecades - 1], floor[kDecades], scale_of[kDecades];
+  int32_t first[kDecades];
   for (int e = 0; e < kDecades; ++e) {
     if (e < kDecades - 1) threshold[e] = c.threshold[e];
-    resolution[e] = c.resolution[e];
-    origin[e] = c.origin[e];
+    floor[e] = c.floor[e];
+    scale_of[e] = c.scale[e];
+    first[e] = c.first[e];
   }
-  const float max_index = c.max_index;
+  const int32_t max_index = c.max_index;
   const float absmax = BlockAbsmax(x);
   *absmax_out = absmax;
   const BlockScale scale(absmax);
@@ -278,32 +292,36 @@ void EncodeBlock(const float* __restrict__ x, int8_t* __restrict__ codes,
     const float normalised = (x[j] * scale.prescale) * scale.reciprocal;
     const float a = std::fabs(normalised);
     // decade e = how many thresholds 10^-1 > 10^-2 > … lie at or above a.
-    float r = resolution[0], o = origin[0];
+    float low = floor[0], s = scale_of[0];
+    int32_t f = first[0];
     for (int e = 0; e < kDecades - 1; ++e) {
       const bool below = a <= threshold[e];
-      r = below ? resolution[e + 1] : r;
-      o = below ? origin[e + 1] : o;
+      low = below ? floor[e + 1] : low;
+      s = below ? scale_of[e + 1] : s;
+      f = below ? first[e + 1] : f;
     }
     const uint32_t mixed = (first_position + static_cast<uint32_t>(j)) * kPositionMultiplier +
                            step_mix;
-    const float dither = static_cast<float>(static_cast<int32_t>(mixed >> 8)) * 0x1p-24f;
-    const float position = a * r - o;
-    const float index = std::min(std::max(std::floor(position + dither), 0.0f), max_index);
-    const float code = kSigned ? (normalised < 0.0f ? -index : index) : index - 128.0f;
-    codes[j] = static_cast<int8_t>(static_cast<int32_t>(code));
+    const auto fixed = static_cast<int32_t>((a - low) * s);
+    const int32_t sum = fixed + f + static_cast<int32_t>(DitherOf(mixed));
+    const int32_t index = std::min(std::max(sum >> kFixedPoint, 0), max_index);
+    const int32_t code = kSigned ? (normalised < 0.0f ? -index : index) : index - 128;
+    codes[j] = static_cast<int8_t>(code);
   }
 }
 
 #if defined(__AVX2__)
 // The same encoder eight values at a time (AVX2, where -march=native has it): the decade is the
 // count of thresholds at or above a, and its constants are looked up with one permute each (the
-// tables have eight entries: one vector) instead of the scalar code's chain of 14 selects. The
-// same float32 operations in the same order as EncodeBlock, so the same codes, bit for bit.
+// tables have eight entries: one vector) instead of the scalar code's chain of 21 selects. The
+// same operations in the same order as EncodeBlock, so the same codes, bit for bit.
 struct MapVectors {
-  __m256 threshold[kDecades - 1], resolution, origin, max_index;
+  __m256 threshold[kDecades - 1], floor, scale;
+  __m256i first, max_index;
   explicit MapVectors(const CodecTable& c)
-      : resolution(_mm256_loadu_ps(c.resolution)), origin(_mm256_loadu_ps(c.origin)),
-        max_index(_mm256_set1_ps(c.max_index)) {
+      : floor(_mm256_loadu_ps(c.floor)), scale(_mm256_loadu_ps(c.scale)),
+        first(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c.first))),
+        max_index(_mm256_set1_epi32(c.max_index)) {
     for (int e = 0; e < kDecades - 1; ++e) threshold[e] = _mm256_set1_ps(c.threshold[e]);
   }
 };
@@ -320,18 +338,22 @@ inline __m256i Encode8(__m256 x, const BlockScale& scale, const MapVectors& t, _
     const __m256 below = _mm256_cmp_ps(a, t.threshold[e], _CMP_LE_OQ);
     decade = _mm256_sub_epi32(decade, _mm256_castps_si256(below));
   }
-  const __m256 resolution = _mm256_permutevar8x32_ps(t.resolution, decade);
-  const __m256 origin = _mm256_permutevar8x32_ps(t.origin, decade);
-  const __m256 dither = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(mixed, 8)),
-                                      _mm256_set1_ps(0x1p-24f));
-  const __m256 position = _mm256_sub_ps(_mm256_mul_ps(a, resolution), origin);
-  __m256 index = _mm256_min_ps(
-      _mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(position, dither)), _mm256_setzero_ps()),
-      t.max_index);
-  // Signed: the value's sign on the (non-negative) index; −0 converts to 0 as the scalar's does.
-  index = kSigned ? _mm256_or_ps(index, _mm256_and_ps(normalised, sign))
-                  : _mm256_sub_ps(index, _mm256_set1_ps(128.0f));
-  return _mm256_cvttps_epi32(index);
+  const __m256 low = _mm256_permutevar8x32_ps(t.floor, decade);
+  const __m256 scale_of = _mm256_permutevar8x32_ps(t.scale, decade);
+  const __m256i first = _mm256_permutevar8x32_epi32(t.first, decade);
+  const __m256i fixed = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_sub_ps(a, low), scale_of));
+  const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(fixed, first),
+                                       _mm256_srli_epi32(mixed, 32 - kFixedPoint));
+  const __m256i index = _mm256_min_epi32(
+      _mm256_max_epi32(_mm256_srai_epi32(sum, kFixedPoint), _mm256_setzero_si256()), t.max_index);
+  // Signed: negated where the value is (its bits, as an integer, are negative: −0 too, whose
+  // index is 0); unsigned: stored as index − 128.
+  if (kSigned) {
+    const __m256i negative = _mm256_cmpgt_epi32(_mm256_setzero_si256(),
+                                                _mm256_castps_si256(normalised));
+    return _mm256_sub_epi32(_mm256_xor_si256(index, negative), negative);
+  }
+  return _mm256_sub_epi32(index, _mm256_set1_epi32(128));
 }
 
 inline float Absmax(const float* x) {
@@ -378,22 +400,20 @@ void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVec
 // decade = above + (a ≤ inside), the same count as EncodeBlock's seven compares. The table covers
 // the 32 octaves [2^-31, 2) that the thresholds (10^-1 … 10^-7) need: a lower exponent saturates
 // to the first (every threshold counts); a finite block's normalised values are at most 1 + 2
-// ulp, so higher ones are inf and NaN (exponent 255, read mod 32 as the last slot: none counts)
-// or, in a block whose absmax is NaN, any value (a wrong slot there, but a position past the top
-// in every decade, so the same top code as the scalar encoder's). Then the same
-// float32 operations as EncodeBlock, bit for bit: dither·2^-24 is exact, so fma(q, 2^-24,
-// position) is its add. The whole 8-bit step with the decoder below, on one thread of a Zen 4
-// (10M parameters, medians): 13.4 ms against 23.2 with the AVX2 encoder and the plain decode loop;
-// since the codec multiplies where it divided (twice) and folds the decade's floor and count into
-// one origin (a permute and an add fewer), the encode of m and v takes 0.8× as long.
+// ulp, so higher ones are inf and NaN (exponent 255, read mod 32 as the last slot: none counts).
+// (A block whose absmax is NaN, a diverged state, gets codes of no meaning on any path.) Then the
+// same float32 and integer operations as EncodeBlock, bit for bit. The whole 8-bit step with the
+// decoder below, on one thread of a Zen 4 (10M parameters, medians): 13.4 ms against 23.2 with
+// the AVX2 encoder and the plain decode loop; since the codec normalises by multiplying and
+// takes its position in fixed point (no divisions, no float floor), it takes 0.8× as long.
 constexpr int kLowestExponent = 127 - 31;  // of 2^-31: the table's slot is the exponent less it
 
 struct MapVectors16 {
-  __m512 inside_lo, inside_hi, resolution, origin, max_index;
-  __m512i above_lo, above_hi;
-  explicit MapVectors16(const CodecTable& c) : max_index(_mm512_set1_ps(c.max_index)) {
-    alignas(64) float inside[32], resolutions[16] = {}, origins[16] = {};
-    alignas(64) int32_t above[32];
+  __m512 inside_lo, inside_hi, floor, scale;
+  __m512i above_lo, above_hi, first, max_index;
+  explicit MapVectors16(const CodecTable& c) : max_index(_mm512_set1_epi32(c.max_index)) {
+    alignas(64) float inside[32], floors[16] = {}, scales[16] = {};
+    alignas(64) int32_t above[32], firsts[16] = {};
     for (int slot = 0; slot < 32; ++slot) {
       const int exponent = kLowestExponent + slot;
       const float bottom = std::ldexp(1.0f, exponent - 127), top = 2.0f * bottom;
@@ -405,22 +425,23 @@ struct MapVectors16 {
       }
     }
     for (int e = 0; e < kDecades; ++e) {
-      resolutions[e] = c.resolution[e];
-      origins[e] = c.origin[e];
+      floors[e] = c.floor[e];
+      scales[e] = c.scale[e];
+      firsts[e] = c.first[e];
     }
     inside_lo = _mm512_load_ps(inside);
     inside_hi = _mm512_load_ps(inside + 16);
     above_lo = _mm512_load_si512(above);
     above_hi = _mm512_load_si512(above + 16);
-    resolution = _mm512_load_ps(resolutions);
-    origin = _mm512_load_ps(origins);
+    floor = _mm512_load_ps(floors);
+    scale = _mm512_load_ps(scales);
+    first = _mm512_load_si512(firsts);
   }
 };
 
-// Sixteen values, normalised, → sixteen codes (as int32), ``dither`` holding their dither
-// (before the 2^-24).
+// Sixteen values, normalised, → sixteen codes (as int32), ``dither`` holding their 22-bit dither.
 template <bool kSigned>
-inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512 dither) {
+inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512i dither) {
   const __m512 a = _mm512_abs_ps(normalised);
   // The exponent less kLowestExponent, saturating at 0: a 16-bit subtract, as the exponent sits
   // in each lane's low half and the high half is 0.
@@ -430,18 +451,19 @@ inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512 dither)
   const __m512i above = _mm512_permutex2var_epi32(t.above_lo, slot, t.above_hi);
   const __mmask16 below = _mm512_cmp_ps_mask(a, inside, _CMP_LE_OQ);
   const __m512i decade = _mm512_mask_add_epi32(above, below, above, _mm512_set1_epi32(1));
-  const __m512 position = _mm512_sub_ps(_mm512_mul_ps(a, _mm512_permutexvar_ps(decade, t.resolution)),
-                                        _mm512_permutexvar_ps(decade, t.origin));
-  const __m512 up = _mm512_floor_ps(_mm512_fmadd_ps(dither, _mm512_set1_ps(0x1p-24f), position));
-  __m512 index = _mm512_min_ps(_mm512_max_ps(up, _mm512_setzero_ps()), t.max_index);
-  if (kSigned) {  // the value's sign on the (non-negative) index: (normalised & −0) | index
-    index = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
-        _mm512_castps_si512(normalised), _mm512_set1_epi32(INT32_MIN), _mm512_castps_si512(index),
-        0xEA));
-  } else {
-    index = _mm512_sub_ps(index, _mm512_set1_ps(128.0f));
+  const __m512 distance = _mm512_sub_ps(a, _mm512_permutexvar_ps(decade, t.floor));
+  const __m512i fixed = _mm512_cvttps_epi32(
+      _mm512_mul_ps(distance, _mm512_permutexvar_ps(decade, t.scale)));
+  const __m512i sum = _mm512_add_epi32(
+      _mm512_add_epi32(fixed, _mm512_permutexvar_epi32(decade, t.first)), dither);
+  const __m512i index = _mm512_min_epi32(
+      _mm512_max_epi32(_mm512_srai_epi32(sum, kFixedPoint), _mm512_setzero_si512()), t.max_index);
+  if (kSigned) {  // negated where the value's bits, as an integer, are negative (−0: index 0)
+    const __mmask16 negative = _mm512_cmplt_epi32_mask(_mm512_castps_si512(normalised),
+                                                       _mm512_setzero_si512());
+    return _mm512_mask_sub_epi32(index, negative, _mm512_setzero_si512(), index);
   }
-  return _mm512_cvttps_epi32(index);
+  return _mm512_sub_epi32(index, _mm512_set1_epi32(128));
 }
 
 // The block's absmax, as BlockAbsmax takes it, written to ``absmax_out``; returns its scale.
@@ -474,7 +496,7 @@ inline __m512i DitherWords16(uint32_t first_position, uint32_t step_mix) {
 }
 constexpr uint32_t kDitherStride16 = 16u * kPositionMultiplier;
 
-inline __m512 Dither16(__m512i mixed) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(mixed, 8)); }
+inline __m512i Dither16(__m512i mixed) { return _mm512_srli_epi32(mixed, 32 - kFixedPoint); }
 
 // Sixty-four codes (four vectors of int32) stored as bytes. The packs work within 128-bit lanes:
 // dword k of their result holds codes 4·(k mod 4) + k / 4 of each sixteen; a permute reorders.
@@ -512,7 +534,7 @@ inline void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int
   for (int j = 0; j < kBlock; j += 64) {
     __m512i cm[4], cv[4];
     for (int q = 0; q < 4; ++q) {
-      const __m512 dither = Dither16(mixed);
+      const __m512i dither = Dither16(mixed);
       cm[q] = Encode16<true>(Normalise16(_mm512_loadu_ps(m + j + 16 * q), m_scale), signed_map,
                              dither);
       cv[q] = Encode16<false>(Normalise16(_mm512_loadu_ps(v + j + 16 * q), v_scale),
