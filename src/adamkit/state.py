@@ -89,8 +89,8 @@ def codec_table(signed: bool) -> np.ndarray:
       which turns a's distance from the floor into fixed point (``magnitude_index``); and its point
       count.
 
-    The Python codec and the C++ kernels (``kernels/adam_update.h``) both read this table and round
-    with the same float32 operations, so they encode and decode bit for bit alike.
+    The Python codec and the C++ kernels (``kernels/adam_update.h``) both read this table and take
+    the same float32 and integer operations, so they encode and decode bit for bit alike.
     """
     bits = fraction_bits(signed)
     magnitudes = _magnitudes(bits)

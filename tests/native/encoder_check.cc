@@ -1,9 +1,9 @@
 // The exhaustive check of the 8-bit encoder (adam_update.h) over every float32 in [−1, 1]:
 // each value is encoded in a block whose absmax is 1 (so it is its own normalised value), by the
 // vector encoder it is compiled for (AVX-512 or AVX2; tests/test_state.py builds it both ways) and
-// by the scalar one; the codes must
-// agree, and each code must be one of the two map values that bracket the value (what a search
-// of the sorted map gives, rounded down or up), whatever the dither.
+// by the scalar one; the codes must agree, and each code must be one of the two map values that
+// bracket the value (what a search of the sorted map gives, rounded down or up), whatever the
+// dither.
 #include <cstdint>
 #include <cstring>
 
