@@ -5,21 +5,26 @@ on an unfused backend every elementwise operation in between makes a tensor the 
 variable: measured on TensorFlow, a 16.7M-parameter variable with int8 state took 1.2 GB more
 than its float32-state step, more than the 100 MB that int8 saves on it. ``chunked_step`` runs
 the same rule (``Rule.moments``, ``Rule.update``) and the same codec on chunks of ``CHUNK``
-values in a loop, each chunk's results written into rows that the loop carries (in place:
-TensorFlow's slice update reuses a buffer that nothing else holds, XLA updates a loop's carry in
-place, PyTorch writes into the stored tensors), so that at most the new parameters and state
-reach full size. Stacking each chunk's results instead (``keras.ops.map``) held them twice:
-``python benchmarks/lean_memory.py`` (201M parameters, int8 state) saved 20% of the theory on
-TensorFlow that way, 34–40% this way. TensorFlow pays for it in time: the step of one
-16.7M-parameter variable took 1.3× (int8) and 2× (bfloat16) as long as with stacked
-chunks. Whole tensors there take about as long as stacked chunks, but peaked 1.5 GB higher on
-that benchmark with bfloat16 state. On JAX the saving stays where it was (−11% of the theory
-with int8 state): reading the chunks from the carried rows instead saved 47%, but XLA then
-copied the whole carry every iteration, a step 5× as long.
+values in a loop, each chunk's results written into rows that the loop carries, in place, so
+that no full-size temporary is made:
 
-Under JAX's jit, XLA fuses much of a whole-tensor step but not the codec's block reductions and
-gathers; with bfloat16 state it fuses the whole step, which peaked lower there than in chunks
-(3.07 against 3.23 GB on 201M parameters), so JAX runs bfloat16 state whole. Chunks are whole
+- TensorFlow reads each chunk from the tensors as they were, and its slice update reuses the
+  carry's buffer, which nothing else holds after the first write. Stacking each chunk's results
+  instead (``keras.ops.map``) held them twice: ``python benchmarks/lean_memory.py`` (201M
+  parameters, int8 state) saved 20% of the theory that way, 34–40% this way, with a step 1.3×
+  (int8) and 2× (bfloat16) as long.
+- XLA (JAX, and TensorFlow's ``jit_compile``) updates a loop's carry in place only where every
+  read of it follows its last write. Each iteration there writes the previous chunk's results,
+  then reads its own chunk from the rows so written. Read from the tensors as they were, XLA
+  copied every carried tensor whole before the loop (a JAX step of three 16.7M-parameter
+  variables with int8 state: 306 MB of temporaries, now 5 MB, and 86 against 57 ms for one
+  variable); read from the carry before the write, it copied the carry every iteration.
+- PyTorch runs the loop eagerly and writes into the stored tensors themselves.
+
+Under JAX's jit, XLA fuses a whole-tensor step with bfloat16 state: whole, it took 28 ms on one
+16.7M-parameter variable with 4 bytes a parameter of temporaries; in chunks XLA on a CPU widens
+the bfloat16 carry to float32 whole for each row's update (1.3 s), and carried as its 16 bits
+it took 58 ms with 2.7 bytes a parameter, so JAX runs bfloat16 state whole. Chunks are whole
 8-bit blocks and each value keeps its flat position for the dither: the results are the
 unchunked path's, bit for bit.
 """
@@ -63,9 +68,9 @@ def after_previous(optimizer):
     state: 1.6 GB beyond the parameters side by side, 186 MB in turn). The previous loop ended
     at its chunk count, ≥ 0, so min(it, 0) is 0."""
     first = ops.convert_to_tensor(0, "int32")
-    previous = getattr(optimizer, "_chunks_done", None)
+    previous = getattr(optimizer, "_chunks_done", None)  # reset by each step's update
     if previous is None or getattr(previous, "graph", None) is not getattr(first, "graph", None):
-        return first  # none yet, or from another trace
+        return first  # none yet, or from another TensorFlow graph
     return first + ops.minimum(previous, 0)
 
 
@@ -91,6 +96,14 @@ def written(rows, index, row):
     return ops.slice_update(rows, (index, *[0] * (len(rows.shape) - 1)), row[None])
 
 
+def compiled_by_xla() -> bool:
+    if keras.backend.backend() == "tensorflow":
+        from adamkit.kernels.tensorflow import in_xla
+
+        return in_xla()
+    return keras.backend.backend() == "jax"
+
+
 def chunked_step(job) -> None:
     """One step of ``job.rule`` on ``job``'s one variable, ``CHUNK`` values at a time. Each
     chunk's new parameters and state are written into rows carried through the loop, which are
@@ -106,30 +119,49 @@ def chunked_step(job) -> None:
     # Whole tensors seen as rows of chunks, each chunk read inside the loop: mapping over them
     # would copy them all first (TensorFlow's map unstacks its inputs into a TensorArray).
     gradients = state_storage.in_chunks(gradient, count, CHUNK)
-    thetas = state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK)
-    stored = tuple(slot.stored_chunks(count, CHUNK) for slot in slots.values())
+    rows = (state_storage.in_chunks(ops.cast(variable, dtype), count, CHUNK),
+            tuple(slot.stored_chunks(count, CHUNK) for slot in slots.values()))
 
-    # Each chunk is read from the tensors as they were, and written into the carried rows: read
-    # from the carry, XLA copied the whole carry every iteration (int8, 16.7M parameters: 705
-    # against 138 ms a step).
-    def one_chunk(index, new_thetas, new_stored):
+    def stepped(index, chunk):
+        """Chunk ``index`` after the step, from ``chunk``, the same chunk before it."""
+        theta, stored = chunk
         g = ops.take(gradients, index, axis=0)
-        state = rule.moments(g, {
-            name: slot.decode_chunk(tuple(ops.take(part, index, axis=0) for part in parts))
-            for (name, slot), parts in zip(slots.items(), stored)})
-        theta = ops.take(thetas, index, axis=0)
+        state = rule.moments(g, {name: slot.decode_chunk(parts)
+                                 for (name, slot), parts in zip(slots.items(), stored)})
         theta = (theta if decay is None else theta * decay) - rule.update(g, state, scalars)
         positions = index * CHUNK + ops.arange(CHUNK, dtype="int32")
         if size % CHUNK:  # past the end the state stays 0, as the unchunked codec pads it
             state = {k: ops.where(positions < size, v, ops.zeros_like(v)) for k, v in state.items()}
-        encoded = (slot.encode_chunk(state[name], positions, step) for name, slot in slots.items())
-        return (index + 1, written(new_thetas, index, theta),
-                tuple(tuple(written(rows, index, row) for rows, row in zip(parts, new))
-                      for parts, new in zip(new_stored, encoded)))
+        return theta, tuple(slot.encode_chunk(state[name], positions, step)
+                            for name, slot in slots.items())
 
-    done, new_thetas, new_stored = ops.while_loop(lambda index, *_: index < count, one_chunk,
-                                                  (after_previous(optimizer), thetas, stored))
+    def chunk_of(rows, index):
+        return keras.tree.map_structure(lambda r: ops.take(r, index, axis=0), rows)
+
+    def with_chunk(rows, index, chunk):
+        return keras.tree.map_structure(lambda r, c: written(r, index, c), rows, chunk)
+
+    first = after_previous(optimizer)
+    if compiled_by_xla():
+        # Each iteration writes the previous chunk's results into the carried rows, then reads
+        # its own chunk from the rows so written, so that every read of a carry follows its last
+        # write and XLA updates it in place. One iteration more writes the last chunk (wasting
+        # one chunk's step): written after the loop, the loop's results were copied whole.
+        def one_chunk(index, rows, previous):
+            rows = with_chunk(rows, ops.maximum(index - 1, 0), previous)
+            at = ops.minimum(index, count - 1)
+            return index + 1, rows, stepped(at, chunk_of(rows, at))
+
+        done, rows, _ = ops.while_loop(lambda index, *_: index <= count, one_chunk,
+                                       (first, rows, chunk_of(rows, first)))
+    else:
+        # Each chunk is read from the tensors as they were and written into the carried rows.
+        def one_chunk(index, new_rows):
+            return index + 1, with_chunk(new_rows, index, stepped(index, chunk_of(rows, index)))
+
+        done, rows = ops.while_loop(lambda index, _: index < count, one_chunk, (first, rows))
     optimizer._chunks_done = done
+    new_thetas, new_stored = rows
     optimizer.assign(variable, state_storage.from_chunks(new_thetas, tuple(variable.shape)))
     for slot, parts in zip(slots.values(), new_stored):
         slot.write_chunks(optimizer, parts)

@@ -296,6 +296,7 @@ class AdamFamily(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         def run_update():
+            self._chunks_done = None  # chunks.after_previous: a new step, maybe a new trace
             rest = self._apply_grouped(list(zip(grads, trainable_variables)), learning_rate)
             if rest:  # Keras's loop: update_step for each variable
                 super(AdamFamily, self)._backend_update_step(
