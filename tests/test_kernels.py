@@ -149,6 +149,32 @@ def test_jax_jit_runs_one_custom_call_in_place(rng):
         assert_close(a, b, 2e-6, "θ and state after 3 jitted steps")
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's jit of Keras's training step")
+def test_jax_training_step_updates_8bit_state_without_copying_the_parameters():
+    """Keras's JAX training step, compiled as its trainer compiles it (the state donated): the
+    8-bit calls, one a variable, update the parameters in place. Each call waits for all the
+    gradients, so for the backward pass's last read of each parameter; ordered by its own
+    gradient alone, XLA copied the hidden layers' kernels before their calls (twice each)."""
+    import jax
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(64)])
+    model.compile(adamkit.Adam(state_dtype="int8"), "mse")
+    x = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    model.fit(x, x, batch_size=32, epochs=1, verbose=0)
+    assert {row.executor for row in model.optimizer.explain()
+            if row.variable.endswith("kernel")} == {"adamkit kernel (XLA custom call)"}
+    state = tuple([v.value for v in group] for group in (
+        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
+        model.metrics_variables))
+    hlo = jax.jit(model.train_step, donate_argnums=0).lower(state, (x, x)).compile().as_text()
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="adamkit_adam8bit"' in line]
+    shapes = {"f32[64,512]", "f32[512,512]", "f32[512,64]"}
+    copies = [line for line in hlo.splitlines()
+              if " copy(" in line and any(f"= {shape}" in line for shape in shapes)]
+    assert len(calls) == 3 and not copies, copies
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused kernel")
 @pytest.mark.parametrize(("exclude_1d", "expected"), [
     (False, {"aten::_fused_adamw_": 1, "aten::_fused_adam_": 0, "aten::mul_": 0}),

@@ -155,13 +155,14 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
 
 // One variable with 8-bit state. Operands: θ, m codes, m absmax, v codes, v absmax, [v̂max codes,
 // v̂max absmax], g, scalars (7), step (int32), the signed and unsigned codec tables
-// (adamkit.state.codec_table); results: θ and the codes and absmax, aliased to their operands.
+// (adamkit.state.codec_table), then any operands that are not read: they only order the call
+// after the values they are; results: θ and the codes and absmax, aliased to their operands.
 ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
                         bool amsgrad, bool adamax) {
   if (amsgrad && adamax) return ffi::Error::InvalidArgument("adamkit_adam8bit: amsgrad or adamax");
   const Rule rule = RuleOf(amsgrad, adamax);
   const size_t updated = amsgrad ? 7 : 5;
-  if (args.size() != updated + 5 || rets.size() != updated) {
+  if (args.size() < updated + 5 || rets.size() != updated) {
     return ffi::Error::InvalidArgument("adamkit_adam8bit: operand or result count");
   }
   void* data[7] = {};
