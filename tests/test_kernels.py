@@ -175,6 +175,37 @@ def test_jax_training_step_updates_8bit_state_without_copying_the_parameters():
     assert len(calls) == 3 and not copies, copies
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's copy on write")
+def test_tensorflow_training_step_updates_8bit_state_in_place():
+    """``model.fit``'s steps with 8-bit state leave a hidden layer's kernel in its buffer. Each
+    variable's op waits for every gradient, so for the backward pass's last read of its kernel;
+    waiting for its own gradient alone, the op found the kernel still read and copied it first
+    (TensorFlow's copy on write), every step."""
+    import tensorflow as tf
+    import torch.utils.dlpack
+
+    def address(variable):
+        return torch.utils.dlpack.from_dlpack(
+            tf.experimental.dlpack.to_dlpack(variable.value.read_value())).data_ptr()
+
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(2048, activation="relu"),
+                              keras.layers.Dense(2048, activation="relu"), keras.layers.Dense(10)])
+    model.compile(adamkit.Adam(state_dtype="int8"),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).random((128, 784), dtype=np.float32)
+    y = np.random.default_rng(1).integers(0, 10, 128)
+    model.fit(x, y, batch_size=128, epochs=1, verbose=0)
+    kernel = model.layers[1].kernel
+    assert {row.executor for row in model.optimizer.explain()
+            if row.variable == kernel.path} == {"adamkit kernel (TensorFlow op)"}
+    moved = 0
+    for _ in range(8):
+        before = address(kernel)
+        model.fit(x, y, batch_size=128, epochs=1, verbose=0)
+        moved += address(kernel) != before
+    assert moved == 0
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's fused kernel")
 @pytest.mark.parametrize(("exclude_1d", "expected"), [
     (False, {"aten::_fused_adamw_": 1, "aten::_fused_adam_": 0, "aten::mul_": 0}),

@@ -200,7 +200,7 @@ def _gradient(gradient, dtype, shape=None):
 
 class TensorFlowOp:
     """adamkit's TensorFlow op (``adam_op.cc``): every float variable of a dtype in one launch
-    where no tf.distribute strategy runs; 8-bit state one variable at a time."""
+    where no tf.distribute strategy runs; 8-bit state one launch a variable."""
 
     name = "adamkit kernel (TensorFlow op)"
 
@@ -212,7 +212,7 @@ class TensorFlowOp:
         return _refuse_own(variable, slots)
 
     def groups(self, slots):
-        return not is_8bit(slots) and not tf.distribute.has_strategy()
+        return not tf.distribute.has_strategy()
 
     def apply(self, job):
         flags = rule_flags(job.rule)
@@ -229,16 +229,23 @@ class TensorFlowOp:
 
 
 def _apply_8bit_op(job, flags):
-    """One float32 variable with 8-bit state: decode, update, re-encode block by block in one
-    pass, bit for bit the codec of ``adamkit.state``."""
-    (variable,), slots = job.variables, kernel_slots(job.slots[0])
-    m, v = slots["momentum"], slots["velocity"]
-    h = slots["velocity_hat"] if flags["amsgrad"] else v
-    _op_module().adamkit_apply_adam8bit(
-        _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
-        _handle(v.absmax), _handle(h.codes), _handle(h.absmax),
-        _gradient(job.gradients[0], tf.float32), tf.reshape(_table(job, tf.float32), [-1]),
-        tf.cast(job.step, tf.int32), *_codec_tables(), **flags)
+    """Float32 variables with 8-bit state, an op each: decode, update, re-encode block by block
+    in one pass, bit for bit the codec of ``adamkit.state``. Each op waits for every gradient of
+    the group, and so for the backward pass's last read of its parameter: an op that updates a
+    variable still read elsewhere copies it first (TensorFlow's copy on write), and waiting for
+    its own gradient alone, the op of a hidden layer's kernel did so every step."""
+    grads = [_gradient(g, tf.float32) for g in job.gradients]
+    table = tf.reshape(_table(job, tf.float32), [len(grads), -1])
+    step, tables = tf.cast(job.step, tf.int32), _codec_tables()
+    with tf.control_dependencies(grads):
+        for index, variable in enumerate(job.variables):
+            slots = kernel_slots(job.slots[index])
+            m, v = slots["momentum"], slots["velocity"]
+            h = slots["velocity_hat"] if flags["amsgrad"] else v
+            _op_module().adamkit_apply_adam8bit(
+                _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
+                _handle(v.absmax), _handle(h.codes), _handle(h.absmax), grads[index],
+                table[index], step, *tables, **flags)
 
 
 def _codec_tables() -> list:
@@ -277,15 +284,22 @@ class XlaCall:
 
 
 def _apply_8bit_xla(job, flags):
-    """Custom call adamkit_adam8bit: θ, codes and absmax updated in place."""
-    (variable,), slots = job.variables, kernel_slots(job.slots[0])
-    names = state_names(slots)
-    updated = [tf_variable(variable)]
-    updated += [tf_variable(x) for name in names for x in (slots[name].codes, slots[name].absmax)]
-    inputs = [_gradient(job.gradients[0], tf.float32, variable.shape),
-              tf.reshape(_table(job, tf.float32), [-1]), tf.cast(job.step, tf.int32),
-              *_codec_tables()]
-    return _xla_call("adamkit_adam8bit", updated, inputs, _rule(flags))
+    """Custom call adamkit_adam8bit a variable: θ, codes and absmax updated in place. Each call
+    also takes every gradient of the group, unread, to run after the backward pass's last read
+    of its parameter (as on JAX, ``adamkit.kernels.jax``)."""
+    grads = [_gradient(g, tf.float32, v.shape) for g, v in zip(job.gradients, job.variables)]
+    table = tf.reshape(_table(job, tf.float32), [len(grads), -1])
+    step, tables = tf.cast(job.step, tf.int32), _codec_tables()
+    calls = []
+    for index, variable in enumerate(job.variables):
+        slots = kernel_slots(job.slots[index])
+        names = state_names(slots)
+        updated = [tf_variable(variable)]
+        updated += [tf_variable(x) for name in names
+                    for x in (slots[name].codes, slots[name].absmax)]
+        calls.append(_xla_call("adamkit_adam8bit", updated,
+                               [grads[index], table[index], step, *tables, *grads], _rule(flags)))
+    return tf.group(calls)
 
 
 class ResourceApplyAdam:
