@@ -117,9 +117,10 @@ class XlaCall:
 def _apply_8bit(job, grads, scalars, step, flags):
     """Float32 variables with 8-bit state, a custom call each: decode, update, re-encode block by
     block, bit for bit the codec of ``adamkit.state``. Each call also takes every gradient of the
-    group, unread: it then runs after them, and so after the backward pass has read the
-    parameters it updates in place. Ordered by its own gradient alone, a call could run before
-    that, and XLA copied the parameters (twice each, a ``model.fit`` step of three Dense(4096)
+    group, unread, and runs after them: in a stack of layers the last of them (the lowest
+    layer's) is formed after the backward pass has read the layers above, whose parameters the
+    calls then update in place. Ordered by its own gradient alone, a call could run before that
+    read, and XLA copied the parameters (twice each, a ``model.fit`` step of three Dense(4096)
     layers)."""
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
     for index, (variable, slots) in enumerate(zip(job.variables, job.slots)):

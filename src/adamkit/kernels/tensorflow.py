@@ -231,9 +231,10 @@ class TensorFlowOp:
 def _apply_8bit_op(job, flags):
     """Float32 variables with 8-bit state, an op each: decode, update, re-encode block by block
     in one pass, bit for bit the codec of ``adamkit.state``. Each op waits for every gradient of
-    the group, and so for the backward pass's last read of its parameter: an op that updates a
-    variable still read elsewhere copies it first (TensorFlow's copy on write), and waiting for
-    its own gradient alone, the op of a hidden layer's kernel did so every step."""
+    the group: in a stack of layers the last of them (the lowest layer's) is formed after the
+    backward pass has read the layers above. An op that updates a variable still read elsewhere
+    copies it first (TensorFlow's copy on write): waiting for its own gradient alone, the op of
+    a hidden layer's kernel did so every step."""
     grads = [_gradient(g, tf.float32) for g in job.gradients]
     table = tf.reshape(_table(job, tf.float32), [len(grads), -1])
     step, tables = tf.cast(job.step, tf.int32), _codec_tables()
@@ -285,8 +286,8 @@ class XlaCall:
 
 def _apply_8bit_xla(job, flags):
     """Custom call adamkit_adam8bit a variable: θ, codes and absmax updated in place. Each call
-    also takes every gradient of the group, unread, to run after the backward pass's last read
-    of its parameter (as on JAX, ``adamkit.kernels.jax``)."""
+    also takes every gradient of the group, unread, to run after them (as on JAX,
+    ``adamkit.kernels.jax``, which says why)."""
     grads = [_gradient(g, tf.float32, v.shape) for g, v in zip(job.gradients, job.variables)]
     table = tf.reshape(_table(job, tf.float32), [len(grads), -1])
     step, tables = tf.cast(job.step, tf.int32), _codec_tables()
