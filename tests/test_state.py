@@ -296,15 +296,16 @@ def test_per_variable_state_dtype_is_validated():
             [keras.Variable(np.zeros((64, 64), np.float32), name="w")])
 
 
+@pytest.mark.parametrize("shape", [(601, 501), (512, 512)])
 @pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
 @pytest.mark.parametrize("name", ["amsgrad", "nadam", "adamax"])
-def test_the_chunked_ops_path_equals_the_whole_tensor_one(name, state_dtype, monkeypatch):
-    """A variable of 2.3 chunks (the last one partial, its last 8-bit block too): parameters
-    and stored state after three steps are those of the ops path on whole tensors, bit for bit."""
+def test_the_chunked_ops_path_equals_the_whole_tensor_one(name, state_dtype, shape, monkeypatch):
+    """A variable of 2.3 chunks (301,101 values: the last chunk partial, its last 8-bit block
+    too) and one of exactly two: parameters and stored state after three steps are those of the
+    ops path on whole tensors, bit for bit."""
     from adamkit import chunks
 
     rng = np.random.default_rng(0)
-    shape = (601, 501)  # 301,101 values: 2.3 chunks of 131,072
     gradients = [rng.standard_normal(shape).astype(np.float32) * 10.0 ** rng.uniform(-3, 1)
                  for _ in range(3)]
 
@@ -344,10 +345,14 @@ def test_the_chunked_ops_path_equals_the_whole_tensor_one(name, state_dtype, mon
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA's memory analysis, under jax.jit")
 def test_the_chunked_step_updates_its_rows_in_place_under_jit():
     """Three 2M-parameter variables with int8 state, the step compiled as the trainer compiles it
-    (parameters and state donated): its temporaries stay under one variable's float32 values.
-    Had XLA copied any carried tensor whole (reading the chunks from the tensors as they were,
-    it copied them all before the loop: 7.7 bytes a parameter), they would not."""
+    (parameters and state donated): its temporaries stay under one variable's float32 values,
+    and no tensor larger than a chunk is copied. Reading the chunks from the tensors as they
+    were, XLA copied every carried tensor whole before the loop (7.7 bytes a parameter)."""
+    import re
+
     import jax
+
+    from adamkit import chunks
 
     variables = [keras.Variable(np.ones((2048, 1024), np.float32), name=f"w{i}") for i in range(3)]
     optimizer = adamkit.Adam(state_dtype="int8", fused=False)
@@ -356,9 +361,13 @@ def test_the_chunked_step_updates_its_rows_in_place_under_jit():
     params, state = [v.value for v in variables], [v.value for v in optimizer.variables]
     step = jax.jit(lambda params, state, grads: optimizer.stateless_apply(state, grads, params),
                    donate_argnums=(0, 1))
-    memory = step.lower(params, state, params).compile().memory_analysis()
+    compiled = step.lower(params, state, params).compile()
     one_variable = 2048 * 1024 * 4
-    assert memory.temp_size_in_bytes < one_variable, memory
+    assert compiled.memory_analysis().temp_size_in_bytes < one_variable
+    # nor a copy of any tensor larger than a chunk (an 8-bit codes tensor would fit in the bound)
+    sizes = [math.prod(int(d) for d in dims.split(",") if d) for dims in
+             re.findall(r"= [a-z0-9]+\[([0-9,]*)\]\{[0-9,]*\} copy\(", compiled.as_text())]
+    assert all(size <= chunks.CHUNK for size in sizes), sizes
 
 
 def test_model_fit_retraces_a_chunked_step():

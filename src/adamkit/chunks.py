@@ -17,14 +17,14 @@ that no full-size temporary is made:
   read of it follows its last write. Each iteration there writes the previous chunk's results,
   then reads its own chunk from the rows so written. Read from the tensors as they were, XLA
   copied every carried tensor whole before the loop (a JAX step of three 16.7M-parameter
-  variables with int8 state: 306 MB of temporaries, now 5 MB, and 86 against 57 ms for one
-  variable); read from the carry before the write, it copied the carry every iteration.
+  variables with int8 state: 306 MB of temporaries, against 5 MB now; one variable's step took
+  86 ms, against 57 now); read from the carry before the write, it copied the carry every
+  iteration.
 - PyTorch runs the loop eagerly and writes into the stored tensors themselves.
 
-Under JAX's jit, XLA fuses a whole-tensor step with bfloat16 state: whole, it took 28 ms on one
-16.7M-parameter variable with 4 bytes a parameter of temporaries; in chunks XLA on a CPU widens
-the bfloat16 carry to float32 whole for each row's update (1.3 s), and carried as its 16 bits
-it took 58 ms with 2.7 bytes a parameter, so JAX runs bfloat16 state whole. Chunks are whole
+JAX runs bfloat16 state whole: XLA fuses that step (28 ms on one 16.7M-parameter variable, 4
+bytes a parameter of temporaries), while in chunks XLA on a CPU widens a bfloat16 carry to
+float32 whole for each row's update (1.3 s; carried as 16-bit integers, 58 ms and 2.7 bytes). Chunks are whole
 8-bit blocks and each value keeps its flat position for the dither: the results are the
 unchunked path's, bit for bit.
 """
@@ -66,7 +66,7 @@ def after_previous(optimizer):
     otherwise run every variable's loop at once, each holding its new parameters and state at
     full size until they are assigned (measured on three 16.7M-parameter variables with int8
     state: 1.6 GB beyond the parameters side by side, 186 MB in turn). The previous loop ended
-    at its chunk count, ≥ 0, so min(it, 0) is 0."""
+    at its chunk count or one more, ≥ 0, so min(it, 0) is 0."""
     first = ops.convert_to_tensor(0, "int32")
     previous = getattr(optimizer, "_chunks_done", None)  # reset by each step's update
     if previous is None or getattr(previous, "graph", None) is not getattr(first, "graph", None):
@@ -82,7 +82,10 @@ def written(rows, index, row):
     written, and nothing else reads them meanwhile)."""
     backend = keras.backend.backend()
     if backend == "torch":
-        rows[index] = row
+        import torch
+
+        with torch.no_grad():  # the rows can be a view of a parameter that requires grad
+            rows[index] = row
         return rows
     if backend == "tensorflow":
         import tensorflow as tf
@@ -97,6 +100,7 @@ def written(rows, index, row):
 
 
 def compiled_by_xla() -> bool:
+    """Whether XLA compiles the step being traced: JAX's jit, TensorFlow's ``jit_compile``."""
     if keras.backend.backend() == "tensorflow":
         from adamkit.kernels.tensorflow import in_xla
 
@@ -143,25 +147,26 @@ def chunked_step(job) -> None:
 
     first = after_previous(optimizer)
     if compiled_by_xla():
-        # Each iteration writes the previous chunk's results into the carried rows, then reads
-        # its own chunk from the rows so written, so that every read of a carry follows its last
-        # write and XLA updates it in place. One iteration more writes the last chunk (wasting
-        # one chunk's step): written after the loop, the loop's results were copied whole.
-        def one_chunk(index, rows, previous):
-            rows = with_chunk(rows, ops.maximum(index - 1, 0), previous)
+        # Each iteration writes the previous chunk's results into the carried rows (the first
+        # writes chunk 0 back as it was), then reads its own chunk from the rows so written, so
+        # that every read of a carry follows its last write and XLA updates it in place. One
+        # iteration more writes the last chunk (wasting one chunk's step): written after the
+        # loop, the loop's results were copied whole.
+        def one_chunk(index, carried, previous):
+            carried = with_chunk(carried, ops.maximum(index - 1, 0), previous)
             at = ops.minimum(index, count - 1)
-            return index + 1, rows, stepped(at, chunk_of(rows, at))
+            return index + 1, carried, stepped(at, chunk_of(carried, at))
 
-        done, rows, _ = ops.while_loop(lambda index, *_: index <= count, one_chunk,
-                                       (first, rows, chunk_of(rows, first)))
+        done, new_rows, _ = ops.while_loop(lambda index, *_: index <= count, one_chunk,
+                                           (first, rows, chunk_of(rows, first)))
     else:
         # Each chunk is read from the tensors as they were and written into the carried rows.
-        def one_chunk(index, new_rows):
-            return index + 1, with_chunk(new_rows, index, stepped(index, chunk_of(rows, index)))
+        def one_chunk(index, carried):
+            return index + 1, with_chunk(carried, index, stepped(index, chunk_of(rows, index)))
 
-        done, rows = ops.while_loop(lambda index, _: index < count, one_chunk, (first, rows))
+        done, new_rows = ops.while_loop(lambda index, _: index < count, one_chunk, (first, rows))
     optimizer._chunks_done = done
-    new_thetas, new_stored = rows
+    new_thetas, new_stored = new_rows
     optimizer.assign(variable, state_storage.from_chunks(new_thetas, tuple(variable.shape)))
     for slot, parts in zip(slots.values(), new_stored):
         slot.write_chunks(optimizer, parts)

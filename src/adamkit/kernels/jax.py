@@ -116,20 +116,21 @@ class XlaCall:
 
 def _apply_8bit(job, grads, scalars, step, flags):
     """Float32 variables with 8-bit state, a custom call each: decode, update, re-encode block by
-    block, bit for bit the codec of ``adamkit.state``. Each call also takes every gradient of the
-    group, unread, and runs after them: in a stack of layers the last of them (the lowest
-    layer's) is formed after the backward pass has read the layers above, whose parameters the
-    calls then update in place. Ordered by its own gradient alone, a call could run before that
-    read, and XLA copied the parameters (twice each, a ``model.fit`` step of three Dense(4096)
-    layers)."""
+    block, bit for bit the codec of ``adamkit.state``. Each call also takes, unread, a scalar made
+    from every gradient of the group, so it runs after all of them: in a stack of layers the last
+    (the lowest layer's) is formed after the backward pass has read the layers above, whose
+    parameters the calls then update in place. Ordered by its own gradient alone, a call could
+    run before that read, and XLA copied the parameters (twice each, a ``model.fit`` step of
+    three Dense(4096) layers)."""
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
+    after = sum(g.reshape(-1)[0] for g in grads)  # one operand a call, whatever the group's size
     for index, (variable, slots) in enumerate(zip(job.variables, job.slots)):
         slots = kernel_slots(slots)
         names = state_names(slots)
         updated = [variable,
                    *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
         _call_in_place(TARGET_8BIT, updated,
-                       [grads[index], scalars[index], step, *tables, *grads], **flags)
+                       [grads[index], scalars[index], step, *tables, after], **flags)
 
 
 def _call_in_place(target, updated, inputs, **attributes):

@@ -236,9 +236,8 @@ def _apply_8bit_op(job, flags):
     copies it first (TensorFlow's copy on write): waiting for its own gradient alone, the op of
     a hidden layer's kernel did so every step."""
     grads = [_gradient(g, tf.float32) for g in job.gradients]
-    table = tf.reshape(_table(job, tf.float32), [len(grads), -1])
-    step, tables = tf.cast(job.step, tf.int32), _codec_tables()
-    with tf.control_dependencies(grads):
+    table, step, tables = _table(job, tf.float32), tf.cast(job.step, tf.int32), _codec_tables()
+    with tf.control_dependencies([tf.group(grads)]):  # one control input an op
         for index, variable in enumerate(job.variables):
             slots = kernel_slots(job.slots[index])
             m, v = slots["momentum"], slots["velocity"]
@@ -256,7 +255,7 @@ def _codec_tables() -> list:
 class XlaCall:
     """adamkit's XLA custom call (``adam_ffi.cc``) under ``jit_compile=True``: XLA hands it the
     buffers of θ and the state to update in place; every float variable of a dtype in one call
-    where no tf.distribute strategy runs, 8-bit state one variable at a time."""
+    where no tf.distribute strategy runs, 8-bit state one call a variable."""
 
     name = "adamkit kernel (XLA custom call)"
 
@@ -286,11 +285,11 @@ class XlaCall:
 
 def _apply_8bit_xla(job, flags):
     """Custom call adamkit_adam8bit a variable: θ, codes and absmax updated in place. Each call
-    also takes every gradient of the group, unread, to run after them (as on JAX,
-    ``adamkit.kernels.jax``, which says why)."""
+    also takes, unread, a scalar made from every gradient of the group, to run after all of them
+    (as on JAX, ``adamkit.kernels.jax``, which says why)."""
     grads = [_gradient(g, tf.float32, v.shape) for g, v in zip(job.gradients, job.variables)]
-    table = tf.reshape(_table(job, tf.float32), [len(grads), -1])
-    step, tables = tf.cast(job.step, tf.int32), _codec_tables()
+    table, step, tables = _table(job, tf.float32), tf.cast(job.step, tf.int32), _codec_tables()
+    after = tf.add_n([tf.reshape(g, [-1])[0] for g in grads])
     calls = []
     for index, variable in enumerate(job.variables):
         slots = kernel_slots(job.slots[index])
@@ -299,7 +298,7 @@ def _apply_8bit_xla(job, flags):
         updated += [tf_variable(x) for name in names
                     for x in (slots[name].codes, slots[name].absmax)]
         calls.append(_xla_call("adamkit_adam8bit", updated,
-                               [grads[index], table[index], step, *tables, *grads], _rule(flags)))
+                               [grads[index], table[index], step, *tables, after], _rule(flags)))
     return tf.group(calls)
 
 
