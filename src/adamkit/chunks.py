@@ -87,15 +87,12 @@ def written(rows, index, row):
         with torch.no_grad():  # the rows can be a view of a parameter that requires grad
             rows[index] = row
         return rows
-    if backend == "tensorflow":
+    if backend == "tensorflow" and not compiled_by_xla():  # XLA wants constant slice bounds
         import tensorflow as tf
 
-        from adamkit.kernels.tensorflow import in_xla
-
-        if not in_xla():  # XLA wants a strided slice's bounds constant
-            begin = ops.reshape(index, (1,))
-            return tf.raw_ops.TensorStridedSliceUpdate(input=rows, begin=begin, end=begin + 1,
-                                                       strides=[1], value=row[None])
+        begin = ops.reshape(index, (1,))
+        return tf.raw_ops.TensorStridedSliceUpdate(input=rows, begin=begin, end=begin + 1,
+                                                   strides=[1], value=row[None])
     return ops.slice_update(rows, (index, *[0] * (len(rows.shape) - 1)), row[None])
 
 
