@@ -447,16 +447,17 @@ def encoder_library(encoder: str = "native"):
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_the_kernels_encoder_is_exact_over_every_float_in_the_unit_interval(signed, encoder):
     """Every float32 in [−1, 1] (all 1,065,353,217 magnitudes; signs alternate in the signed map)
-    through a vector encoder of the kernels and the scalar one: the same codes, each one of the
-    two map values that bracket the value, with the dither."""
+    through a vector encoder of the kernels, alone and as the step encodes m and v together, and
+    the scalar one: the same codes, each one of the two map values that bracket the value, with
+    the dither."""
     import ctypes
 
     library = encoder_library(encoder)
-    table = np.ascontiguousarray(st.codec_table(signed))
+    tables = [np.ascontiguousarray(st.codec_table(s)) for s in (True, False)]
     counts = (ctypes.c_int64 * 3)()
     library.adamkit_check_encoder(
-        int(signed), table.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint32(0x6A09E667 * 3),
-        counts)
+        int(signed), *(t.ctypes.data_as(ctypes.c_void_p) for t in tables),
+        ctypes.c_uint32(0x6A09E667 * 3), counts)
     checked, disagree, outside = counts
     assert checked == 0x3F800000 + 1
     assert (disagree, outside) == (0, 0)
@@ -492,6 +493,36 @@ def test_the_kernels_encoder_writes_the_codecs_codes_at_every_scale(signed, enco
     np.testing.assert_array_equal(codes, ops.convert_to_numpy(expected_codes))
     np.testing.assert_array_equal(absmax, ops.convert_to_numpy(expected_absmax))
     assert np.all(codes[len(scales):] == 127)  # the top code (unsigned: 255 − 128): exact
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_the_kernels_pair_encoder_writes_the_codecs_codes_at_every_scale(encoder, rng):
+    """m and v encoded together, as the 8-bit step does, at every scale of the test above, m's
+    scale and v's paired every way (either, both or neither prescaled: below 2^-64 or above
+    2^64): the codes and absmax of adamkit.state.quantize for each."""
+    import ctypes
+
+    library = encoder_library(encoder)
+    scales = np.array([0.0, 1e-30, 1e-20, 1e-3, 1.0, 7.0, 1e20, 1e30, 3e38])
+    pairs = np.array([(a, b) for a in scales for b in scales])
+    values = rng.choice([-1.0, 1.0], (2, len(pairs), st.BLOCK_SIZE)) * np.exp(
+        rng.uniform(-12, 0, (2, len(pairs), st.BLOCK_SIZE)))
+    values = values / np.abs(values).max(axis=2, keepdims=True) * pairs.T[:, :, None]
+    m, v = values[0].astype(np.float32), np.abs(values[1]).astype(np.float32)
+    step = 23
+    codes = np.zeros((2, *m.shape), np.int8)
+    absmax = np.zeros((2, len(pairs)), np.float32)
+    tables = [np.ascontiguousarray(st.codec_table(s)) for s in (True, False)]
+    pointer = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    library.adamkit_encode_moments(
+        *(pointer(t) for t in tables), pointer(m), pointer(v), ctypes.c_int64(len(pairs)),
+        ctypes.c_uint32((step * 0x6A09E667) % 2**32), pointer(codes[0]), pointer(codes[1]),
+        pointer(absmax[0]), pointer(absmax[1]))
+    for index, (x, signed) in enumerate(((m, True), (v, False))):
+        expected_codes, expected_absmax = st.quantize(ops.convert_to_tensor(x), signed,
+                                                      ops.convert_to_tensor(step, "int32"))
+        np.testing.assert_array_equal(codes[index], ops.convert_to_numpy(expected_codes))
+        np.testing.assert_array_equal(absmax[index], ops.convert_to_numpy(expected_absmax))
 
 
 def test_block_scales_normalise_the_largest_value_to_the_top_code(rng):

@@ -1,7 +1,7 @@
 // The exhaustive check of the 8-bit encoder (adam_update.h) over every float32 in [−1, 1]:
 // each value is encoded in a block whose absmax is 1 (so it is its own normalised value), by the
-// vector encoder it is compiled for (AVX-512 or AVX2; tests/test_state.py builds it both ways) and
-// by the scalar one; the codes must agree, and each code must be one of the two map values that
+// vector encoder it is compiled for (AVX-512 or AVX2; tests/test_state.py builds it both ways),
+// alone and as the step encodes m and v together, and by the scalar one; the codes must agree, and each code must be one of the two map values that
 // bracket the value (what a search of the sorted map gives, rounded down or up), whatever the
 // dither.
 #include <cstdint>
@@ -34,13 +34,15 @@ bool Brackets(const float* decode, float a, int index, int top) {
 }
 
 template <bool kSigned>
-void Check(const float* table, uint32_t step_mix, int64_t* counts) {
-  const adamkit::CodecTable map(table);
-  const adamkit::BlockCodec codec(map);
+void Check(const float* signed_table, const float* unsigned_table, uint32_t step_mix,
+           int64_t* counts) {
+  const float* table = kSigned ? signed_table : unsigned_table;
+  const adamkit::CodecTable map(table), signed_map(signed_table), unsigned_map(unsigned_table);
+  const adamkit::BlockCodec codec(map), signed_codec(signed_map), unsigned_codec(unsigned_map);
   const int top = kSigned ? 127 : 255;
   alignas(64) float block[kBlock];
-  int8_t scalar[kBlock], kernel[kBlock];
-  float absmax;
+  int8_t scalar[kBlock], kernel[kBlock], pair[2][kBlock];
+  float absmax, pair_absmax[2];
   const uint32_t last = 0x3f800000u;  // 1.0f
   for (uint32_t bits = 0; bits <= last;) {
     block[0] = 1.0f;
@@ -53,9 +55,12 @@ void Check(const float* table, uint32_t step_mix, int64_t* counts) {
     const uint32_t position = bits * 7u;  // any: varies the dither from block to block
     adamkit::EncodeBlock<kSigned>(block, scalar, &absmax, map, position, step_mix);
     codec.template Encode<kSigned>(block, kernel, &absmax, position, step_mix);
+    adamkit::EncodeMoments(signed_codec, unsigned_codec, block, block, pair[0], pair[1],
+                           &pair_absmax[0], &pair_absmax[1], position, step_mix);
+    const int8_t* paired = pair[kSigned ? 0 : 1];  // as m (signed map) or as v (unsigned)
     for (int j = 1; j < n; ++j) {
       counts[0] += 1;
-      counts[1] += scalar[j] != kernel[j];
+      counts[1] += scalar[j] != kernel[j] || scalar[j] != paired[j];
       const int index = kSigned ? (scalar[j] < 0 ? -scalar[j] : scalar[j]) : scalar[j] + 128;
       const bool sign_kept = !kSigned || scalar[j] == 0 || (scalar[j] < 0) == (block[j] < 0);
       counts[2] += !sign_kept || !Brackets<kSigned>(table, block[j] < 0 ? -block[j] : block[j],
@@ -67,13 +72,14 @@ void Check(const float* table, uint32_t step_mix, int64_t* counts) {
 }  // namespace
 
 // counts: [values checked, scalar ≠ kernel, codes outside the bracket].
-extern "C" void adamkit_check_encoder(int is_signed, const float* table, uint32_t step_mix,
+extern "C" void adamkit_check_encoder(int is_signed, const float* signed_table,
+                                      const float* unsigned_table, uint32_t step_mix,
                                       int64_t* counts) {
   counts[0] = counts[1] = counts[2] = 0;
   if (is_signed) {
-    Check<true>(table, step_mix, counts);
+    Check<true>(signed_table, unsigned_table, step_mix, counts);
   } else {
-    Check<false>(table, step_mix, counts);
+    Check<false>(signed_table, unsigned_table, step_mix, counts);
   }
 }
 
@@ -92,6 +98,21 @@ extern "C" void adamkit_encode_blocks(int is_signed, const float* table, const f
     } else {
       codec.Encode<false>(x + b * kBlock, codes + b * kBlock, absmax + b, position, step_mix);
     }
+  }
+}
+
+// Encodes ``blocks`` blocks of m (signed map) and of v (unsigned) together, as the step does.
+extern "C" void adamkit_encode_moments(const float* signed_table, const float* unsigned_table,
+                                       const float* m, const float* v, int64_t blocks,
+                                       uint32_t step_mix, int8_t* m_codes, int8_t* v_codes,
+                                       float* m_absmax, float* v_absmax) {
+  const adamkit::CodecTable signed_map(signed_table), unsigned_map(unsigned_table);
+  const adamkit::BlockCodec signed_codec(signed_map), unsigned_codec(unsigned_map);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t first = b * kBlock;
+    adamkit::EncodeMoments(signed_codec, unsigned_codec, m + first, v + first, m_codes + first,
+                           v_codes + first, m_absmax + b, v_absmax + b,
+                           static_cast<uint32_t>(first), step_mix);
   }
 }
 

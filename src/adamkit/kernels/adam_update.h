@@ -439,7 +439,8 @@ struct MapVectors16 {
   }
 };
 
-// Sixteen values, normalised, → sixteen codes (as int32), ``dither`` holding their 22-bit dither.
+// Sixteen values, normalised, → sixteen codes (as int32; the unsigned map's unclamped, for
+// Store64), ``dither`` holding their 22-bit dither.
 template <bool kSigned>
 inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512i dither) {
   const __m512 a = _mm512_abs_ps(normalised);
@@ -456,23 +457,28 @@ inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512i dither
       _mm512_mul_ps(distance, _mm512_permutexvar_ps(decade, t.scale)));
   const __m512i sum = _mm512_add_epi32(
       _mm512_add_epi32(fixed, _mm512_permutexvar_epi32(decade, t.first)), dither);
-  const __m512i index = _mm512_min_epi32(
-      _mm512_max_epi32(_mm512_srai_epi32(sum, kFixedPoint), _mm512_setzero_si512()), t.max_index);
+  const __m512i unclamped = _mm512_srai_epi32(sum, kFixedPoint);
   if (kSigned) {  // negated where the value's bits, as an integer, are negative (−0: index 0)
+    const __m512i index = _mm512_min_epi32(_mm512_max_epi32(unclamped, _mm512_setzero_si512()),
+                                           t.max_index);
     const __mmask16 negative = _mm512_cmplt_epi32_mask(_mm512_castps_si512(normalised),
                                                        _mm512_setzero_si512());
     return _mm512_mask_sub_epi32(index, negative, _mm512_setzero_si512(), index);
   }
-  return _mm512_sub_epi32(index, _mm512_set1_epi32(128));
+  // Unclamped: index − 128 lies in [−640, 384) (sum is an int32 ≥ INT32_MIN), and Store64's
+  // saturating packs clamp it to [−128, 127], which is index clamped to [0, 255 = max_index].
+  return _mm512_sub_epi32(unclamped, _mm512_set1_epi32(128));
 }
 
-// The block's absmax, as BlockAbsmax takes it, written to ``absmax_out``; returns its scale.
-inline BlockScale Scale16(const float* x, float* absmax_out) {
-  const __m512i magnitude = _mm512_set1_epi32(INT32_MAX);
-  __m512i top = _mm512_setzero_si512();
-  for (int j = 0; j < kBlock; j += 16) {
-    top = _mm512_max_epi32(top, _mm512_and_si512(_mm512_loadu_si512(x + j), magnitude));
-  }
+// The largest magnitude so far, as BlockAbsmax takes it: an integer max over the bits with the
+// sign cleared.
+inline __m512i Magnitudes16(__m512i top, __m512 x) {
+  return _mm512_max_epi32(top, _mm512_and_si512(_mm512_castps_si512(x),
+                                                _mm512_set1_epi32(INT32_MAX)));
+}
+
+// The absmax of ``top``'s lanes (Magnitudes16's), written to ``absmax_out``; returns its scale.
+inline BlockScale ScaleOf16(__m512i top, float* absmax_out) {
   const int32_t bits = _mm512_reduce_max_epi32(top);
   float absmax;
   std::memcpy(&absmax, &bits, sizeof absmax);
@@ -480,8 +486,16 @@ inline BlockScale Scale16(const float* x, float* absmax_out) {
   return BlockScale(absmax);
 }
 
+// The block's absmax, as BlockAbsmax takes it, written to ``absmax_out``; returns its scale.
+inline BlockScale Scale16(const float* x, float* absmax_out) {
+  __m512i top = _mm512_setzero_si512();
+  for (int j = 0; j < kBlock; j += 16) top = Magnitudes16(top, _mm512_loadu_ps(x + j));
+  return ScaleOf16(top, absmax_out);
+}
+
 inline __m512 Normalise16(__m512 x, const BlockScale& scale) {
-  // Both multiplies always: a branch on prescale == 1 (then x·1 is x) measured slower.
+  // Both multiplies: a branch here on prescale == 1 measured slower; EncodeMoments16 leaves
+  // the first out for a whole block at once.
   return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(scale.prescale)),
                        _mm512_set1_ps(scale.reciprocal));
 }
@@ -498,7 +512,7 @@ constexpr uint32_t kDitherStride16 = 16u * kPositionMultiplier;
 
 inline __m512i Dither16(__m512i mixed) { return _mm512_srli_epi32(mixed, 32 - kFixedPoint); }
 
-// Sixty-four codes (four vectors of int32) stored as bytes. The packs work within 128-bit lanes:
+// Sixty-four codes (four vectors of int32) stored as bytes, each saturated to [−128, 127]. The packs work within 128-bit lanes:
 // dword k of their result holds codes 4·(k mod 4) + k / 4 of each sixteen; a permute reorders.
 inline void Store64(int8_t* codes, const __m512i c[4]) {
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -508,9 +522,8 @@ inline void Store64(int8_t* codes, const __m512i c[4]) {
 }
 
 template <bool kSigned>
-void EncodeBlock16(const float* x, int8_t* codes, float* absmax_out, const MapVectors16& t,
+void EncodeBlock16(const float* x, int8_t* codes, const BlockScale& scale, const MapVectors16& t,
                    uint32_t first_position, uint32_t step_mix) {
-  const BlockScale scale = Scale16(x, absmax_out);
   __m512i mixed = DitherWords16(first_position, step_mix);
   for (int j = 0; j < kBlock; j += 64) {
     __m512i c[4];
@@ -525,24 +538,41 @@ void EncodeBlock16(const float* x, int8_t* codes, float* absmax_out, const MapVe
 
 // A block of m (signed map) and the same block of v (unsigned map) at once: they share the
 // dither, and two independent chains keep more of the core busy (the step: about 3% less time).
-inline void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
-                            float* m_absmax, float* v_absmax, const MapVectors16& signed_map,
-                            const MapVectors16& unsigned_map, uint32_t first_position,
-                            uint32_t step_mix) {
-  const BlockScale m_scale = Scale16(m, m_absmax), v_scale = Scale16(v, v_absmax);
+// Their scales come from the caller, which has seen every value. ``kPrescaled``: whether either
+// scale's prescale differs from 1; where neither does, x·1 is x and that multiply is left out.
+template <bool kPrescaled>
+void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
+                     const BlockScale& m_scale, const BlockScale& v_scale,
+                     const MapVectors16& signed_map, const MapVectors16& unsigned_map,
+                     uint32_t first_position, uint32_t step_mix) {
+  const auto normalised = [](const float* x, const BlockScale& scale) {
+    return kPrescaled ? Normalise16(_mm512_loadu_ps(x), scale)
+                      : _mm512_mul_ps(_mm512_loadu_ps(x), _mm512_set1_ps(scale.reciprocal));
+  };
   __m512i mixed = DitherWords16(first_position, step_mix);
   for (int j = 0; j < kBlock; j += 64) {
     __m512i cm[4], cv[4];
     for (int q = 0; q < 4; ++q) {
       const __m512i dither = Dither16(mixed);
-      cm[q] = Encode16<true>(Normalise16(_mm512_loadu_ps(m + j + 16 * q), m_scale), signed_map,
-                             dither);
-      cv[q] = Encode16<false>(Normalise16(_mm512_loadu_ps(v + j + 16 * q), v_scale),
-                              unsigned_map, dither);
+      cm[q] = Encode16<true>(normalised(m + j + 16 * q, m_scale), signed_map, dither);
+      cv[q] = Encode16<false>(normalised(v + j + 16 * q, v_scale), unsigned_map, dither);
       mixed = _mm512_add_epi32(mixed, _mm512_set1_epi32(kDitherStride16));
     }
     Store64(m_codes + j, cm);
     Store64(v_codes + j, cv);
+  }
+}
+
+inline void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
+                            const BlockScale& m_scale, const BlockScale& v_scale,
+                            const MapVectors16& signed_map, const MapVectors16& unsigned_map,
+                            uint32_t first_position, uint32_t step_mix) {
+  if (m_scale.prescale == 1.0f && v_scale.prescale == 1.0f) {
+    EncodeMoments16<false>(m, v, m_codes, v_codes, m_scale, v_scale, signed_map, unsigned_map,
+                           first_position, step_mix);
+  } else {
+    EncodeMoments16<true>(m, v, m_codes, v_codes, m_scale, v_scale, signed_map, unsigned_map,
+                          first_position, step_mix);
   }
 }
 
@@ -566,7 +596,7 @@ struct DecodePlanes {
   }
 };
 
-inline void DecodeBlock64(const DecodePlanes& t, const int8_t* codes, float absmax, float* out) {
+inline void DecodeBlock64(const DecodePlanes& t, const int8_t* codes, float absmax, __m512 out[4]) {
   // The unpacks below interleave within 128-bit lanes: byte 16l + 4q + i must hold code
   // 16q + 4l + i for float vector q to come out in order.
   alignas(64) static constexpr uint8_t kOrder[64] = {
@@ -587,9 +617,7 @@ inline void DecodeBlock64(const DecodePlanes& t, const int8_t* codes, float absm
   const __m512i f[4] = {_mm512_unpacklo_epi16(w01lo, w23lo), _mm512_unpackhi_epi16(w01lo, w23lo),
                         _mm512_unpacklo_epi16(w01hi, w23hi), _mm512_unpackhi_epi16(w01hi, w23hi)};
   const __m512 scale = _mm512_set1_ps(absmax);
-  for (int q = 0; q < 4; ++q) {
-    _mm512_storeu_ps(out + 16 * q, _mm512_mul_ps(_mm512_castsi512_ps(f[q]), scale));
-  }
+  for (int q = 0; q < 4; ++q) out[q] = _mm512_mul_ps(_mm512_castsi512_ps(f[q]), scale);
 }
 
 #endif
@@ -605,10 +633,14 @@ struct BlockCodec {
   template <bool kSigned>
   void Encode(const float* x, int8_t* codes, float* absmax, uint32_t position,
               uint32_t step_mix) const {
-    EncodeBlock16<kSigned>(x, codes, absmax, vectors, position, step_mix);
+    EncodeBlock16<kSigned>(x, codes, Scale16(x, absmax), vectors, position, step_mix);
   }
   void Decode(const int8_t* codes, float absmax, float* out) const {
-    for (int j = 0; j < kBlock; j += 64) DecodeBlock64(planes, codes + j, absmax, out + j);
+    for (int j = 0; j < kBlock; j += 64) {
+      __m512 values[4];
+      DecodeBlock64(planes, codes + j, absmax, values);
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + j + 16 * q, values[q]);
+    }
   }
 #elif defined(__AVX2__)
   MapVectors vectors;
@@ -639,8 +671,8 @@ inline void EncodeMoments(const BlockCodec& signed_codec, const BlockCodec& unsi
                           const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
                           float* m_absmax, float* v_absmax, uint32_t position, uint32_t step_mix) {
 #if defined(ADAMKIT_CODEC_AVX512)
-  EncodeMoments16(m, v, m_codes, v_codes, m_absmax, v_absmax, signed_codec.vectors,
-                  unsigned_codec.vectors, position, step_mix);
+  EncodeMoments16(m, v, m_codes, v_codes, Scale16(m, m_absmax), Scale16(v, v_absmax),
+                  signed_codec.vectors, unsigned_codec.vectors, position, step_mix);
 #else
   signed_codec.Encode<true>(m, m_codes, m_absmax, position, step_mix);
   unsigned_codec.Encode<false>(v, v_codes, v_absmax, position, step_mix);
@@ -659,6 +691,71 @@ struct Adam8bitStep {
   CodecTable signed_map, unsigned_map;
 };
 
+#if defined(ADAMKIT_CODEC_AVX512)
+// Block ``b``, a whole one, with AVX-512: the state decoded, updated and θ's step taken in
+// registers, sixty-four values at a time, each new state stored once (in m, v, h, for the
+// encoder) with its largest magnitude kept as it goes; then the encoder. The same operations in
+// the same order as the loops of UpdateBlocks8bit, so the same θ and codes, bit for bit. Against
+// decoding into the buffers, reading them back in three loops and taking each absmax in a pass
+// of its own, the step took 0.86× the time (one thread, 65,536 parameters in the cache: 0.58 →
+// 0.50 ns a parameter), together with the unsigned codes left to the packs' saturation and the
+// multiply by a prescale of 1 left out (Encode16, EncodeMoments16).
+template <Rule kRule>
+void UpdateBlock16(const Adam8bitStep& p, const BlockCodec& signed_codec,
+                   const BlockCodec& unsigned_codec, int64_t b, float* __restrict__ m,
+                   float* __restrict__ v, float* __restrict__ h) {
+  constexpr bool kAmsgrad = kRule == Rule::kAmsgrad;
+  const __m512 decay = _mm512_set1_ps(p.scalars[0]), one_minus_b1 = _mm512_set1_ps(p.scalars[1]),
+               b2_term = _mm512_set1_ps(p.scalars[2]), step_size = _mm512_set1_ps(p.scalars[3]),
+               inv_sqrt_bc2 = _mm512_set1_ps(p.scalars[4]), eps = _mm512_set1_ps(p.scalars[5]),
+               gradient_step = _mm512_set1_ps(p.scalars[6]);
+  const int64_t first = b * kBlock;
+  const float* __restrict__ g = p.g + first;
+  float* __restrict__ theta = p.theta + first;
+  __m512i top_m = _mm512_setzero_si512(), top_v = top_m, top_h = top_m;
+  for (int j = 0; j < kBlock; j += 64) {
+    __m512 m_old[4], v_old[4], h_old[4];
+    DecodeBlock64(signed_codec.planes, p.codes[0] + first + j, p.absmax[0][b], m_old);
+    DecodeBlock64(unsigned_codec.planes, p.codes[1] + first + j, p.absmax[1][b], v_old);
+    if (kAmsgrad) DecodeBlock64(unsigned_codec.planes, p.codes[2] + first + j, p.absmax[2][b], h_old);
+    for (int q = 0; q < 4; ++q) {
+      const int k = j + 16 * q;
+      const __m512 gk = _mm512_loadu_ps(g + k);
+      const __m512 mk = _mm512_add_ps(m_old[q], _mm512_mul_ps(_mm512_sub_ps(gk, m_old[q]),
+                                                              one_minus_b1));
+      const __m512 vk = kRule == Rule::kAdamax  // SecondMoment's two forms; max_ps is its a > b ? a : b
+          ? _mm512_max_ps(_mm512_mul_ps(v_old[q], b2_term), _mm512_add_ps(_mm512_abs_ps(gk), eps))
+          : _mm512_add_ps(v_old[q], _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(gk, gk), v_old[q]),
+                                                  b2_term));
+      _mm512_store_ps(m + k, mk);
+      _mm512_store_ps(v + k, vk);
+      top_m = Magnitudes16(top_m, mk);
+      top_v = Magnitudes16(top_v, vk);
+      __m512 second = vk;
+      if (kAmsgrad) {
+        second = _mm512_max_ps(h_old[q], vk);
+        _mm512_store_ps(h + k, second);
+        top_h = Magnitudes16(top_h, second);
+      }
+      const __m512 denominator = kRule == Rule::kAdamax
+          ? second : _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(second), inv_sqrt_bc2), eps);
+      const __m512 step = _mm512_add_ps(_mm512_mul_ps(step_size, mk),
+                                        _mm512_mul_ps(gradient_step, gk));
+      _mm512_storeu_ps(theta + k, _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(theta + k), decay),
+                                                _mm512_div_ps(step, denominator)));
+    }
+  }
+  const auto position = static_cast<uint32_t>(first);
+  EncodeMoments16(m, v, p.codes[0] + first, p.codes[1] + first, ScaleOf16(top_m, p.absmax[0] + b),
+                  ScaleOf16(top_v, p.absmax[1] + b), signed_codec.vectors, unsigned_codec.vectors,
+                  position, p.step_mix);
+  if (kAmsgrad) {
+    EncodeBlock16<false>(h, p.codes[2] + first, ScaleOf16(top_h, p.absmax[2] + b),
+                         unsigned_codec.vectors, position, p.step_mix);
+  }
+}
+#endif
+
 // Blocks [begin, end): decode, update θ, re-encode — each block's state stays in L1 between.
 template <Rule kRule>
 void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
@@ -671,6 +768,12 @@ void UpdateBlocks8bit(const Adam8bitStep& p, int64_t begin, int64_t end) {
   for (int64_t b = begin; b < end; ++b) {
     const int64_t first = b * kBlock;
     const int n = static_cast<int>(std::min<int64_t>(kBlock, p.size - first));
+#if defined(ADAMKIT_CODEC_AVX512)
+    if (n == kBlock) {
+      UpdateBlock16<kRule>(p, signed_codec, unsigned_codec, b, m, v, h);
+      continue;
+    }
+#endif
     const float* __restrict__ g = p.g + first;
     float* __restrict__ theta = p.theta + first;
     signed_codec.Decode(p.codes[0] + first, p.absmax[0][b], m);
