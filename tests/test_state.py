@@ -525,6 +525,68 @@ def test_the_kernels_pair_encoder_writes_the_codecs_codes_at_every_scale(encoder
         np.testing.assert_array_equal(absmax[index], ops.convert_to_numpy(expected_absmax))
 
 
+def test_the_avx512_store_clamps_the_unsigned_maps_codes():
+    """The AVX-512 encoder leaves the unsigned map's clamp to [0, 255] to the saturating packs
+    that store its codes: every index an int32 shifted right by 22 can hold comes out clamped, and
+    the maps' top indices are the ones the encoders assume (127 signed, 255 unsigned)."""
+    for signed, top in ((True, 127), (False, 255)):
+        table = st.codec_table(signed)
+        assert 2 * int(table[256 + 3 * st_decades()]) - 1 == top
+    wrong = encoder_library("native").adamkit_check_saturating_store
+    wrong.restype = __import__("ctypes").c_int64
+    if wrong() == -1:
+        pytest.skip("this CPU has no AVX-512 encoder")
+    assert wrong() == 0
+
+
+def st_decades() -> int:
+    """The codec table's decade count (its rows after the 256 decoded values: thresholds, floors,
+    scales and point counts, one per decade)."""
+    return (len(st.codec_table(True)) - 256) // 4
+
+
+@pytest.mark.parametrize("encoder", ["native", "avx2"])
+@pytest.mark.parametrize("rule", ["adam", "amsgrad", "adamax"])
+def test_the_8bit_step_is_the_same_in_every_build(encoder, rule, rng):
+    """The whole 8-bit step (adam_update.h's UpdateBlocks8bit) built for this CPU's vector
+    encoder against the scalar build, six steps: the same θ, codes and absmax, bit for bit. Blocks
+    of ordinary gradients, of zeros (absmax 0), of tiny and huge ones (prescaled below 2^-64 and
+    above 2^64), one with −0 and zeros among them, and a partial last block; every scalar of the
+    step away from its neutral value."""
+    import ctypes
+
+    builds = [encoder_library(encoder), encoder_library("scalar")]
+    size = 6 * st.BLOCK_SIZE - 37
+    huge = 1e21 if rule == "adamax" else 1e12  # v (g², or AdaMax's |g|) above 2^64
+    scales = np.repeat([1e-3, 0.0, 1e-25, huge, 1e-3, 1.0], st.BLOCK_SIZE)[:size]
+    tables = [np.ascontiguousarray(st.codec_table(s)) for s in (True, False)]
+    beta_2_term = 0.999 if rule == "adamax" else 0.001
+    scalars = np.array([0.999, 0.1, beta_2_term, 1e-3, 1.3, 1e-7, 1e-4], np.float32)
+    theta0 = rng.normal(size=size).astype(np.float32)
+    states = []
+    for _ in builds:
+        codes = np.zeros((3, size + 37), np.int8)
+        codes[1:] = -128  # v and v̂max start at the unsigned map's 0
+        states.append((theta0.copy(), codes, np.zeros((3, 6), np.float32)))
+    pointer = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    for step in range(1, 7):
+        g = (rng.normal(size=size) * scales).astype(np.float32)
+        g[4 * st.BLOCK_SIZE:5 * st.BLOCK_SIZE:3] = -0.0
+        g[4 * st.BLOCK_SIZE + 1:5 * st.BLOCK_SIZE:5] = 0.0
+        for library, (theta, codes, absmax) in zip(builds, states):
+            library.adamkit_step_8bit(
+                ["adam", "amsgrad", "adamax"].index(rule), pointer(theta), pointer(g),
+                ctypes.c_int64(size), (ctypes.c_void_p * 3)(*(pointer(c) for c in codes)),
+                (ctypes.c_void_p * 3)(*(pointer(a) for a in absmax)), pointer(scalars),
+                ctypes.c_uint32(step), *(pointer(t) for t in tables))
+        (theta, codes, absmax), (theta_s, codes_s, absmax_s) = states
+        assert np.isfinite(theta).all()
+        np.testing.assert_array_equal(theta.view(np.int32), theta_s.view(np.int32))
+        np.testing.assert_array_equal(codes, codes_s)
+        np.testing.assert_array_equal(absmax.view(np.int32), absmax_s.view(np.int32))
+    assert 0 < states[0][2][0, 2] < 2.0**-64 and states[0][2][1, 3] > 2.0**64  # both prescales
+
+
 def test_block_scales_normalise_the_largest_value_to_the_top_code(rng):
     """(x / d)·r reaches 1 for x = absmax at every scale: d a power of two bringing absmax into
     [2^-85, 2^64], r float32(1 / (absmax / d)) or one ulp more, always a normal float32."""

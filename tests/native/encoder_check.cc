@@ -1,9 +1,12 @@
 // The exhaustive check of the 8-bit encoder (adam_update.h) over every float32 in [−1, 1]:
 // each value is encoded in a block whose absmax is 1 (so it is its own normalised value), by the
 // vector encoder it is compiled for (AVX-512 or AVX2; tests/test_state.py builds it both ways),
-// alone and as the step encodes m and v together, and by the scalar one; the codes must agree, and each code must be one of the two map values that
-// bracket the value (what a search of the sorted map gives, rounded down or up), whatever the
-// dither.
+// alone and as the step encodes m and v together, and by the scalar one; the codes must agree,
+// and each code must be one of the two map values that bracket the value (what a search of the
+// sorted map gives, rounded down or up), whatever the dither. Also: the whole 8-bit step, for
+// comparing the builds' θ, codes and absmax; and the AVX-512 store's saturation, which clamps the
+// unsigned map's codes.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -114,6 +117,47 @@ extern "C" void adamkit_encode_moments(const float* signed_table, const float* u
                            v_codes + first, m_absmax + b, v_absmax + b,
                            static_cast<uint32_t>(first), step_mix);
   }
+}
+
+// The 8-bit step on blocks [0, ⌈size/256⌉) of one variable, as the kernels take it
+// (adam_update.h's UpdateBlocks8bit): rule 0 Adam, 1 AMSGrad, 2 AdaMax; codes and absmax hold m,
+// v and (AMSGrad) v̂max's.
+extern "C" void adamkit_step_8bit(int rule, float* theta, const float* g, int64_t size,
+                                  int8_t* const* codes, float* const* absmax,
+                                  const float* scalars, uint32_t step, const float* signed_table,
+                                  const float* unsigned_table) {
+  adamkit::Adam8bitStep p{theta, g, size, {codes[0], codes[1], codes[2]},
+                          {absmax[0], absmax[1], absmax[2]}, scalars,
+                          step * adamkit::kStepMultiplier, adamkit::CodecTable(signed_table),
+                          adamkit::CodecTable(unsigned_table)};
+  adamkit::UpdateBlocks8bit(p, static_cast<adamkit::Rule>(rule), 0, (size + kBlock - 1) / kBlock);
+}
+
+// How many of the indices −512 … 511 (every value of an int32 shifted right by 22, as Encode16
+// takes it) Store64 stores, as index − 128, other than as the index clamped to [0, 255] less 128:
+// the unsigned map's clamp, which its encoder leaves to these saturating packs. −1 without the
+// AVX-512 encoder.
+extern "C" int64_t adamkit_check_saturating_store() {
+#if defined(ADAMKIT_CODEC_AVX512)
+  int64_t wrong = 0;
+  for (int first = -512; first < 512; first += 64) {
+    __m512i c[4];
+    for (int q = 0; q < 4; ++q) {
+      c[q] = _mm512_sub_epi32(
+          _mm512_add_epi32(_mm512_set1_epi32(first + 16 * q),
+                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+          _mm512_set1_epi32(128));
+    }
+    int8_t stored[64];
+    adamkit::Store64(stored, c);
+    for (int k = 0; k < 64; ++k) {
+      wrong += stored[k] != std::min(std::max(first + k, 0), 255) - 128;
+    }
+  }
+  return wrong;
+#else
+  return -1;
+#endif
 }
 
 // Each absmax's BlockScale, as the kernels form it: for comparing with adamkit.state.block_scales.

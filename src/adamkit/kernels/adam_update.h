@@ -356,19 +356,10 @@ inline __m256i Encode8(__m256 x, const BlockScale& scale, const MapVectors& t, _
   return _mm256_sub_epi32(index, _mm256_set1_epi32(128));
 }
 
-inline float Absmax(const float* x) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 top = _mm256_setzero_ps();
-  for (int j = 0; j < kBlock; j += 8) top = _mm256_max_ps(top, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
-  __m128 half = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
-  half = _mm_max_ps(half, _mm_movehl_ps(half, half));
-  return _mm_cvtss_f32(_mm_max_ss(half, _mm_shuffle_ps(half, half, 1)));
-}
-
 template <bool kSigned>
 void EncodeBlock8(const float* x, int8_t* codes, float* absmax_out, const MapVectors& t,
                   uint32_t first_position, uint32_t step_mix) {
-  const float absmax = Absmax(x);
+  const float absmax = BlockAbsmax(x);  // integer max, as everywhere: a NaN stays NaN
   *absmax_out = absmax;
   const BlockScale scale(absmax);
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -466,7 +457,8 @@ inline __m512i Encode16(__m512 normalised, const MapVectors16& t, __m512i dither
     return _mm512_mask_sub_epi32(index, negative, _mm512_setzero_si512(), index);
   }
   // Unclamped: index − 128 lies in [−640, 384) (sum is an int32 ≥ INT32_MIN), and Store64's
-  // saturating packs clamp it to [−128, 127], which is index clamped to [0, 255 = max_index].
+  // saturating packs clamp it to [−128, 127], which is index clamped to [0, 255]: the unsigned
+  // map uses all 256 codes (its max_index is 255; tests/test_state.py checks both).
   return _mm512_sub_epi32(unclamped, _mm512_set1_epi32(128));
 }
 
@@ -512,8 +504,9 @@ constexpr uint32_t kDitherStride16 = 16u * kPositionMultiplier;
 
 inline __m512i Dither16(__m512i mixed) { return _mm512_srli_epi32(mixed, 32 - kFixedPoint); }
 
-// Sixty-four codes (four vectors of int32) stored as bytes, each saturated to [−128, 127]. The packs work within 128-bit lanes:
-// dword k of their result holds codes 4·(k mod 4) + k / 4 of each sixteen; a permute reorders.
+// Sixty-four codes (four vectors of int32) stored as bytes, each saturated to [−128, 127]. The
+// packs work within 128-bit lanes: dword k of their result holds codes 4·(k mod 4) + k / 4 of
+// each sixteen; a permute reorders.
 inline void Store64(int8_t* codes, const __m512i c[4]) {
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(c[0], c[1]),
@@ -539,7 +532,8 @@ void EncodeBlock16(const float* x, int8_t* codes, const BlockScale& scale, const
 // A block of m (signed map) and the same block of v (unsigned map) at once: they share the
 // dither, and two independent chains keep more of the core busy (the step: about 3% less time).
 // Their scales come from the caller, which has seen every value. ``kPrescaled``: whether either
-// scale's prescale differs from 1; where neither does, x·1 is x and that multiply is left out.
+// scale's prescale differs from 1; where neither does, x·1 is x and that multiply is left out
+// (with FTZ alone a subnormal x·1 would be 0, but x·r ≤ 2^-62 takes code 0's place anyway).
 template <bool kPrescaled>
 void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int8_t* v_codes,
                      const BlockScale& m_scale, const BlockScale& v_scale,
@@ -717,13 +711,16 @@ void UpdateBlock16(const Adam8bitStep& p, const BlockCodec& signed_codec,
     __m512 m_old[4], v_old[4], h_old[4];
     DecodeBlock64(signed_codec.planes, p.codes[0] + first + j, p.absmax[0][b], m_old);
     DecodeBlock64(unsigned_codec.planes, p.codes[1] + first + j, p.absmax[1][b], v_old);
-    if (kAmsgrad) DecodeBlock64(unsigned_codec.planes, p.codes[2] + first + j, p.absmax[2][b], h_old);
+    if (kAmsgrad) {
+      DecodeBlock64(unsigned_codec.planes, p.codes[2] + first + j, p.absmax[2][b], h_old);
+    }
     for (int q = 0; q < 4; ++q) {
       const int k = j + 16 * q;
       const __m512 gk = _mm512_loadu_ps(g + k);
       const __m512 mk = _mm512_add_ps(m_old[q], _mm512_mul_ps(_mm512_sub_ps(gk, m_old[q]),
                                                               one_minus_b1));
-      const __m512 vk = kRule == Rule::kAdamax  // SecondMoment's two forms; max_ps is its a > b ? a : b
+      // SecondMoment's two forms (max_ps(a, b) is its a > b ? a : b, NaN and ±0 alike)
+      const __m512 vk = kRule == Rule::kAdamax
           ? _mm512_max_ps(_mm512_mul_ps(v_old[q], b2_term), _mm512_add_ps(_mm512_abs_ps(gk), eps))
           : _mm512_add_ps(v_old[q], _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(gk, gk), v_old[q]),
                                                   b2_term));
