@@ -525,6 +525,26 @@ def test_the_kernels_pair_encoder_writes_the_codecs_codes_at_every_scale(encoder
         np.testing.assert_array_equal(absmax[index], ops.convert_to_numpy(expected_absmax))
 
 
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_a_block_holding_nan_keeps_a_nan_absmax_in_every_encoder(encoder, rng):
+    """A diverged state stays visibly diverged: every encoder's absmax of a block holding one NaN
+    is NaN, as adamkit.state.quantize's (a float max, as AVX2's once was, drops it)."""
+    import ctypes
+
+    x = rng.normal(size=(2, st.BLOCK_SIZE)).astype(np.float32)
+    x[0, 77] = np.nan
+    codes = np.zeros(x.shape, np.int8)
+    absmax = np.zeros(2, np.float32)
+    table = np.ascontiguousarray(st.codec_table(True))
+    encoder_library(encoder).adamkit_encode_blocks(
+        1, table.ctypes.data_as(ctypes.c_void_p), x.ctypes.data_as(ctypes.c_void_p),
+        ctypes.c_int64(2), ctypes.c_uint32(0), codes.ctypes.data_as(ctypes.c_void_p),
+        absmax.ctypes.data_as(ctypes.c_void_p))
+    _, expected = st.quantize(ops.convert_to_tensor(x), True, ops.convert_to_tensor(0, "int32"))
+    assert np.isnan(absmax[0]) and np.isnan(ops.convert_to_numpy(expected)[0])
+    assert absmax[1] == np.abs(x[1]).max()
+
+
 def test_the_avx512_store_clamps_the_unsigned_maps_codes():
     """The AVX-512 encoder leaves the unsigned map's clamp to [0, 255] to the saturating packs
     that store its codes: every index an int32 shifted right by 22 can hold comes out clamped, and
