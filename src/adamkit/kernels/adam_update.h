@@ -689,7 +689,9 @@ struct Adam8bitStep {
 // Block ``b``, a whole one, with AVX-512: the state decoded, updated and θ's step taken in
 // registers, sixty-four values at a time, each new state stored once (in m, v, h, for the
 // encoder) with its largest magnitude kept as it goes; then the encoder. The same operations in
-// the same order as the loops of UpdateBlocks8bit, so the same θ and codes, bit for bit. Against
+// the same order as the loops of UpdateBlocks8bit, so the same θ and codes, bit for bit (a NaN's
+// payload aside: the compiler may swap an add's operands; tests/test_state.py compares the
+// builds). Against
 // decoding into the buffers, reading them back in three loops and taking each absmax in a pass
 // of its own, the step took 0.86× the time (one thread, 65,536 parameters in the cache: 0.58 →
 // 0.50 ns a parameter), together with the unsigned codes left to the packs' saturation and the
