@@ -421,9 +421,10 @@ def test_the_chunked_ops_path_compiles_with_xla_and_equals_the_whole_tensor_one(
 ENCODERS = {"native": [], "avx2": ["-mno-avx512f"], "scalar": ["-mno-avx512f", "-mno-avx2"]}
 
 
-def encoder_library(encoder: str = "native"):
-    """tests/native/encoder_check.cc, built against the kernels' header for ``encoder`` (skips
-    without a compiler, or for AVX2 where the CPU has none)."""
+def encoder_library(encoder: str = "native", source: str = "encoder_check"):
+    """tests/native/encoder_check.cc, or ``source="adam_host"`` the PyTorch kernel's own entry
+    points (adamkit/kernels/adam_host.cc), built against the kernels' header for ``encoder``
+    (skips without a compiler, or for AVX2 where the CPU has none)."""
     import ctypes
     import hashlib
     from pathlib import Path
@@ -434,9 +435,11 @@ def encoder_library(encoder: str = "native"):
     if encoder == "avx2" and "avx2" not in cpu_identity().split():
         pytest.skip("this CPU has no AVX2")
     header = Path(kernels.__file__).parent / "adam_update.h"
+    folder = Path(__file__).parent / "native" if source == "encoder_check" else header.parent
     try:
-        library = compile_library(Path(__file__).parent / "native" / "encoder_check.cc",
-                                  [f"-I{header.parent}", "-ffp-contract=off", *ENCODERS[encoder]],
+        library = compile_library(folder / f"{source}.cc",
+                                  [f"-I{header.parent}", "-ffp-contract=off", "-pthread",
+                                   *ENCODERS[encoder]],
                                   salt=hashlib.sha256(header.read_bytes()).hexdigest())
     except RuntimeError as error:  # no compiler: the kernels fall back too, nothing to check
         pytest.skip(str(error))
@@ -568,14 +571,14 @@ def st_decades() -> int:
 @pytest.mark.parametrize("encoder", ["native", "avx2"])
 @pytest.mark.parametrize("rule", ["adam", "amsgrad", "adamax"])
 def test_the_8bit_step_is_the_same_in_every_build(encoder, rule, rng):
-    """The whole 8-bit step (adam_update.h's UpdateBlocks8bit) built for this CPU's vector
-    encoder against the scalar build, six steps: the same θ, codes and absmax, bit for bit. Blocks
-    of ordinary gradients, of zeros (absmax 0), of tiny and huge ones (prescaled below 2^-64 and
-    above 2^64), one with −0 and zeros among them, and a partial last block; every scalar of the
-    step away from its neutral value."""
+    """The whole 8-bit step (the PyTorch kernel's entry, adam_host.cc, on one thread) built for
+    this CPU's vector encoder against the scalar build, six steps: the same θ, codes and absmax,
+    bit for bit. Blocks of ordinary gradients, of zeros (absmax 0), of tiny and huge ones
+    (prescaled below 2^-64 and above 2^64), one with −0 and zeros among them, and a partial last
+    block; every scalar of the step away from its neutral value."""
     import ctypes
 
-    builds = [encoder_library(encoder), encoder_library("scalar")]
+    builds = [encoder_library(e, source="adam_host") for e in (encoder, "scalar")]
     size = 6 * st.BLOCK_SIZE - 37
     huge = 1e21 if rule == "adamax" else 1e12  # v (g², or AdaMax's |g|) above 2^64
     scales = np.repeat([1e-3, 0.0, 1e-25, huge, 1e-3, 1.0], st.BLOCK_SIZE)[:size]
@@ -594,11 +597,11 @@ def test_the_8bit_step_is_the_same_in_every_build(encoder, rule, rng):
         g[4 * st.BLOCK_SIZE:5 * st.BLOCK_SIZE:3] = -0.0
         g[4 * st.BLOCK_SIZE + 1:5 * st.BLOCK_SIZE:5] = 0.0
         for library, (theta, codes, absmax) in zip(builds, states):
-            library.adamkit_step_8bit(
+            assert library.adamkit_adam8bit_host(
                 ["adam", "amsgrad", "adamax"].index(rule), pointer(theta), pointer(g),
                 ctypes.c_int64(size), (ctypes.c_void_p * 3)(*(pointer(c) for c in codes)),
                 (ctypes.c_void_p * 3)(*(pointer(a) for a in absmax)), pointer(scalars),
-                ctypes.c_uint32(step), *(pointer(t) for t in tables))
+                ctypes.c_int32(step), *(pointer(t) for t in tables), 1) == 0
         (theta, codes, absmax), (theta_s, codes_s, absmax_s) = states
         assert np.isfinite(theta).all()
         np.testing.assert_array_equal(theta.view(np.int32), theta_s.view(np.int32))

@@ -24,9 +24,9 @@ that no full-size temporary is made:
 
 JAX runs bfloat16 state whole: XLA fuses that step (28 ms on one 16.7M-parameter variable, 4
 bytes a parameter of temporaries), while in chunks XLA on a CPU widens a bfloat16 carry to
-float32 whole for each row's update (1.3 s; carried as 16-bit integers, 58 ms and 2.7 bytes). Chunks are whole
-8-bit blocks and each value keeps its flat position for the dither: the results are the
-unchunked path's, bit for bit.
+float32 whole for each row's update (1.3 s; carried as 16-bit integers, 58 ms and 2.7 bytes).
+Chunks are whole 8-bit blocks and each value keeps its flat position for the dither: the results
+are the unchunked path's, bit for bit.
 """
 
 from __future__ import annotations

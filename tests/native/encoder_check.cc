@@ -3,9 +3,8 @@
 // vector encoder it is compiled for (AVX-512 or AVX2; tests/test_state.py builds it both ways),
 // alone and as the step encodes m and v together, and by the scalar one; the codes must agree,
 // and each code must be one of the two map values that bracket the value (what a search of the
-// sorted map gives, rounded down or up), whatever the dither. Also: the whole 8-bit step, for
-// comparing the builds' θ, codes and absmax; and the AVX-512 store's saturation, which clamps the
-// unsigned map's codes.
+// sorted map gives, rounded down or up), whatever the dither. Also: the AVX-512 store's
+// saturation, which clamps the unsigned map's codes.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -117,20 +116,6 @@ extern "C" void adamkit_encode_moments(const float* signed_table, const float* u
                            v_codes + first, m_absmax + b, v_absmax + b,
                            static_cast<uint32_t>(first), step_mix);
   }
-}
-
-// The 8-bit step on blocks [0, ⌈size/256⌉) of one variable, as the kernels take it
-// (adam_update.h's UpdateBlocks8bit): rule 0 Adam, 1 AMSGrad, 2 AdaMax; codes and absmax hold m,
-// v and (AMSGrad) v̂max's.
-extern "C" void adamkit_step_8bit(int rule, float* theta, const float* g, int64_t size,
-                                  int8_t* const* codes, float* const* absmax,
-                                  const float* scalars, uint32_t step, const float* signed_table,
-                                  const float* unsigned_table) {
-  adamkit::Adam8bitStep p{theta, g, size, {codes[0], codes[1], codes[2]},
-                          {absmax[0], absmax[1], absmax[2]}, scalars,
-                          step * adamkit::kStepMultiplier, adamkit::CodecTable(signed_table),
-                          adamkit::CodecTable(unsigned_table)};
-  adamkit::UpdateBlocks8bit(p, static_cast<adamkit::Rule>(rule), 0, (size + kBlock - 1) / kBlock);
 }
 
 // How many of the indices −512 … 511 (every value of an int32 shifted right by 22, as Encode16
