@@ -333,3 +333,20 @@ def test_search_settings_and_the_train_command():
                        "--data", "/data/mnist.npz"]
     assert float(command[command.index("--beta-2") + 1]) == 1.0 - 0.002
     assert keras.backend.backend() == BACKEND and np.isfinite(trial.value)
+
+
+def test_results_list_a_trial_another_process_is_still_drawing(tmp_path):
+    """Another process's trial may be RUNNING with only its optimizer drawn when this one writes
+    its results (two processes on a PostgreSQL study failed so): its row shows what it has."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize")
+    study.set_user_attr(tune.SETTINGS_ATTR, tune.search_settings(["adam"], 1, 32, 0))
+    finished = study.ask()
+    tune.suggest(finished, ["adam"])
+    study.tell(finished, 0.5)
+    drawing = study.ask()
+    drawing.suggest_categorical("optimizer", ["adam"])
+    best = tune.write_results(study, tmp_path / "out", log=lambda _: None)
+    assert best["trial"] == finished.number and best["trials"] == {"complete": 1, "running": 1}
+    lines = (tmp_path / "out" / "trials.csv").read_text().splitlines()
+    assert lines[2].startswith(f"{drawing.number},RUNNING,,0,adam,,,,,")
