@@ -499,6 +499,29 @@ def test_the_kernels_encoder_writes_the_codecs_codes_at_every_scale(signed, enco
 
 
 @pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_kernels_decoder_reads_every_code_as_the_codec_does(signed, encoder, rng):
+    """All 256 codes, in a different order in each block, at block scales from 0 and 1e-30 to
+    3e38, through the kernels' decoder and adamkit.state.dequantize: the same floats, bit for bit
+    (the signed map's decoder looks up |c| in the table's second half; −128, which no encoder
+    writes, must still decode as the codec's −1)."""
+    import ctypes
+
+    library = encoder_library(encoder)
+    scales = np.array([0.0, 1e-30, 1e-20, 1e-3, 0.37, 1.0, 7.0, 1e20, 3e38], np.float32)
+    codes = np.stack([rng.permutation(256) - 128 for _ in scales]).astype(np.int8)
+    decoded = np.zeros(codes.shape, np.float32)
+    table = np.ascontiguousarray(st.codec_table(signed))
+    library.adamkit_decode_blocks(
+        int(signed), table.ctypes.data_as(ctypes.c_void_p), codes.ctypes.data_as(ctypes.c_void_p),
+        scales.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(len(scales)),
+        decoded.ctypes.data_as(ctypes.c_void_p))
+    expected = ops.convert_to_numpy(st.dequantize(ops.convert_to_tensor(codes),
+                                                  ops.convert_to_tensor(scales), codes.shape, signed))
+    np.testing.assert_array_equal(decoded.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
 def test_the_kernels_pair_encoder_writes_the_codecs_codes_at_every_scale(encoder, rng):
     """m and v encoded together, as the 8-bit step does, at every scale of the test above, m's
     scale and v's paired every way (either, both or neither prescaled: below 2^-64 or above

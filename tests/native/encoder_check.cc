@@ -103,6 +103,21 @@ extern "C" void adamkit_encode_blocks(int is_signed, const float* table, const f
   }
 }
 
+// Decodes ``blocks`` blocks of ``codes`` as the kernels do, into ``x``: for comparing the
+// kernels' decoder with adamkit.state.dequantize's on every code.
+extern "C" void adamkit_decode_blocks(int is_signed, const float* table, const int8_t* codes,
+                                      const float* absmax, int64_t blocks, float* x) {
+  const adamkit::CodecTable map(table);
+  const adamkit::BlockCodec codec(map);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (is_signed) {
+      codec.Decode<true>(codes + b * kBlock, absmax[b], x + b * kBlock);
+    } else {
+      codec.Decode<false>(codes + b * kBlock, absmax[b], x + b * kBlock);
+    }
+  }
+}
+
 // Encodes ``blocks`` blocks of m (signed map) and of v (unsigned) together, as the step does.
 extern "C" void adamkit_encode_moments(const float* signed_table, const float* unsigned_table,
                                        const float* m, const float* v, int64_t blocks,
