@@ -91,6 +91,38 @@ def test_fused_matches_ops_path_each_step(config, dtype, jit, rng):
         assert "ResourceApplyAdam" in ops_run
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["tf.function", "xla"])
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
+def test_a_step_split_over_the_threads_matches_the_ops_path(state_dtype, jit, rng):
+    """A step of several chunks (the op and the custom call hand out 65,536 parameters, or 256
+    blocks, at a time to the caller and the pool's threads; here 230,070 parameters, chunk
+    boundaries inside two variables, and three chunks of 8-bit blocks in the first): θ as the
+    ops path has it, and a compressed state exactly as stored."""
+    import tensorflow as tf
+
+    shapes = [(300, 500), (70,), (200, 400)]
+    initial = [rng.normal(size=s) for s in shapes]
+    fused = adamkit.Adam(learning_rate=0.01, state_dtype=state_dtype)
+    plain = adamkit.Adam(learning_rate=0.01, state_dtype=state_dtype, fused=False)
+    vars_fused = [keras.Variable(x, dtype="float32") for x in initial]
+    vars_plain = [keras.Variable(x, dtype="float32") for x in initial]
+    fused.build(vars_fused)
+    plain.build(vars_plain)
+    step_fused = tf.function(lambda g: fused.apply(g, vars_fused), jit_compile=jit)
+    step_plain = tf.function(lambda g: plain.apply(g, vars_plain))
+    for t in range(4):
+        grads = [tf.constant(rng.normal(size=s), tf.float32) for s in shapes]
+        step_fused(grads)
+        step_plain(grads)
+        for a, b in zip(vars_fused, vars_plain):
+            assert_close(a.numpy(), b.numpy(), 2e-6, f"θ at step {t + 1}")
+    for a, b in zip(fused.variables, plain.variables):
+        if a.dtype in ("int8", "bfloat16") or a.path.endswith("absmax"):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), a.path)
+    ops_run = {op.type for op in step_fused.get_concrete_function(grads).graph.get_operations()}
+    assert jit or {"AdamkitApplyAdam", "AdamkitApplyAdam8bit"} & ops_run  # the kernel ran
+
+
 def launches(step, *args) -> list[int]:
     """How many variables each AdamkitApplyAdam op of a traced step updates."""
     graph = step.get_concrete_function(*args).graph

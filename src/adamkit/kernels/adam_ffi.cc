@@ -16,15 +16,13 @@
 // (registered at load with TensorFlow's XLA), and against jaxlib's (registered from Python with
 // jax.ffi.register_ffi_target).
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
+#include <functional>
 #include <vector>
 
 #include "adam_update.h"
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -32,44 +30,9 @@ namespace ffi = xla::ffi;
 namespace adamkit {
 namespace {
 
-// Runs body(begin, end) over [0, total) in chunks, on the caller and the pool's threads together;
-// returns when every chunk is done. A shared counter hands out chunks, so a late or busy thread
-// costs nothing but its own share. The caller waits only for helpers that have joined (and so
-// may be inside body): XLA's pool under TensorFlow was seen leaving a scheduled task unrun, all
-// its threads idle, while the caller waited for it (a hang, 8-bit state at 50M parameters); a
-// helper that starts after the caller took the last chunk finds nothing to do and leaves
-// without touching body, on state it shares with the caller by ownership.
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t total, int64_t chunk, const Body& body) {
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::mutex mutex;
-    std::condition_variable done;
-    int64_t joined = 0;  // helpers inside body
-  };
-  const int64_t chunks = (total + chunk - 1) / chunk;
-  const auto shared = std::make_shared<Shared>();
-  auto drain = [&body, chunks, chunk, total](Shared& state) {
-    for (int64_t c = state.next++; c < chunks; c = state.next++) {
-      body(c * chunk, std::min(total, (c + 1) * chunk));
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
-  for (int64_t i = 0; i < helpers; ++i) {
-    pool.Schedule([shared, drain, chunks] {
-      {
-        std::lock_guard<std::mutex> lock(shared->mutex);
-        if (shared->next.load() >= chunks) return;  // all taken: body may be gone
-        ++shared->joined;
-      }
-      drain(*shared);
-      std::lock_guard<std::mutex> lock(shared->mutex);
-      if (--shared->joined == 0) shared->done.notify_all();
-    });
-  }
-  drain(*shared);
-  std::unique_lock<std::mutex> lock(shared->mutex);
-  shared->done.wait(lock, [&] { return shared->joined == 0; });
+// The pool's threads, as parallel.h's ParallelFor takes them.
+std::function<void(std::function<void()>)> Scheduler(ffi::ThreadPool& pool) {
+  return [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
 }
 
 // The buffer an updated array is written in: XLA's result buffer, which is the operand itself
@@ -123,7 +86,8 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
     start[i + 1] = start[i] + static_cast<int64_t>(grad->element_count());
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
-  ParallelFor(pool, start[n], /*chunk=*/1 << 16, [&](int64_t begin, int64_t end) {
+  ParallelFor(pool.num_threads(), Scheduler(pool), start[n], /*chunk=*/1 << 16,
+              [&](int64_t begin, int64_t end) {
     UpdateRange<T, Codec>(vars, start, rule, t, begin, end);
   });
   return ffi::Error::Success();
@@ -209,7 +173,8 @@ ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
     p.codes[state] = static_cast<int8_t*>(data[1 + 2 * state]);
     p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
   }
-  ParallelFor(pool, blocks, /*chunk=*/256, [&](int64_t begin, int64_t end) {
+  ParallelFor(pool.num_threads(), Scheduler(pool), blocks, /*chunk=*/256,
+              [&](int64_t begin, int64_t end) {
     UpdateBlocks8bit(p, rule, begin, end);
   });
   return ffi::Error::Success();

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -27,9 +28,9 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 #include "adam_update.h"
+#include "parallel.h"
 
 namespace tensorflow {
 
@@ -62,6 +63,17 @@ REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
     .Attr("amsgrad: bool = false")
     .Attr("adamax: bool = false")  // v is AdaMax's infinity norm u (scalars: β2 for 1 − β2)
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
+
+// work(begin, end) over [0, total) in chunks, on the op's thread and TensorFlow's CPU workers
+// (parallel.h: no wait for a worker that has not started).
+template <typename Work>
+void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t chunk, const Work& work) {
+  auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  adamkit::ParallelFor(
+      threads->num_threads,
+      [pool = threads->workers](std::function<void()> task) { pool->Schedule(std::move(task)); },
+      total, chunk, work);
+}
 
 // Both ops' attributes: whether to keep AMSGrad's running maximum, or run AdaMax's rule.
 class RuleOpKernel : public OpKernel {
@@ -128,8 +140,7 @@ class AdamkitApplyAdamOp : public RuleOpKernel {
     auto work = [&](int64_t begin, int64_t end) {
       UpdateRange<T, Codec>(arrays, start, rule_, t, begin, end);
     };
-    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(threads->num_threads, threads->workers, start[n], /*cost_per_unit=*/20, work);
+    ParallelFor(ctx, start[n], /*chunk=*/1 << 16, work);
   }
 
  private:
@@ -241,9 +252,8 @@ class AdamkitSparseApplyAdamOp : public RuleOpKernel {
       adamkit::UpdateRows<T, Codec>(table, touched.rows.data(), touched.grads.data(), row_size,
                                     rule_, t, begin, end);
     };
-    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(threads->num_threads, threads->workers, static_cast<int64_t>(touched.rows.size()),
-          /*cost_per_unit=*/20 * row_size, work);
+    ParallelFor(ctx, static_cast<int64_t>(touched.rows.size()),
+                /*chunk=*/std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(row_size, 1)), work);
   }
 };
 
@@ -326,8 +336,7 @@ class AdamkitApplyAdam8bitOp : public RuleOpKernel {
     auto work = [&step, this](int64_t begin, int64_t end) {
       UpdateBlocks8bit(step, rule_, begin, end);
     };
-    auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-    Shard(threads->num_threads, threads->workers, blocks, /*cost_per_unit=*/kBlock * 60, work);
+    ParallelFor(ctx, blocks, /*chunk=*/(1 << 16) / kBlock, work);
   }
 };
 
