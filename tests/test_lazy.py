@@ -99,14 +99,18 @@ def test_lazy_rows_equal_the_dense_update_of_those_rows(name, fused, rng):
 
 
 @tensorflow_only
+@pytest.mark.parametrize("shape", [(ROWS, DIM), (300, 700)], ids=["one-chunk", "four-chunks"])
 @pytest.mark.parametrize("storage", ["float32", "bfloat16", "float64"])
 @pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamax", "radam"])
-def test_the_touched_rows_kernel_is_the_dense_kernel_where_every_row_is_touched(name, storage, rng):
+def test_the_touched_rows_kernel_is_the_dense_kernel_where_every_row_is_touched(name, storage, shape,
+                                                                                 rng):
     """Bit for bit, over steps: with every row named (some more than once, in any order) the
     kernel's lazy step is the dense kernel's step on the densified gradient. So it sums
-    duplicates as densifying does, and each element keeps its dither position (bfloat16 state)."""
+    duplicates as densifying does, and each element keeps its dither position (bfloat16 state).
+    Rows of 700 values: the op hands 93 rows at a time to TensorFlow's workers, four chunks."""
     import tensorflow as tf
 
+    ROWS, DIM = shape  # noqa: N806  (the module's names, for this table)
     dtype = "float64" if storage == "float64" else "float32"
     options = {"state_dtype": storage} if storage == "bfloat16" else {}
     initial = rng.normal(size=(ROWS, DIM)).astype(dtype)

@@ -501,14 +501,15 @@ def test_the_kernels_encoder_writes_the_codecs_codes_at_every_scale(signed, enco
 @pytest.mark.parametrize("encoder", list(ENCODERS))
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_the_kernels_decoder_reads_every_code_as_the_codec_does(signed, encoder, rng):
-    """All 256 codes, in a different order in each block, at block scales from 0 and 1e-30 to
-    3e38, through the kernels' decoder and adamkit.state.dequantize: the same floats, bit for bit
+    """All 256 codes, in a different order in each block, at block scales from ±0 and 1e-30 to
+    3e38, inf and NaN, through the kernels' decoder and adamkit.state.dequantize: the same floats, bit for bit
     (the signed map's decoder looks up |c| in the table's second half; −128, which no encoder
     writes, must still decode as the codec's −1)."""
     import ctypes
 
     library = encoder_library(encoder)
-    scales = np.array([0.0, 1e-30, 1e-20, 1e-3, 0.37, 1.0, 7.0, 1e20, 3e38], np.float32)
+    scales = np.array([0.0, -0.0, 1e-30, 1e-20, 1e-3, 0.37, 1.0, 7.0, 1e20, 3e38, np.inf, np.nan],
+                      np.float32)  # a NaN absmax: a diverged state
     codes = np.stack([rng.permutation(256) - 128 for _ in scales]).astype(np.int8)
     decoded = np.zeros(codes.shape, np.float32)
     table = np.ascontiguousarray(st.codec_table(signed))

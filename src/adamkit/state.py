@@ -96,6 +96,7 @@ def codec_table(signed: bool) -> np.ndarray:
     magnitudes = _magnitudes(bits)
     codes = np.arange(-128, 128)
     if signed:  # the code's sign is the value's; −128 is never written
+        # (odd: −c decodes to minus c's value and −128 to −1, which the kernels' decoder relies on)
         decode = np.sign(codes) * magnitudes[np.minimum(np.abs(codes), len(magnitudes) - 1)]
     else:  # the sign bit is one more bit of precision
         decode = magnitudes[codes + 128]

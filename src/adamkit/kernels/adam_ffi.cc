@@ -15,10 +15,10 @@
 // Built twice from this file: against TensorFlow's headers with ADAMKIT_REGISTER_WITH_TENSORFLOW
 // (registered at load with TensorFlow's XLA), and against jaxlib's (registered from Python with
 // jax.ffi.register_ffi_target).
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "adam_update.h"
@@ -86,10 +86,10 @@ ffi::Error Step(ffi::ThreadPool& pool, const ffi::RemainingArgs& args,
     start[i + 1] = start[i] + static_cast<int64_t>(grad->element_count());
   }
   // All variables are one index space, as in the TensorFlow op: one launch, one wait.
-  ParallelFor(pool.num_threads(), Scheduler(pool), start[n], /*chunk=*/1 << 16,
+  ParallelFor(pool.num_threads(), Scheduler(pool), start[n], kChunkValues,
               [&](int64_t begin, int64_t end) {
-    UpdateRange<T, Codec>(vars, start, rule, t, begin, end);
-  });
+                UpdateRange<T, Codec>(vars, start, rule, t, begin, end);
+              });
   return ffi::Error::Success();
 }
 
@@ -173,10 +173,8 @@ ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
     p.codes[state] = static_cast<int8_t*>(data[1 + 2 * state]);
     p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
   }
-  ParallelFor(pool.num_threads(), Scheduler(pool), blocks, /*chunk=*/256,
-              [&](int64_t begin, int64_t end) {
-    UpdateBlocks8bit(p, rule, begin, end);
-  });
+  ParallelFor(pool.num_threads(), Scheduler(pool), blocks, kChunkValues / kBlock,
+              [&](int64_t begin, int64_t end) { UpdateBlocks8bit(p, rule, begin, end); });
   return ffi::Error::Success();
 }
 

@@ -22,12 +22,14 @@
 #include <cstring>
 #include <functional>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
+#include "tensorflow/core/util/work_sharder.h"  // GetPerThreadMaxParallelism
 
 #include "adam_update.h"
 #include "parallel.h"
@@ -65,12 +67,19 @@ REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
 // work(begin, end) over [0, total) in chunks, on the op's thread and TensorFlow's CPU workers
-// (parallel.h: no wait for a worker that has not started).
+// (parallel.h: no wait for a worker that has not started), as many as TensorFlow allows this
+// thread (its intra-op threads, and tf.data's max_intra_op_parallelism where it is set); on
+// the op's thread alone where that is one, as Shard did.
 template <typename Work>
 void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t chunk, const Work& work) {
   auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  const int64_t allowed = std::min<int64_t>(threads->num_threads, GetPerThreadMaxParallelism());
+  if (allowed <= 1) {
+    if (total > 0) work(0, total);
+    return;
+  }
   adamkit::ParallelFor(
-      threads->num_threads,
+      allowed,
       [pool = threads->workers](std::function<void()> task) { pool->Schedule(std::move(task)); },
       total, chunk, work);
 }
@@ -140,7 +149,7 @@ class AdamkitApplyAdamOp : public RuleOpKernel {
     auto work = [&](int64_t begin, int64_t end) {
       UpdateRange<T, Codec>(arrays, start, rule_, t, begin, end);
     };
-    ParallelFor(ctx, start[n], /*chunk=*/1 << 16, work);
+    ParallelFor(ctx, start[n], adamkit::kChunkValues, work);
   }
 
  private:
@@ -253,7 +262,7 @@ class AdamkitSparseApplyAdamOp : public RuleOpKernel {
                                     rule_, t, begin, end);
     };
     ParallelFor(ctx, static_cast<int64_t>(touched.rows.size()),
-                /*chunk=*/std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(row_size, 1)), work);
+                std::max<int64_t>(1, adamkit::kChunkValues / std::max<int64_t>(row_size, 1)), work);
   }
 };
 
@@ -336,7 +345,7 @@ class AdamkitApplyAdam8bitOp : public RuleOpKernel {
     auto work = [&step, this](int64_t begin, int64_t end) {
       UpdateBlocks8bit(step, rule_, begin, end);
     };
-    ParallelFor(ctx, blocks, /*chunk=*/(1 << 16) / kBlock, work);
+    ParallelFor(ctx, blocks, adamkit::kChunkValues / kBlock, work);
   }
 };
 

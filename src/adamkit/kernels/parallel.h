@@ -10,19 +10,25 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <utility>
 
 namespace adamkit {
+
+// Values (parameters, or rows' values) a chunk: ~30 µs of a float32 step's work, so that a
+// helper that joins late still finds chunks to take, and a small step is one chunk on the caller.
+constexpr int64_t kChunkValues = 1 << 16;
 
 // Runs body(begin, end) over [0, total) in chunks of ``chunk``, on the caller and up to
 // ``threads`` helpers that ``schedule`` starts on the pool; returns when every chunk is done. A
 // shared counter hands out chunks, so a late or busy thread costs nothing but its own share, and
-// the caller waits only for helpers that have joined (and so may be inside body). Waiting for a
-// fixed split instead (TensorFlow's Shard) puts a sleeping worker's wake-up on the step's path:
-// the tutorial model's training step (100K parameters) took 30–50 µs more than SGD's with it,
-// and none more with this. XLA's pool under TensorFlow was seen leaving a scheduled task unrun,
-// all its threads idle, while a caller that waited for it hung. A helper that starts after the
-// caller took the last chunk finds nothing to do and leaves without touching body, on state it
-// shares with the caller by ownership.
+// the caller waits only for helpers that have joined (and so may be inside body); body must not
+// throw, as a helper may still be inside it. Waiting for a fixed split instead (TensorFlow's
+// Shard) puts a sleeping worker's wake-up on the step's path: the tutorial model's training step
+// (100K parameters) took 30–50 µs more than SGD's with it, and none more with this. XLA's pool
+// under TensorFlow was seen leaving a scheduled task unrun, all its threads idle, while a caller
+// that waited for it hung. A helper that starts after the caller took the last chunk finds
+// nothing to do and leaves without touching body, on state it shares with the caller by
+// ownership.
 template <typename Body>
 void ParallelFor(int64_t threads, const std::function<void(std::function<void()>)>& schedule,
                  int64_t total, int64_t chunk, const Body& body) {

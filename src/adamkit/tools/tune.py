@@ -269,14 +269,15 @@ def suggest(trial: optuna.Trial, optimizers: Sequence[str]) -> tuple[str, dict[s
 def hyperparameters_of(trial: optuna.trial.FrozenTrial) -> tuple[str, dict[str, float]]:
     """The family member and hyperparameters a trial trained with.
 
-    A trial another process is still starting may have drawn only some of them yet; those
-    drawn so far are returned (a finished trial has drawn them all).
+    A trial another process is still starting may have drawn only its optimizer (drawn first)
+    and some of the rest yet: those drawn so far are returned (a finished trial has them all).
     """
     params = trial.params
-    drawn = {"learning_rate": params.get("learning_rate"), "beta_1": params.get("beta_1"),
-             "beta_2": None if "one_minus_beta_2" not in params else 1.0 - params["one_minus_beta_2"],
-             "epsilon": params.get("epsilon"), "weight_decay": params.get("weight_decay")}
-    return params["optimizer"], {k: v for k, v in drawn.items() if v is not None}
+    drawn = {name: params[name] for name in ("learning_rate", "beta_1") if name in params}
+    if "one_minus_beta_2" in params:
+        drawn["beta_2"] = 1.0 - params["one_minus_beta_2"]
+    drawn.update({name: params[name] for name in ("epsilon", "weight_decay") if name in params})
+    return params["optimizer"], drawn
 
 
 @functools.cache
