@@ -110,20 +110,20 @@ def test_the_touched_rows_kernel_is_the_dense_kernel_where_every_row_is_touched(
     Rows of 700 values: the op hands 93 rows at a time to TensorFlow's workers, four chunks."""
     import tensorflow as tf
 
-    ROWS, DIM = shape  # noqa: N806  (the module's names, for this table)
+    rows, dim = shape
     dtype = "float64" if storage == "float64" else "float32"
     options = {"state_dtype": storage} if storage == "bfloat16" else {}
-    initial = rng.normal(size=(ROWS, DIM)).astype(dtype)
+    initial = rng.normal(size=(rows, dim)).astype(dtype)
     lazy_table, dense_table = keras.Variable(initial), keras.Variable(initial)
     lazy = adamkit.get(name, learning_rate=0.01, lazy=True, **options)
     dense = adamkit.get(name, learning_rate=0.01, **options)
     lazy.build([lazy_table])
     dense.build([dense_table])
     for step in range(4):
-        indices = np.concatenate([rng.permutation(ROWS), rng.integers(0, ROWS, size=9)])
+        indices = np.concatenate([rng.permutation(rows), rng.integers(0, rows, size=9)])
         indices = indices.astype(np.int64 if step % 2 else np.int32)
-        values = rng.normal(size=(len(indices), DIM)).astype(dtype)
-        gradient = tf.IndexedSlices(values, indices, (ROWS, DIM))
+        values = rng.normal(size=(len(indices), dim)).astype(dtype)
+        gradient = tf.IndexedSlices(values, indices, (rows, dim))
         assert path_taken(lazy, lazy_table, gradient) == PATHS[None]
         assert path_taken(dense, dense_table, gradient) == "adamkit kernel (TensorFlow op)"
         lazy.apply([gradient], [lazy_table])

@@ -572,9 +572,10 @@ inline void EncodeMoments16(const float* m, const float* v, int8_t* m_codes, int
 
 // Decoding is a 256-entry lookup: the table's floats as four byte planes, each looked up (for the
 // unsigned map) with two 128-entry byte permutes (VBMI; the code's low seven bits, its sign bit
-// picks which; the signed map needs one, below) and the bytes interleaved back into floats. The step with it against the plain loop (which GCC turns
-// into an emulated gather): 13.9 against 18.5 ms for 10M parameters; vgatherdps (19.2 ms) and
-// eight 32-entry vpermi2ps with blends (17.4 ms) are slower too.
+// picks which; the signed map needs one, below) and the bytes interleaved back into floats. The
+// step with it against the plain loop (which GCC turns into an emulated gather): 13.9 against
+// 18.5 ms for 10M parameters; vgatherdps (19.2 ms) and eight 32-entry vpermi2ps with blends
+// (17.4 ms) are slower too.
 struct DecodePlanes {
   __m512i plane[4][4];  // byte b of entries [0, 64), [64, 128), [128, 192), [192, 256)
   explicit DecodePlanes(const float* decode) {
@@ -708,11 +709,10 @@ struct Adam8bitStep {
 // encoder) with its largest magnitude kept as it goes; then the encoder. The same operations in
 // the same order as the loops of UpdateBlocks8bit, so the same θ and codes, bit for bit (a NaN's
 // payload aside: the compiler may swap an add's operands; tests/test_state.py compares the
-// builds). Against
-// decoding into the buffers, reading them back in three loops and taking each absmax in a pass
-// of its own, the step took 0.86× the time (one thread, 65,536 parameters in the cache: 0.58 →
-// 0.50 ns a parameter), together with the unsigned codes left to the packs' saturation and the
-// multiply by a prescale of 1 left out (Encode16, EncodeMoments16).
+// builds). Against decoding into the buffers, reading them back in three loops and taking each
+// absmax in a pass of its own, the step took 0.86× the time (one thread, 65,536 parameters in
+// the cache: 0.58 → 0.50 ns a parameter), together with the unsigned codes left to the packs'
+// saturation and the multiply by a prescale of 1 left out (Encode16, EncodeMoments16).
 template <Rule kRule>
 void UpdateBlock16(const Adam8bitStep& p, const BlockCodec& signed_codec,
                    const BlockCodec& unsigned_codec, int64_t b, float* __restrict__ m,
