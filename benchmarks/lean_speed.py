@@ -8,7 +8,9 @@ gradients, rounds alternating the two sides (> 1: the lean step is faster). Tens
 under ``jax.jit`` with the state donated (its custom call); PyTorch through adamkit's kernel.
 Each backend runs in its own process (Keras fixes its backend at import). The limits: an Adam
 step moves 28 bytes a parameter with float32 state, 20 with bfloat16 and about 16.1 with int8,
-so a bandwidth-bound step could reach 1.4× and 1.7×.
+so a bandwidth-bound step could reach 1.4× and 1.7×. The last two columns are the medians of the
+rounds' step times: the float32-state step is bound by the bandwidth that the machine's other
+processes leave, the int8 one by the cores, so those times show which of the two moved.
 """
 
 from __future__ import annotations
@@ -17,23 +19,26 @@ import argparse
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 from results import RATIO_COLUMNS, Table
 
+COLUMNS = [*RATIO_COLUMNS, ("float32 state (ms)", ".2f"), ("lean state (ms)", ".2f")]
+
 LEAN = ("bfloat16", "int8")
 
 
 def child(backend: str, sizes: list[int], rounds: int) -> None:
-    """Prints one JSON line per row: (label, per-round ratios)."""
+    """Prints one JSON line per row: (label, per round (float32 state's, lean state's) seconds)."""
     os.environ["KERAS_BACKEND"] = backend
     import keras
     import numpy as np
 
     import adamkit
     from adamkit.bench.timing import backend_stepper, compiled_apply, parameter_shapes
-    from results import alternate
+    from results import alternate_seconds
 
     rng = np.random.default_rng(0)
     for millions in sizes:
@@ -55,7 +60,8 @@ def child(backend: str, sizes: list[int], rounds: int) -> None:
             float32 = make("float32")
             for dtype in LEAN:
                 label = f"{backend:10} {path:11} {millions}M {dtype} state / float32 state"
-                print(json.dumps([label, alternate(make(dtype), float32, rounds)]), flush=True)
+                print(json.dumps([label, alternate_seconds(make(dtype), float32, rounds)]),
+                      flush=True)
 
 
 def main() -> None:
@@ -68,14 +74,17 @@ def main() -> None:
     if args.child:
         return child(args.child, args.sizes, args.rounds)
     table = Table("lean_speed", "The Adam step with bfloat16 and int8 state over the step with "
-                  "float32 state (> 1: the lean step is faster; limits 1.4 and 1.7)", RATIO_COLUMNS)
+                  "float32 state (> 1: the lean step is faster; limits 1.4 and 1.7), and each one's time",
+                  COLUMNS)
     for backend in args.backends:
         command = [sys.executable, __file__, "--child", backend, "--rounds", str(args.rounds),
                    "--sizes", *map(str, args.sizes)]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         for line in done.stdout.splitlines():
             if line.startswith("["):
-                table.ratio_row(*json.loads(line))
+                label, seconds = json.loads(line)
+                table.ratio_row(label, [f / lean for f, lean in seconds],
+                                *(1e3 * statistics.median(side) for side in zip(*seconds)))
     table.save()
 
 

@@ -87,10 +87,21 @@ def find_row(result: dict, label: str) -> list:
 
 
 def ratio(label: str):
-    """A ``RATIO_COLUMNS`` row: the median and the range of the rounds."""
+    """A ``RATIO_COLUMNS`` row (and any columns after them): the median and the range of the
+    rounds."""
     def figure(result: dict) -> str:
-        _, median, low, high = find_row(result, label)
+        _, median, low, high = find_row(result, label)[:4]
         return f"**{median:.2f}×** (rounds {low:.2f}–{high:.2f})"
+    return figure
+
+
+def timed_ratio(label: str):
+    """lean_speed: the ratio with each side's median step time, which says whether the float32
+    step had the memory's bandwidth to itself (lower time) or shared it."""
+    def figure(result: dict) -> str:
+        _, median, low, high, float32, lean = find_row(result, label)
+        return (f"**{median:.2f}×** (rounds {low:.2f}–{high:.2f}; float32 state {float32:.1f} ms, "
+                f"{label.split()[3]} {lean:.1f} ms)")
     return figure
 
 
@@ -169,9 +180,9 @@ SUMMARY = [
     ("Recommender (matrix factorisation, 3 epochs of `model.fit`): s / epoch", "recommender",
      recommender),
     ("Adam step with bfloat16 state / float32 state, 50M, `tf.function`", "lean_speed",
-     ratio("tensorflow tf.function 50M bfloat16 state / float32 state")),
+     timed_ratio("tensorflow tf.function 50M bfloat16 state / float32 state")),
     ("Adam step with int8 state / float32 state, 50M, `tf.function`", "lean_speed",
-     ratio("tensorflow tf.function 50M int8 state / float32 state")),
+     timed_ratio("tensorflow tf.function 50M int8 state / float32 state")),
     ("Soak: resident memory's second-half slope per 1,000 steps", "soak", soak),
     ("Optimizer monitor (`every=100`): what it adds to an epoch of `adamkit train`, TensorFlow",
      "monitor_overhead_tensorflow", monitor),

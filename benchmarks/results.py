@@ -33,9 +33,14 @@ def trained(command: list[str]) -> tuple[float, float]:
 def alternate(ours, theirs, rounds: int) -> list[float]:
     """Per-round ratio time(theirs) / time(ours), the two timed back to back each round
     (> 1: ours is faster)."""
+    return [t / o for t, o in alternate_seconds(ours, theirs, rounds)]
+
+
+def alternate_seconds(ours, theirs, rounds: int) -> list[tuple[float, float]]:
+    """Per round, (theirs, ours): each one's median seconds a call, timed back to back."""
     from adamkit.bench.timing import median_seconds  # imports Keras: not needed to render
 
-    return [median_seconds(theirs, 5) / median_seconds(ours, 5) for _ in range(rounds)]
+    return [(median_seconds(theirs, 5), median_seconds(ours, 5)) for _ in range(rounds)]
 
 
 class Table:
@@ -54,9 +59,10 @@ class Table:
         self.rows.append(list(values))
         print("  ".join(format_value(v, f) for v, (_, f) in zip(values, self.columns)), flush=True)
 
-    def ratio_row(self, label: str, ratios: list[float]) -> None:
-        """A row ``label, median, lowest round, highest round`` (for ``RATIO_COLUMNS``)."""
-        self.add(label, statistics.median(ratios), min(ratios), max(ratios))
+    def ratio_row(self, label: str, ratios: list[float], *more) -> None:
+        """A row ``label, median, lowest round, highest round`` (for ``RATIO_COLUMNS``), then
+        ``more`` values where the table has more columns."""
+        self.add(label, statistics.median(ratios), min(ratios), max(ratios), *more)
 
     def save(self) -> Path:
         """Writes the JSON (to a temporary name first, so a killed run leaves the last one)."""
