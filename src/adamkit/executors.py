@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Protocol
 
 import keras
@@ -127,10 +128,43 @@ def read_state(job: Job, index: int, dtype: str) -> dict:
     return {name: ops.cast(slot.read(), dtype) for name, slot in job.state(index).items()}
 
 
-def write_state(job: Job, index: int, values: dict) -> None:
+def write_state(job: Job, index: int, values: dict, after=None) -> None:
+    """Stores ``values`` as variable ``index``'s state; ``after``: the variable, whose new value
+    the state's encoders wait for where XLA compiles the step (``waiting_for``)."""
     iteration = ops.cast(job.optimizer.iterations + 1, "int32")
+    if after is not None and chunks.compiled_by_xla() and math.prod(after.shape) and \
+            not _sharded():
+        iteration = iteration + waiting_for(ops.convert_to_tensor(after))
     for name, value in values.items():
         job.slots[index][name].write(job.optimizer, value, iteration)
+
+
+def waiting_for(value):
+    """An int32 0 that XLA computes from ``value``'s first element. Added to the step number that
+    the state's encoders take (the dithers), it orders them after the parameter's update: both
+    read the stored state, whose buffer the encoders' results take in place, and with neither
+    ordered before the other XLA copied every lean state tensor whole first (JAX, three
+    Dense(4096) layers with bfloat16 state, ``fused=False``: 6.67 bytes a parameter of
+    temporaries, 5.34 without the copies). Float32 state's new moments are tensors of their own,
+    which the update reads: nothing to order there."""
+    first = ops.cast(ops.reshape(value, (-1,))[0], "float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        bits = jax.lax.bitcast_convert_type(first, "int32")
+    else:
+        import tensorflow as tf
+
+        bits = tf.bitcast(first, tf.int32)
+    return ops.minimum(bits & 0x7FFFFFFF, 0)  # the sign bit cleared: ≥ 0, so the minimum is 0
+
+
+def _sharded() -> bool:
+    """Whether a Keras distribution may split the variables across devices: one element of a
+    split variable would be a collective each step (data parallelism copies them whole)."""
+    distribution = keras.distribution.distribution()
+    return distribution is not None and not isinstance(distribution,
+                                                       keras.distribution.DataParallel)
 
 
 class OneAtATime:
@@ -162,7 +196,7 @@ class OpsPath(OneAtATime):
         state = rule.moments(gradient, read_state(job, 0, dtype))
         optimizer.assign_sub(variable, ops.cast(rule.update(gradient, state, scalars),
                                                 variable.dtype))
-        write_state(job, 0, state)
+        write_state(job, 0, state, after=variable)
 
 
 def _assign(job: Job, variable, gradient, decay, dtype: str) -> None:
@@ -170,7 +204,7 @@ def _assign(job: Job, variable, gradient, decay, dtype: str) -> None:
     parameter, state = job.rule.assign(ops.cast(variable, dtype), gradient,
                                        read_state(job, 0, dtype), job.scalars(dtype), decay)
     job.optimizer.assign(variable, ops.cast(parameter, variable.dtype))
-    write_state(job, 0, state)
+    write_state(job, 0, state, after=variable)
 
 
 class Chunks(OneAtATime):
@@ -211,8 +245,9 @@ class MaskedRows(OneAtATime):
         update = rule.update(gradient, state, job.scalars(dtype))
         theta = ops.cast(variable, dtype)
         decayed = theta if decay is None else theta * decay
-        write_state(job, 0, {k: ops.where(touched, v, before[k]) for k, v in state.items()})
         optimizer.assign(variable, ops.where(touched, decayed - update, theta))
+        write_state(job, 0, {k: ops.where(touched, v, before[k]) for k, v in state.items()},
+                    after=variable)
 
 
 class SparseRows(OneAtATime):
