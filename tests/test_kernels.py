@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import adamkit
-from conftest import BACKEND, assert_close
+from conftest import BACKEND, assert_close, optimised_training_hlo
 
 CONFIGS = {
     "adam": (adamkit.Adam, {}),
@@ -155,19 +155,9 @@ def test_jax_training_step_updates_8bit_state_without_copying_the_parameters():
     8-bit calls, one a variable, update the parameters in place. Each call waits for all the
     gradients, so for the backward pass's last read of each parameter; ordered by its own
     gradient alone, XLA copied the hidden layers' kernels before their calls (twice each)."""
-    import jax
-
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
-                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(64)])
-    model.compile(adamkit.Adam(state_dtype="int8"), "mse")
-    x = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
-    model.fit(x, x, batch_size=32, epochs=1, verbose=0)
+    model, hlo = optimised_training_hlo(adamkit.Adam(state_dtype="int8"))
     assert {row.executor for row in model.optimizer.explain()
             if row.variable.endswith("kernel")} == {"adamkit kernel (XLA custom call)"}
-    state = tuple([v.value for v in group] for group in (
-        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
-        model.metrics_variables))
-    hlo = jax.jit(model.train_step, donate_argnums=0).lower(state, (x, x)).compile().as_text()
     calls = [line for line in hlo.splitlines() if 'custom_call_target="adamkit_adam8bit"' in line]
     shapes = {"f32[64,512]", "f32[512,512]", "f32[512,64]"}
     copies = [line for line in hlo.splitlines()
@@ -179,23 +169,7 @@ def test_jax_training_step_updates_8bit_state_without_copying_the_parameters():
 def test_tensorflow_xla_training_step_updates_8bit_state_without_copying_the_parameters():
     """Under ``jit_compile=True`` the 8-bit custom calls wait for every gradient, as on JAX: no
     parameter-shaped copies in the optimised HLO of a training step (there were four)."""
-    import tensorflow as tf
-
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
-                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(64)])
-    optimizer = adamkit.Adam(state_dtype="int8")
-    optimizer.build(model.trainable_variables)
-    x = tf.constant(np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32))
-
-    @tf.function(jit_compile=True)
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean((model(x) - x) ** 2)
-        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-        return loss
-
-    step(x)
-    hlo = step.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    _, hlo = optimised_training_hlo(adamkit.Adam(state_dtype="int8"))
     shapes = ("= f32[64,512]", "= f32[512,512]", "= f32[512,64]")
     copies = [line for line in hlo.splitlines()
               if " copy(" in line and any(shape in line for shape in shapes)]
