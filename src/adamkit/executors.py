@@ -132,9 +132,9 @@ def write_state(job: Job, index: int, values: dict, after=None) -> None:
     """Stores ``values`` as variable ``index``'s state; ``after``: the variable, whose new value
     the state's encoders wait for where XLA compiles the step (``waiting_for``)."""
     iteration = ops.cast(job.optimizer.iterations + 1, "int32")
-    if after is not None and chunks.compiled_by_xla() and math.prod(after.shape) and \
-            not _sharded():
-        iteration = iteration + waiting_for(ops.convert_to_tensor(after))
+    value = _compiled_value(after) if after is not None and math.prod(after.shape) else None
+    if value is not None and not _split(after):
+        iteration = iteration + waiting_for(value)
     for name, value in values.items():
         job.slots[index][name].write(job.optimizer, value, iteration)
 
@@ -159,12 +159,29 @@ def waiting_for(value):
     return ops.minimum(bits & 0x7FFFFFFF, 0)  # the sign bit cleared: ≥ 0, so the minimum is 0
 
 
-def _sharded() -> bool:
-    """Whether a Keras distribution may split the variables across devices: one element of a
-    split variable would be a collective each step (data parallelism copies them whole)."""
+def _compiled_value(variable):
+    """``variable``'s value where XLA compiles the step being traced; None elsewhere (eager JAX,
+    TensorFlow without ``jit_compile``, PyTorch), where nothing needs ordering."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value = ops.convert_to_tensor(variable)
+        return value if isinstance(value, jax.core.Tracer) else None
+    return ops.convert_to_tensor(variable) if chunks.compiled_by_xla() else None
+
+
+def _split(variable) -> bool:
+    """Whether the Keras distribution in effect splits ``variable`` across devices: reading one
+    element of it would then be a collective each step (replicated ones are read where they
+    are)."""
     distribution = keras.distribution.distribution()
-    return distribution is not None and not isinstance(distribution,
-                                                       keras.distribution.DataParallel)
+    if distribution is None:
+        return False
+    try:
+        layout = distribution.get_variable_layout(variable)
+    except (AttributeError, KeyError, TypeError, ValueError):  # not a variable it knows
+        return True
+    return layout is not None and any(axis is not None for axis in layout.axes)
 
 
 class OneAtATime:
