@@ -699,13 +699,15 @@ def _bfloat16_copies(hlo: str) -> list[str]:
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's jit of Keras's training step")
-def test_jax_ops_path_writes_bfloat16_state_without_copying_it():
+@pytest.mark.parametrize(("lazy", "executor"), [(False, "ops"), (True, "lazy rows (masked)")])
+def test_jax_ops_path_writes_bfloat16_state_without_copying_it(lazy, executor):
     """Keras's training step compiled as its JAX trainer compiles it (the state donated), bfloat16
-    state on the ops path: the stored state's buffers take the new state in place. The
-    parameter's update and the encoder both read the stored state; unordered, XLA copied every
-    state tensor whole first (2 bytes a parameter each)."""
-    model, hlo = optimised_training_hlo(adamkit.Adam(state_dtype="bfloat16", fused=False))
-    assert {row.executor for row in model.optimizer.explain()} == {"ops"}
+    state on the ops path and on lazy rows: the stored state's buffers take the new state in
+    place. The parameter's update and the encoder both read the stored state; unordered, XLA
+    copied every state tensor whole first (2 bytes a parameter each)."""
+    model, hlo = optimised_training_hlo(adamkit.Adam(state_dtype="bfloat16", fused=False,
+                                                     lazy=lazy))
+    assert {row.executor for row in model.optimizer.explain()} == {executor}
     copies = _bfloat16_copies(hlo)
     assert "bf16[512,512]" in hlo and not copies, copies
 

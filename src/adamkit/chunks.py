@@ -23,7 +23,7 @@ that no full-size temporary is made:
 - PyTorch runs the loop eagerly and writes into the stored tensors themselves.
 
 JAX runs bfloat16 state whole: XLA fuses that step (7.5 ms on one 16.7M-parameter variable, with
-no temporaries, since its encoders wait for the parameter's update, ``executors.waiting_for``),
+no temporaries, since its encoders wait for the parameter's update, ``executors.update_finished``),
 while in chunks XLA on a CPU widens a bfloat16 carry to float32 whole for each row's update
 (1.3 s; carried as 16-bit integers, 58 ms and 2.7 bytes a parameter).
 Chunks are whole 8-bit blocks and each value keeps its flat position for the dither: the results
