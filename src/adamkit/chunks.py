@@ -106,6 +106,20 @@ def compiled_by_xla() -> bool:
     return keras.backend.backend() == "jax"
 
 
+def traced(value) -> bool:
+    """Whether ``value`` is a tensor of a step being traced (JAX's jit; TensorFlow's graphs)
+    rather than an eager one."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return isinstance(value, jax.core.Tracer)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    return False
+
+
 def chunked_step(job) -> None:
     """One step of ``job.rule`` on ``job``'s one variable, ``CHUNK`` values at a time. Each
     chunk's new parameters and state are written into rows carried through the loop, which are
