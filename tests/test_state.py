@@ -722,3 +722,39 @@ def test_tensorflow_xla_ops_path_writes_bfloat16_state_without_copying_it():
     assert {row.executor for row in optimizer.explain()} == {"ops", "ops, in chunks"}
     copies = _bfloat16_copies(hlo)
     assert "bf16[512,512]" in hlo and not copies, copies
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="Keras's distribution API, on JAX")
+def test_the_encoders_wait_for_no_variable_a_distribution_splits():
+    """Under jit the encoders wait for a zero made from the new parameters' first element; for a
+    variable that the Keras distribution splits across devices that read would be a collective
+    each step, so none is made there (replicated variables, under DataParallel too, keep it)."""
+    import jax
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    from adamkit import executors
+
+    def zero_in_jit(variable):
+        made = []
+
+        def trace(value):
+            with StatelessScope(state_mapping=[(variable, value)]):
+                made.append(executors.update_finished(variable))
+            return value
+
+        jax.jit(trace).lower(variable.value)
+        return made[0]
+
+    mesh = keras.distribution.DeviceMesh((1,), ["model"], jax.devices()[:1])
+    layouts = keras.distribution.LayoutMap(mesh)
+    layouts["split.*"] = (None, "model")
+    model_parallel = keras.distribution.ModelParallel(layout_map=layouts, batch_dim_name="model")
+    with model_parallel.scope():
+        split = keras.Variable(np.ones((4, 8), np.float32), name="split_kernel")
+        whole = keras.Variable(np.ones((4, 8), np.float32), name="whole_kernel")
+        assert zero_in_jit(split) is None
+        assert zero_in_jit(whole) is not None
+    with keras.distribution.DataParallel(devices=jax.devices()[:1]).scope():
+        assert zero_in_jit(whole) is not None
+    assert zero_in_jit(whole) is not None
+    assert executors.update_finished(whole) is None  # eager: nothing to order
