@@ -256,9 +256,7 @@ class MaskedRows(OneAtATime):
         # update, the same values on the touched rows: then nothing reads the old state after its
         # write, and XLA updates it in place (it copied m and v whole first); rounded state is
         # written after the update instead, its encoder made to wait for it.
-        exact = all(isinstance(s, state_storage.PlainSlot) and not s.rounds_stochastically
-                    and keras.backend.standardize_dtype(s.variable.dtype) == dtype
-                    for s in job.state(0).values())
+        exact = all(slot.exact for slot in job.state(0).values())
         if exact:
             write_state(job, 0, stored)
             state = read_state(job, 0, dtype)

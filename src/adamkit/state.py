@@ -271,6 +271,11 @@ class PlainSlot:
     def rounds_stochastically(self) -> bool:
         return keras.backend.standardize_dtype(self.variable.dtype) == "bfloat16"
 
+    @property
+    def exact(self) -> bool:
+        """Whether it stores the compute dtype itself: read back, a write gives its values."""
+        return keras.backend.standardize_dtype(self.variable.dtype) == self.compute_dtype
+
     def encode(self, value, positions, step):
         """``value`` in the stored dtype; ``positions``: the elements' flat indices, for the
         bfloat16 dither (unused, and may be None, otherwise)."""
@@ -310,6 +315,8 @@ class QuantizedSlot:
     @property
     def variables(self) -> list:
         return [self.codes, self.absmax]
+
+    exact = False  # codes on a map
 
     def read(self):
         return dequantize(self.codes, self.absmax, self.shape, self.signed)
