@@ -691,7 +691,6 @@ def test_positions_stay_inside_their_decade(signed):
         assert fixed.min() >= 0 and fixed.max() <= count[e] * 2**st.FIXED_POINT, e
 
 
-
 def _bfloat16_copies(hlo: str) -> list[str]:
     shapes = ("64,512", "512,512", "512,64", "512", "64")
     return [line for line in hlo.splitlines()
