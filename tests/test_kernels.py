@@ -452,9 +452,9 @@ def test_scalar_tables_take_python_numbers_that_differ_from_the_rows_defaults():
 @pytest.mark.parametrize("options", [{"amsgrad": True, "weight_decay": 0.05}, {}])
 @pytest.mark.parametrize("cls", [adamkit.Adam, adamkit.Adamax])
 def test_torch_8bit_state_runs_adamkits_kernel(rng, cls, options):
-    """8-bit state on PyTorch: one call of adamkit's 8-bit kernel per variable, no PyTorch
-    arithmetic on the parameter or its codes (the portable path decodes, updates and encodes
-    with dozens), and the codes bit for bit the portable path's."""
+    """8-bit state on PyTorch: adamkit's 8-bit kernel, no PyTorch arithmetic on the parameter or
+    its codes (the portable path decodes, updates and encodes with dozens), and the codes bit for
+    bit the portable path's."""
     import torch
 
     if cls is adamkit.Adamax and "amsgrad" in options:
@@ -483,6 +483,48 @@ def test_torch_8bit_state_runs_adamkits_kernel(rng, cls, options):
             np.testing.assert_array_equal(a, b, f"{cls.__name__} state")
         else:
             assert_close(a, b, 2e-6, f"{cls.__name__}")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
+@pytest.mark.parametrize("cls, options", [(adamkit.Adam, {}), (adamkit.Adam, {"amsgrad": True}),
+                                          (adamkit.AdamW, {}), (adamkit.Adamax, {})])
+def test_torch_8bit_step_of_many_variables_is_one_call_and_each_variables_own_step(rng, cls,
+                                                                                 options):
+    """All of a step's 8-bit variables in one call of the kernel (one index space of blocks, split
+    over the threads): the same θ, codes and absmax, bit for bit, as each variable stepped alone
+    by an optimizer of its own. Sizes off the block and off the threads' split, one below a
+    block, one empty."""
+    from adamkit.kernels import kernel_slots
+    from adamkit.kernels import pytorch as kernels
+
+    shapes = [(300, 257), (5,), (0,), (1000, 70), (131,)]
+    initial = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(3)]
+
+    def run(indices):
+        variables = [keras.Variable(initial[i]) for i in indices]
+        optimizer = cls(learning_rate=0.01, state_dtype="int8", min_8bit_size=0, **options)
+        optimizer.build(variables)
+        for step in grads:
+            optimizer.apply([step[i] for i in indices], variables)
+        return [[keras.ops.convert_to_numpy(x) for x in (
+            v, *(getattr(slot, part) for _, slot in sorted(kernel_slots(optimizer.slots_of(v)).items())
+                 for part in ("codes", "absmax")))] for v in variables]
+
+    calls = []
+    original = kernels._run
+    kernels._run = lambda entry, *arguments: (calls.append(entry), original(entry, *arguments))
+    try:
+        together = run(range(len(shapes)))
+    finally:
+        kernels._run = original
+    assert calls == ["adamkit_adam8bit_host"] * len(grads)
+    alone = [run([i])[0] for i in range(len(shapes))]
+    for i, (mine, own) in enumerate(zip(together, alone, strict=True)):
+        assert len(mine) == len(own) == (7 if options else 5)
+        for a, b in zip(mine, own):  # as integers: NaN payloads and -0 compared too
+            np.testing.assert_array_equal(a.view(f"i{a.itemsize}"), b.view(f"i{b.itemsize}"),
+                                          f"variable {i}")
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX kernel's own fallback")

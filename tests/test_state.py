@@ -622,8 +622,9 @@ def test_the_8bit_step_is_the_same_in_every_build(encoder, rule, rng):
         g[4 * st.BLOCK_SIZE + 1:5 * st.BLOCK_SIZE:5] = 0.0
         for library, (theta, codes, absmax) in zip(builds, states):
             assert library.adamkit_adam8bit_host(
-                ["adam", "amsgrad", "adamax"].index(rule), pointer(theta), pointer(g),
-                ctypes.c_int64(size), (ctypes.c_void_p * 3)(*(pointer(c) for c in codes)),
+                ["adam", "amsgrad", "adamax"].index(rule), ctypes.c_int64(1),
+                (ctypes.c_void_p * 1)(pointer(theta)), (ctypes.c_void_p * 1)(pointer(g)),
+                (ctypes.c_int64 * 1)(size), (ctypes.c_void_p * 3)(*(pointer(c) for c in codes)),
                 (ctypes.c_void_p * 3)(*(pointer(a) for a in absmax)), pointer(scalars),
                 ctypes.c_int32(step), *(pointer(t) for t in tables), 1) == 0
         (theta, codes, absmax), (theta_s, codes_s, absmax_s) = states

@@ -13,12 +13,14 @@
 // n element counts; scalars: (n, 7) in the parameters' dtype; step: t, for the dither.
 // Returns 0, or −1 for an unknown kind or rule.
 //
-//   adamkit_adam8bit_host(rule, theta, g, size, codes, absmax, scalars, step, signed_table,
+//   adamkit_adam8bit_host(rule, n, theta, g, sizes, codes, absmax, scalars, step, signed_table,
 //                         unsigned_table, threads)
 //
-// One float32 variable whose state is adamkit.state's 8-bit block-wise codes (as adam_op.cc's
-// AdamkitApplyAdam8bit): codes and absmax hold m, v and (AMSGrad) v̂max's int8 (blocks, 256) codes
-// and float32 (blocks,) maxima; scalars: 7 floats; the tables: adamkit.state.codec_table.
+// n float32 variables whose state is adamkit.state's 8-bit block-wise codes (as adam_op.cc's
+// AdamkitApplyAdam8bit), all their blocks as one index space: theta, g: n pointers each; sizes:
+// n element counts; codes and absmax: n pointers for m, then n for v (then n for AMSGrad's v̂max),
+// to int8 (blocks, 256) codes and float32 (blocks,) maxima; scalars: (n, 7) floats; the tables:
+// adamkit.state.codec_table.
 #include <algorithm>
 #include <cstdint>
 #include <thread>
@@ -114,28 +116,40 @@ extern "C" int adamkit_adam_host(int kind, int rule, int64_t n, void* const* the
   }
 }
 
-extern "C" int adamkit_adam8bit_host(int rule, float* theta, const float* g, int64_t size,
+extern "C" int adamkit_adam8bit_host(int rule, int64_t n, float* const* theta,
+                                     const float* const* g, const int64_t* sizes,
                                      int8_t* const* codes, float* const* absmax,
                                      const float* scalars, int32_t step,
                                      const float* signed_table, const float* unsigned_table,
                                      int threads) {
   adamkit::Rule chosen;
-  if (!adamkit::ToRule(rule, &chosen)) return -1;
-  adamkit::Adam8bitStep p{theta, g, size, {}, {}, scalars,
-                          static_cast<uint32_t>(step) * adamkit::kStepMultiplier,
-                          adamkit::CodecTable(signed_table), adamkit::CodecTable(unsigned_table)};
+  if (!adamkit::ToRule(rule, &chosen) || n < 0) return -1;
   const int states = chosen == adamkit::Rule::kAmsgrad ? 3 : 2;
-  for (int s = 0; s < states; ++s) {
-    p.codes[s] = codes[s];
-    p.absmax[s] = absmax[s];
+  const uint32_t step_mix = static_cast<uint32_t>(step) * adamkit::kStepMultiplier;
+  const adamkit::CodecTable signed_map(signed_table), unsigned_map(unsigned_table);
+  std::vector<adamkit::Adam8bitStep> steps;
+  steps.reserve(n);
+  std::vector<int64_t> start(n + 1, 0);
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    adamkit::Adam8bitStep& p = steps.emplace_back(adamkit::Adam8bitStep{
+        theta[i], g[i], sizes[i], {}, {}, scalars + adamkit::kScalars * i, step_mix, signed_map,
+        unsigned_map});
+    for (int s = 0; s < states; ++s) {
+      p.codes[s] = codes[s * n + i];
+      p.absmax[s] = absmax[s * n + i];
+    }
+    start[i + 1] = start[i] + (sizes[i] + adamkit::kBlock - 1) / adamkit::kBlock;
+    total += sizes[i];
   }
-  const int64_t blocks = (size + adamkit::kBlock - 1) / adamkit::kBlock;
   // The 8-bit step is compute-bound (~60 operations a parameter): threads pay off sooner (with
   // OpenMP from 2,048 parameters a thread, ~40 µs of work against a team's few µs).
   const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>(threads, size / (adamkit::kMinPerThread / 16)));
+      1, std::min<int64_t>(threads, total / (adamkit::kMinPerThread / 16)));
+  const int64_t blocks = start[n];
   adamkit::Split(parts, [&](int64_t part) {
-    adamkit::UpdateBlocks8bit(p, chosen, blocks * part / parts, blocks * (part + 1) / parts);
+    adamkit::UpdateBlocks8bitRange(steps, start, chosen, blocks * part / parts,
+                                   blocks * (part + 1) / parts);
   });
   return 0;
 }

@@ -827,6 +827,20 @@ inline void UpdateBlocks8bit(const Adam8bitStep& p, Rule rule, int64_t begin, in
   }
 }
 
+// The blocks [begin, end) of variables laid end to end — variable i holds blocks [start[i],
+// start[i + 1]) — each from its own block 0: UpdateRange's one index space for 8-bit state, so
+// that a step of many variables is one launch and one wait.
+inline void UpdateBlocks8bitRange(const std::vector<Adam8bitStep>& steps,
+                                  const std::vector<int64_t>& start, Rule rule, int64_t begin,
+                                  int64_t end) {
+  const int64_t n = static_cast<int64_t>(steps.size());
+  int64_t i = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
+  for (; i < n && start[i] < end; ++i) {
+    UpdateBlocks8bit(steps[i], rule, std::max(begin, start[i]) - start[i],
+                     std::min(end, start[i + 1]) - start[i]);
+  }
+}
+
 // The rule an op's attributes ask for (amsgrad and adamax: both true is refused by the callers).
 inline Rule RuleOf(bool amsgrad, bool adamax) {
   return adamax ? Rule::kAdamax : amsgrad ? Rule::kAmsgrad : Rule::kAdam;

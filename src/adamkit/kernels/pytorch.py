@@ -5,8 +5,8 @@ adamkit's kernel (``adam_host.cc``: the loop of the TensorFlow op and the XLA cu
 ``adam_update.h``) is compiled with the system's C++ compiler on first use, cached like the other
 kernels, and called through ctypes on the tensors' memory: every rule of the family (Adam, AMSGrad,
 AdamW's decay, RAdam, NAdam, AdaMax, and the ``"keras"`` ε̂), float32 parameters with float32 or
-bfloat16 state and float64 with float64, split over ``torch.get_num_threads()`` threads; and
-float32 parameters with 8-bit state, one call per variable (``adamkit_adam8bit_host``). It reads
+bfloat16 state and float64 with float64, and float32 with 8-bit state (``adamkit_adam8bit_host``),
+each group of variables in one call, split over ``torch.get_num_threads()`` threads. It reads
 θ, g, m, v and writes θ, m, v once, so it runs level with ``torch._fused_adam_`` on the same
 tensors (``benchmarks/README.md`` has the measured ratios). PyTorch runs this module's Python every
 step, so it does little: the rule's scalars are formed in NumPy (``Job.host_scalars``) and a
@@ -108,8 +108,8 @@ def _tensors(variables) -> list[torch.Tensor]:
 
 
 class HostKernel:
-    """adamkit's kernel through its C ABI: every CPU variable of a dtype pair in ``KINDS`` in one
-    pass; float32 with 8-bit state one variable at a time."""
+    """adamkit's kernel through its C ABI: every CPU variable of a dtype pair in ``KINDS``, or of
+    float32 with 8-bit state, in one pass."""
 
     name = "adamkit kernel (C ABI)"
 
@@ -128,39 +128,51 @@ class HostKernel:
         return f"{theta.dtype} parameters with {'/'.join(map(str, stored)) or 'mixed'} state"
 
     def groups(self, slots):
-        return not is_8bit(slots)
+        return True
 
     def apply(self, job):  # no autograd guard: nothing here records a step of θ or its state
-        if is_8bit(job.slots[0]):
-            return _apply_8bit(job)
         storage = _storage(job)
         scalars = _host_table(job, storage.dtype)  # held here: the call reads its memory
-        grads = _gradients(job.gradients, storage.tensors[:len(job.variables)])
-        _run("adamkit_adam_host", storage.tensors, storage.kind, RULES[job.rule.second_moment],
-             ctypes.c_int64(len(job.variables)), *storage.pointers, _pointers(grads),
-             storage.sizes, _pointer(scalars), ctypes.c_int32(int(job.host_step)),
-             ctypes.c_int(torch.get_num_threads()))
+        grads = _pointers(_gradients(job.gradients, storage.tensors[:len(job.variables)]))
+        rule, count = RULES[job.rule.second_moment], ctypes.c_int64(len(job.variables))
+        step, threads = ctypes.c_int32(int(job.host_step)), ctypes.c_int(torch.get_num_threads())
+        if storage.eight_bit:  # decode, update, re-encode block by block: adamkit.state's codec
+            theta, codes, absmax = storage.pointers
+            _run("adamkit_adam8bit_host", storage.tensors, rule, count, theta, grads, storage.sizes,
+                 codes, absmax, _pointer(scalars), step, *map(_pointer, _codec_tables()), threads)
+        else:
+            _run("adamkit_adam_host", storage.tensors, storage.kind, rule, count,
+                 *storage.pointers, grads, storage.sizes, _pointer(scalars), step, threads)
 
 
 class _Storage:
     """A group's θ, m, v (and AMSGrad's v̂) as the kernel takes them: the tensors, an array of
-    addresses for each, and the sizes."""
+    addresses for θ and for each state (8-bit: one for all the codes, one for all the absmax),
+    and the sizes."""
 
     def __init__(self, job):
-        states = [plain_state(s) for s in job.slots]
-        names = state_names(states[0])
-        self.variables = [*job.variables, *(s[name] for name in names for s in states)]
+        slots = [kernel_slots(s) for s in job.slots]
+        names = state_names(slots[0])
+        self.eight_bit = is_8bit(job.slots[0])
+        parts = ("codes", "absmax") if self.eight_bit else ("variable",)
+        self.variables = [*job.variables,
+                          *(getattr(s[name], part) for part in parts for name in names for s in slots)]
         self.tensors = _tensors(self.variables)
         self.addresses = [t.data_ptr() for t in self.tensors]
         count = len(job.variables)
-        thetas, m = self.tensors[:count], self.tensors[count]
+        thetas = self.tensors[:count]
         self.dtype = thetas[0].dtype
-        self.kind = KINDS[self.dtype, m.dtype]
+        self.sizes = (ctypes.c_int64 * count)(*(t.numel() for t in thetas))
+        if self.eight_bit:
+            per_part = count * len(names)
+            self.pointers = [_pointers(thetas), *(_pointers(self.tensors[i:i + per_part])
+                                                  for i in range(count, len(self.tensors), per_part))]
+            return
+        self.kind = KINDS[self.dtype, self.tensors[count].dtype]
         self.pointers = [_pointers(self.tensors[i:i + count])
                          for i in range(0, len(self.tensors), count)]
         if len(names) == 2:
             self.pointers.append(None)  # no v̂
-        self.sizes = (ctypes.c_int64 * count)(*(t.numel() for t in thetas))
 
     def current(self) -> bool:
         """Whether every tensor is still its variable's storage, at the same address."""
@@ -180,24 +192,6 @@ def _storage(job) -> _Storage:
     if found is None or not found.current():
         found = job.optimizer._prepared[key] = _Storage(job)
     return found
-
-
-def _apply_8bit(job):
-    """One float32 variable with 8-bit state: decode, update, re-encode block by block in one
-    pass, bit for bit the codec of ``adamkit.state``."""
-    slots = kernel_slots(job.slots[0])
-    names = state_names(slots)
-    theta = _tensor(job.variables[0])
-    codes = _tensors([slots[name].codes for name in names])
-    absmax = _tensors([slots[name].absmax for name in names])
-    (grad,) = _gradients(job.gradients, [theta])
-    scalars = _host_table(job, torch.float32)  # held here: the call reads its memory
-    _run("adamkit_adam8bit_host", [theta, *codes, *absmax],
-         RULES[job.rule.second_moment], ctypes.c_void_p(theta.data_ptr()),
-         ctypes.c_void_p(grad.data_ptr()), ctypes.c_int64(theta.numel()), _pointers(codes),
-         _pointers(absmax), _pointer(scalars),
-         ctypes.c_int32(int(job.host_step)), *(_pointer(t) for t in _codec_tables()),
-         ctypes.c_int(torch.get_num_threads()))
 
 
 def _codec_tables() -> tuple:
