@@ -173,7 +173,8 @@ ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rema
     p.codes[state] = static_cast<int8_t*>(data[1 + 2 * state]);
     p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
   }
-  ParallelFor(pool.num_threads(), Scheduler(pool), blocks, kChunkValues / kBlock,
+  const int64_t threads = pool.num_threads();
+  ParallelFor(threads, Scheduler(pool), blocks, BlocksPerChunk(blocks, threads),
               [&](int64_t begin, int64_t end) { UpdateBlocks8bit(p, rule, begin, end); });
   return ffi::Error::Success();
 }

@@ -345,7 +345,8 @@ class AdamkitApplyAdam8bitOp : public RuleOpKernel {
     auto work = [&step, this](int64_t begin, int64_t end) {
       UpdateBlocks8bit(step, rule_, begin, end);
     };
-    ParallelFor(ctx, blocks, adamkit::kChunkValues / kBlock, work);
+    const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+    ParallelFor(ctx, blocks, adamkit::BlocksPerChunk(blocks, threads), work);
   }
 };
 
