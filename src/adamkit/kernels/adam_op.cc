@@ -9,9 +9,9 @@
 //
 // Three ops: AdamkitApplyAdam updates any number of variables in one launch, keeping m, v, v̂max
 // as T or (float parameters) bfloat16; AdamkitSparseApplyAdam updates the rows of one table that a
-// sparse gradient names (lazy=True); AdamkitApplyAdam8bit (one variable) keeps m and v as
-// adamkit.state's 8-bit block-wise codes, decoding, updating and re-encoding one block of 256 at a
-// time while it sits in L1.
+// sparse gradient names (lazy=True); AdamkitApplyAdam8bit (any number of float32 variables in
+// one launch) keeps m and v as adamkit.state's 8-bit block-wise codes, decoding, updating and
+// re-encoding one block of 256 at a time while it sits in L1.
 //
 // The scalars (adamkit/kernels/scalars.py) arrive already formed in double precision and rounded once to T, so 1 − β2 is
 // exact to T's precision (TensorFlow's own kernel forms it from T-rounded β2). Compiled with
@@ -49,7 +49,7 @@ using adamkit::kBlock;
 using adamkit::kDecades;
 using adamkit::kScalars;
 using adamkit::UpdateRange;
-using adamkit::UpdateBlocks8bit;
+using adamkit::UpdateBlocks8bitRange;
 
 REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
     .Input("var: N * resource")
@@ -283,71 +283,88 @@ REGISTER_SPARSE(float, bfloat16, StochasticBfloat16, int64_t)
 
 // -- 8-bit block-wise state (adamkit.state's codec, bit for bit) --------------------------------
 
-REGISTER_OP("AdamkitApplyAdam8bit")
-    .Input("var: resource")
-    .Input("m_codes: resource")  // int8 (blocks, 256), with one float32 absmax per block
-    .Input("m_absmax: resource")
-    .Input("v_codes: resource")
-    .Input("v_absmax: resource")
-    .Input("vhat_codes: resource")
-    .Input("vhat_absmax: resource")
-    .Input("grad: float")
-    .Input("scalars: float")  // as AdamkitApplyAdam's
+REGISTER_OP("AdamkitApplyAdam8bit")  // N float32 variables in one launch
+    .Input("var: N * resource")
+    .Input("m_codes: N * resource")  // int8 (blocks, 256), with one float32 absmax per block
+    .Input("m_absmax: N * resource")
+    .Input("v_codes: N * resource")
+    .Input("v_absmax: N * resource")
+    .Input("vhat_codes: N * resource")  // read only with amsgrad (pass v's otherwise)
+    .Input("vhat_absmax: N * resource")
+    .Input("grad: N * float")
+    .Input("scalars: float")  // (N, 7), as AdamkitApplyAdam's
     .Input("step: int32")
     .Input("signed_codec: float")  // adamkit.state.codec_table(True): decode and encode tables
     .Input("unsigned_codec: float")
+    .Attr("N: int >= 1")
     .Attr("amsgrad: bool = false")
     .Attr("adamax: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
+// As AdamkitApplyAdamOp, all N variables' blocks are one index space: one launch and one wait.
 class AdamkitApplyAdam8bitOp : public RuleOpKernel {
  public:
-  using RuleOpKernel::RuleOpKernel;
+  explicit AdamkitApplyAdam8bitOp(OpKernelConstruction* ctx) : RuleOpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     using Device = Eigen::ThreadPoolDevice;
-    std::vector<int> inputs = {0, 1, 2, 3, 4};
-    if (amsgrad_) inputs.insert(inputs.end(), {5, 6});
-    auto locks = MaybeLockVariableInputMutexesInOrder<Device, float>(ctx, true, false, inputs);
-    Tensor var, codes[3], absmax[3];
-    OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, float>(ctx, 0, true, false, &var));
+    const int n = n_;
     const int states = amsgrad_ ? 3 : 2;
-    for (int s = 0; s < states; ++s) {
-      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, int8>(ctx, 1 + 2 * s, true, false,
-                                                                  &codes[s]));
-      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, float>(ctx, 2 + 2 * s, true, false,
-                                                                   &absmax[s]));
-    }
-    const Tensor& grad = ctx->input(7);
-    const Tensor& scalars = ctx->input(8);
-    const int64_t size = grad.NumElements();
-    const int64_t blocks = (size + kBlock - 1) / kBlock;
-    OP_REQUIRES(ctx, var.NumElements() == size,
-                absl::InvalidArgumentError("var and grad must have the same size"));
-    for (int s = 0; s < states; ++s) {
-      OP_REQUIRES(ctx, codes[s].NumElements() == blocks * kBlock &&
-                           absmax[s].NumElements() == blocks,
-                  absl::InvalidArgumentError("codes must be (blocks, 256), absmax (blocks,)"));
-    }
+    std::vector<int> resources(n * (1 + 2 * states));
+    std::iota(resources.begin(), resources.end(), 0);
+    auto locks = MaybeLockVariableInputMutexesInOrder<Device, float>(ctx, true, false, resources);
+    const Tensor& scalars = ctx->input(8 * n);
     constexpr int kTable = 256 + 4 * kDecades;
-    OP_REQUIRES(ctx, scalars.NumElements() == kScalars && ctx->input(10).NumElements() == kTable &&
-                         ctx->input(11).NumElements() == kTable,
-                absl::InvalidArgumentError("7 scalars and two codec tables expected"));
-    Adam8bitStep step{var.flat<float>().data(), grad.flat<float>().data(), size, {}, {},
-                      scalars.flat<float>().data(),
-                      static_cast<uint32_t>(ctx->input(9).scalar<int32>()()) * kStepMultiplier,
-                      CodecTable(ctx->input(10).flat<float>().data()),
-                      CodecTable(ctx->input(11).flat<float>().data())};
-    for (int s = 0; s < states; ++s) {
-      step.codes[s] = reinterpret_cast<int8_t*>(codes[s].flat<int8>().data());
-      step.absmax[s] = absmax[s].flat<float>().data();
+    OP_REQUIRES(ctx, scalars.NumElements() == kScalars * n &&
+                         ctx->input(8 * n + 2).NumElements() == kTable &&
+                         ctx->input(8 * n + 3).NumElements() == kTable,
+                absl::InvalidArgumentError("(N, 7) scalars and two codec tables expected"));
+    const uint32_t step_mix =
+        static_cast<uint32_t>(ctx->input(8 * n + 1).scalar<int32>()()) * kStepMultiplier;
+    const CodecTable signed_map(ctx->input(8 * n + 2).flat<float>().data());
+    const CodecTable unsigned_map(ctx->input(8 * n + 3).flat<float>().data());
+    std::vector<Adam8bitStep> steps;
+    steps.reserve(n);
+    std::vector<int64_t> start(n + 1, 0);  // variable i holds blocks [start[i], start[i + 1])
+    for (int i = 0; i < n; ++i) {
+      Tensor var, codes[3], absmax[3];
+      OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, float>(ctx, i, true, false, &var));
+      for (int s = 0; s < states; ++s) {
+        OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, int8>(ctx, (1 + 2 * s) * n + i,
+                                                                    true, false, &codes[s]));
+        OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, float>(ctx, (2 + 2 * s) * n + i,
+                                                                     true, false, &absmax[s]));
+      }
+      const Tensor& grad = ctx->input(7 * n + i);
+      const int64_t size = grad.NumElements();
+      const int64_t blocks = (size + kBlock - 1) / kBlock;
+      OP_REQUIRES(ctx, var.NumElements() == size,
+                  absl::InvalidArgumentError("var and grad must have the same size"));
+      for (int s = 0; s < states; ++s) {
+        OP_REQUIRES(ctx, codes[s].NumElements() == blocks * kBlock &&
+                             absmax[s].NumElements() == blocks,
+                    absl::InvalidArgumentError("codes must be (blocks, 256), absmax (blocks,)"));
+      }
+      Adam8bitStep& step = steps.emplace_back(Adam8bitStep{
+          var.flat<float>().data(), grad.flat<float>().data(), size, {}, {},
+          scalars.flat<float>().data() + kScalars * i, step_mix, signed_map, unsigned_map});
+      for (int s = 0; s < states; ++s) {
+        step.codes[s] = reinterpret_cast<int8_t*>(codes[s].flat<int8>().data());
+        step.absmax[s] = absmax[s].flat<float>().data();
+      }
+      start[i + 1] = start[i] + blocks;
     }
-    auto work = [&step, this](int64_t begin, int64_t end) {
-      UpdateBlocks8bit(step, rule_, begin, end);
+    auto work = [&](int64_t begin, int64_t end) {
+      UpdateBlocks8bitRange(steps, start, rule_, begin, end);
     };
     const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
-    ParallelFor(ctx, blocks, adamkit::BlocksPerChunk(blocks, threads), work);
+    ParallelFor(ctx, start[n], adamkit::BlocksPerChunk(start[n], threads), work);
   }
+
+ private:
+  int n_ = 1;
 };
 
 REGISTER_KERNEL_BUILDER(Name("AdamkitApplyAdam8bit").Device(DEVICE_CPU), AdamkitApplyAdam8bitOp);

@@ -199,8 +199,8 @@ def _gradient(gradient, dtype, shape=None):
 
 
 class TensorFlowOp:
-    """adamkit's TensorFlow op (``adam_op.cc``): every float variable of a dtype in one launch
-    where no tf.distribute strategy runs; 8-bit state one launch a variable."""
+    """adamkit's TensorFlow op (``adam_op.cc``): every float variable of a dtype and state dtype
+    in one launch where no tf.distribute strategy runs."""
 
     name = "adamkit kernel (TensorFlow op)"
 
@@ -229,23 +229,20 @@ class TensorFlowOp:
 
 
 def _apply_8bit_op(job, flags):
-    """Float32 variables with 8-bit state, an op each: decode, update, re-encode block by block
-    in one pass, bit for bit the codec of ``adamkit.state``. Each op waits for every gradient of
-    the group: in a stack of layers the last of them (the lowest layer's) is formed after the
-    backward pass has read the layers above. An op that updates a variable still read elsewhere
-    copies it first (TensorFlow's copy on write): waiting for its own gradient alone, the op of
-    a hidden layer's kernel did so every step."""
-    grads = [_gradient(g, tf.float32) for g in job.gradients]
-    table, step, tables = _table(job, tf.float32), tf.cast(job.step, tf.int32), _codec_tables()
-    with tf.control_dependencies([tf.group(grads)]):  # one control input an op
-        for index, variable in enumerate(job.variables):
-            slots = kernel_slots(job.slots[index])
-            m, v = slots["momentum"], slots["velocity"]
-            h = slots["velocity_hat"] if flags["amsgrad"] else v
-            _op_module().adamkit_apply_adam8bit(
-                _handle(variable), _handle(m.codes), _handle(m.absmax), _handle(v.codes),
-                _handle(v.absmax), _handle(h.codes), _handle(h.absmax), grads[index],
-                table[index], step, *tables, **flags)
+    """Float32 variables with 8-bit state, all in one op: decode, update, re-encode block by block
+    in one pass, bit for bit the codec of ``adamkit.state``. The op waits for every gradient of
+    the group (in a stack of layers the last of them, the lowest layer's, is formed after the
+    backward pass has read the layers above): an op that updates a variable still read elsewhere
+    copies it first (TensorFlow's copy on write), as a hidden layer's own op, waiting for its own
+    gradient alone, did every step when each variable had one."""
+    slots = [kernel_slots(s) for s in job.slots]
+    names = ("momentum", "velocity", "velocity_hat" if flags["amsgrad"] else "velocity")
+    state = [[_handle(getattr(s[name], part)) for s in slots]
+             for name in names for part in ("codes", "absmax")]
+    _op_module().adamkit_apply_adam8bit(
+        [_handle(v) for v in job.variables], *state,
+        [_gradient(g, tf.float32) for g in job.gradients], _table(job, tf.float32),
+        tf.cast(job.step, tf.int32), *_codec_tables(), **flags)
 
 
 def _codec_tables() -> list:
