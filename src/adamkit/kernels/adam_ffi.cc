@@ -1,5 +1,5 @@
 // adamkit's fused Adam/AMSGrad/AdaMax step as XLA FFI custom calls ("adamkit_adam"; "adamkit_adam8bit"
-// for one variable with 8-bit state, as adam_op.cc's AdamkitApplyAdam8bit), for code that XLA
+// for variables with 8-bit state, as adam_op.cc's AdamkitApplyAdam8bit), for code that XLA
 // compiles: TensorFlow under jit_compile=True (through an XlaCallModule op) and the JAX backend.
 // XLA's own lowering of the ops computes m, v and θ in three loops (40 bytes per parameter where
 // 28 suffice); this handler is one pass over all the step's variables, like the TensorFlow op.
@@ -117,65 +117,76 @@ ffi::Error AdamStep(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remainin
       "bfloat16 state");
 }
 
-// One variable with 8-bit state. Operands: θ, m codes, m absmax, v codes, v absmax, [v̂max codes,
-// v̂max absmax], g, scalars (7), step (int32), the signed and unsigned codec tables
-// (adamkit.state.codec_table), then any operands that are not read: they only order the call
-// after the values they are; results: θ and the codes and absmax, aliased to their operands.
+// n float32 variables with 8-bit state, all their blocks one index space (one launch, one wait).
+// Operands: θ (n of them), m codes (n), m absmax (n), v codes (n), v absmax (n), [v̂max codes (n),
+// v̂max absmax (n)], g (n), scalars (n, 7), step (int32), the signed and unsigned codec tables
+// (adamkit.state.codec_table); results: θ and the codes and absmax, aliased to their operands.
 ffi::Error Adam8bitCall(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                        bool amsgrad, bool adamax) {
+                        int64_t n, bool amsgrad, bool adamax) {
   if (amsgrad && adamax) return ffi::Error::InvalidArgument("adamkit_adam8bit: amsgrad or adamax");
   const Rule rule = RuleOf(amsgrad, adamax);
-  const size_t updated = amsgrad ? 7 : 5;
-  if (args.size() < updated + 5 || rets.size() != updated) {
-    return ffi::Error::InvalidArgument("adamkit_adam8bit: operand or result count");
+  const int64_t arrays = amsgrad ? 7 : 5;  // updated per variable: θ, each state's codes, absmax
+  if (n < 1 || args.size() != static_cast<size_t>((arrays + 1) * n + 4) ||
+      rets.size() != static_cast<size_t>(arrays * n)) {
+    return ffi::Error::InvalidArgument("adamkit_adam8bit: operand or result count does not match n");
   }
-  void* data[7] = {};
-  for (size_t a = 0; a < updated; ++a) {
-    auto in = args.get<ffi::AnyBuffer>(a);
-    auto out = rets.get<ffi::AnyBuffer>(a);
-    if (!in.has_value() || !out.has_value() || in->size_bytes() != (*out)->size_bytes()) {
-      return ffi::Error::InvalidArgument("adamkit_adam8bit: results must match the operands");
-    }
-    data[a] = Updated(*in, *out);
-  }
-  auto theta = args.get<ffi::AnyBuffer>(0);
-  auto grad = args.get<ffi::AnyBuffer>(updated);
-  auto scalars = args.get<ffi::AnyBuffer>(updated + 1);
-  auto step = args.get<ffi::AnyBuffer>(updated + 2);
-  auto signed_table = args.get<ffi::AnyBuffer>(updated + 3);
-  auto unsigned_table = args.get<ffi::AnyBuffer>(updated + 4);
-  const int64_t size = static_cast<int64_t>(theta->element_count());
-  const int64_t blocks = (size + kBlock - 1) / kBlock;
+  auto scalars = args.get<ffi::AnyBuffer>(args.size() - 4);
+  auto step = args.get<ffi::AnyBuffer>(args.size() - 3);
+  auto signed_table = args.get<ffi::AnyBuffer>(args.size() - 2);
+  auto unsigned_table = args.get<ffi::AnyBuffer>(args.size() - 1);
   constexpr size_t kTable = 256 + 4 * kDecades;
-  bool ok = theta->element_type() == ffi::DataType::F32 &&
-            grad->element_type() == ffi::DataType::F32 &&
-            grad->element_count() == theta->element_count() &&
-            scalars->element_count() == adamkit::kScalars &&
-            step->element_type() == ffi::DataType::S32 &&
-            signed_table->element_count() == kTable && unsigned_table->element_count() == kTable;
-  for (size_t a = 1; a < updated; a += 2) {
-    ok = ok &&
-         args.get<ffi::AnyBuffer>(a)->element_count() == static_cast<size_t>(blocks * kBlock) &&
-         args.get<ffi::AnyBuffer>(a + 1)->element_count() == static_cast<size_t>(blocks);
-  }
-  if (!ok) {
+  if (!scalars.has_value() || scalars->element_type() != ffi::DataType::F32 ||
+      scalars->element_count() != static_cast<size_t>(adamkit::kScalars * n) ||
+      !step.has_value() || step->element_type() != ffi::DataType::S32 ||
+      !signed_table.has_value() || signed_table->element_count() != kTable ||
+      !unsigned_table.has_value() || unsigned_table->element_count() != kTable) {
     return ffi::Error::InvalidArgument(
-        "adamkit_adam8bit: float32 θ and g of one size, codes (blocks, 256), absmax (blocks,), 7 "
-        "scalars, an int32 step and two codec tables expected");
+        "adamkit_adam8bit: (n, 7) float32 scalars, an int32 step and two codec tables expected");
   }
-  Adam8bitStep p{static_cast<float*>(data[0]), static_cast<const float*>(grad->untyped_data()),
-                 size, {}, {}, static_cast<const float*>(scalars->untyped_data()),
-                 static_cast<uint32_t>(*static_cast<const int32_t*>(step->untyped_data())) *
-                     kStepMultiplier,
-                 CodecTable(static_cast<const float*>(signed_table->untyped_data())),
-                 CodecTable(static_cast<const float*>(unsigned_table->untyped_data()))};
-  for (size_t state = 0; 1 + 2 * state < updated; ++state) {
-    p.codes[state] = static_cast<int8_t*>(data[1 + 2 * state]);
-    p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
+  const uint32_t step_mix =
+      static_cast<uint32_t>(*static_cast<const int32_t*>(step->untyped_data())) * kStepMultiplier;
+  const CodecTable signed_map(static_cast<const float*>(signed_table->untyped_data()));
+  const CodecTable unsigned_map(static_cast<const float*>(unsigned_table->untyped_data()));
+  const float* s = static_cast<const float*>(scalars->untyped_data());
+  std::vector<Adam8bitStep> steps;
+  steps.reserve(n);
+  std::vector<int64_t> start(n + 1, 0);  // variable i holds blocks [start[i], start[i + 1])
+  for (int64_t i = 0; i < n; ++i) {
+    auto grad = args.get<ffi::AnyBuffer>(arrays * n + i);
+    if (!grad.has_value() || grad->element_type() != ffi::DataType::F32) {
+      return ffi::Error::InvalidArgument("adamkit_adam8bit: float32 gradients expected");
+    }
+    const int64_t size = static_cast<int64_t>(grad->element_count());
+    const int64_t blocks = (size + kBlock - 1) / kBlock;
+    void* data[7] = {};
+    for (int64_t a = 0; a < arrays; ++a) {
+      auto in = args.get<ffi::AnyBuffer>(a * n + i);
+      auto out = rets.get<ffi::AnyBuffer>(a * n + i);
+      // θ: size float32s; then each state's codes (blocks, 256) and absmax (blocks,)
+      const int64_t count = a == 0 ? size : a % 2 == 1 ? blocks * kBlock : blocks;
+      if (!in.has_value() || !out.has_value() || in->size_bytes() != (*out)->size_bytes() ||
+          static_cast<int64_t>(in->element_count()) != count ||
+          (a == 0 && in->element_type() != ffi::DataType::F32)) {
+        return ffi::Error::InvalidArgument(
+            "adamkit_adam8bit: float32 θ and g of one size, codes (blocks, 256) and absmax "
+            "(blocks,) expected, each result its operand's size");
+      }
+      data[a] = Updated(*in, *out);
+    }
+    Adam8bitStep& p = steps.emplace_back(Adam8bitStep{
+        static_cast<float*>(data[0]), static_cast<const float*>(grad->untyped_data()), size, {},
+        {}, s + adamkit::kScalars * i, step_mix, signed_map, unsigned_map});
+    for (int64_t state = 0; 1 + 2 * state < arrays; ++state) {
+      p.codes[state] = static_cast<int8_t*>(data[1 + 2 * state]);
+      p.absmax[state] = static_cast<float*>(data[2 + 2 * state]);
+    }
+    start[i + 1] = start[i] + blocks;
   }
   const int64_t threads = pool.num_threads();
-  ParallelFor(threads, Scheduler(pool), blocks, BlocksPerChunk(blocks, threads),
-              [&](int64_t begin, int64_t end) { UpdateBlocks8bit(p, rule, begin, end); });
+  ParallelFor(threads, Scheduler(pool), start[n], BlocksPerChunk(start[n], threads),
+              [&](int64_t begin, int64_t end) {
+                UpdateBlocks8bitRange(steps, start, rule, begin, end);
+              });
   return ffi::Error::Success();
 }
 
@@ -196,6 +207,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamkitAdam8bit, adamkit::Adam8bitCall,
                                   .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
+                                  .Attr<int64_t>("n")
                                   .Attr<bool>("amsgrad")
                                   .Attr<bool>("adamax"));
 

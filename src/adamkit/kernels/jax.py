@@ -11,7 +11,7 @@ XLA's CPU threads as one index space.
 
 It covers, on the CPU, float32 (float64 with ``jax_enable_x64``) parameters with state in the
 same dtype, float32 parameters with bfloat16 state (the same stochastic rounding as
-``adamkit.state``), and float32 parameters with 8-bit state (one call per variable,
+``adamkit.state``), and float32 parameters with 8-bit state (all in one call of its own,
 ``adamkit_adam8bit``, bit for bit adamkit.state's codes); Algorithm 1 and the ``"keras"`` ε form
 alike; under ``keras.distribution.DataParallel`` one call per variable (8-bit state: the ops
 path). Variables sharded across devices and other device types take the ops path. The
@@ -47,7 +47,7 @@ from adamkit.sparse import densified
 
 SOURCE = Path(__file__).with_name("adam_ffi.cc")
 TARGET = "adamkit_adam"
-TARGET_8BIT = "adamkit_adam8bit"  # one variable with adamkit.state's 8-bit block-wise state
+TARGET_8BIT = "adamkit_adam8bit"  # variables with adamkit.state's 8-bit block-wise state
 _LIBRARY: dict[str, object] = {}
 
 
@@ -81,9 +81,9 @@ def _dtype(x) -> str:
 
 
 class XlaCall:
-    """adamkit's custom call in the traced step: every float variable of a dtype in one call with
-    no Keras distribution in effect (data parallel: one per variable), 8-bit state one call a
-    variable. The scalars are formed in the parameters' dtype."""
+    """adamkit's custom call in the traced step: every float variable of a dtype and state dtype
+    in one call with no Keras distribution in effect (data parallel: one per variable). The
+    scalars are formed in the parameters' dtype."""
 
     name = "adamkit kernel (XLA custom call)"
 
@@ -115,22 +115,19 @@ class XlaCall:
 
 
 def _apply_8bit(job, grads, scalars, step, flags):
-    """Float32 variables with 8-bit state, a custom call each: decode, update, re-encode block by
-    block, bit for bit the codec of ``adamkit.state``. Each call also takes, unread, a scalar made
-    from every gradient of the group, so it runs after all of them: in a stack of layers the last
-    (the lowest layer's) is formed after the backward pass has read the layers above, whose
-    parameters the calls then update in place. Ordered by its own gradient alone, a call could
-    run before that read, and XLA copied the parameters (twice each, a ``model.fit`` step of
-    three Dense(4096) layers)."""
+    """Float32 variables with 8-bit state, all in one custom call: decode, update, re-encode block
+    by block, bit for bit the codec of ``adamkit.state``. Taking every gradient of the group, the
+    call runs after all of them: in a stack of layers the last (the lowest layer's) is formed
+    after the backward pass has read the layers above, whose parameters the call then updates in
+    place. A call ordered by its own gradient alone could run before that read, and XLA copied
+    the parameters (twice each, a ``model.fit`` step of three Dense(4096) layers, when each
+    variable had a call of its own)."""
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
-    after = sum(g.reshape(-1)[0] for g in grads)  # one operand a call, whatever the group's size
-    for index, (variable, slots) in enumerate(zip(job.variables, job.slots)):
-        slots = kernel_slots(slots)
-        names = state_names(slots)
-        updated = [variable,
-                   *(x for name in names for x in (slots[name].codes, slots[name].absmax))]
-        _call_in_place(TARGET_8BIT, updated,
-                       [grads[index], scalars[index], step, *tables, after], **flags)
+    slots = [kernel_slots(s) for s in job.slots]
+    updated = [*job.variables, *(getattr(s[name], part) for name in state_names(slots[0])
+                                 for part in ("codes", "absmax") for s in slots)]
+    _call_in_place(TARGET_8BIT, updated, [*grads, scalars, step, *tables],
+                   n=np.int64(len(job.variables)), **flags)
 
 
 def _call_in_place(target, updated, inputs, **attributes):

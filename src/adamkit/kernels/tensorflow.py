@@ -251,8 +251,8 @@ def _codec_tables() -> list:
 
 class XlaCall:
     """adamkit's XLA custom call (``adam_ffi.cc``) under ``jit_compile=True``: XLA hands it the
-    buffers of θ and the state to update in place; every float variable of a dtype in one call
-    where no tf.distribute strategy runs, 8-bit state one call a variable."""
+    buffers of θ and the state to update in place; every float variable of a dtype and state
+    dtype in one call where no tf.distribute strategy runs."""
 
     name = "adamkit kernel (XLA custom call)"
 
@@ -281,22 +281,18 @@ class XlaCall:
 
 
 def _apply_8bit_xla(job, flags):
-    """Custom call adamkit_adam8bit a variable: θ, codes and absmax updated in place. Each call
-    also takes, unread, a scalar made from every gradient of the group, to run after all of them
-    (as on JAX, ``adamkit.kernels.jax``, which says why)."""
+    """Custom call adamkit_adam8bit for all the variables: θ, codes and absmax updated in place.
+    Taking every gradient of the group, it runs after all of them (as on JAX,
+    ``adamkit.kernels.jax``, which says why)."""
+    slots = [kernel_slots(s) for s in job.slots]
+    updated = [tf_variable(v) for v in job.variables]
+    updated += [tf_variable(getattr(s[name], part)) for name in state_names(slots[0])
+                for part in ("codes", "absmax") for s in slots]
     grads = [_gradient(g, tf.float32, v.shape) for g, v in zip(job.gradients, job.variables)]
-    table, step, tables = _table(job, tf.float32), tf.cast(job.step, tf.int32), _codec_tables()
-    after = tf.add_n([tf.reshape(g, [-1])[0] for g in grads])
-    calls = []
-    for index, variable in enumerate(job.variables):
-        slots = kernel_slots(job.slots[index])
-        names = state_names(slots)
-        updated = [tf_variable(variable)]
-        updated += [tf_variable(x) for name in names
-                    for x in (slots[name].codes, slots[name].absmax)]
-        calls.append(_xla_call("adamkit_adam8bit", updated,
-                               [grads[index], table[index], step, *tables, after], _rule(flags)))
-    return tf.group(calls)
+    attributes = f"{_rule(flags)}, n = {len(job.variables)} : i64"
+    return _xla_call("adamkit_adam8bit", updated, [*grads, _table(job, tf.float32),
+                                                   tf.cast(job.step, tf.int32), *_codec_tables()],
+                     attributes)
 
 
 class ResourceApplyAdam:
