@@ -487,17 +487,14 @@ def test_torch_8bit_state_runs_adamkits_kernel(rng, cls, options):
             assert_close(a, b, 2e-6, f"{cls.__name__}")
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
 @pytest.mark.parametrize("cls, options", [(adamkit.Adam, {}), (adamkit.Adam, {"amsgrad": True}),
                                           (adamkit.AdamW, {}), (adamkit.Adamax, {})])
-def test_torch_8bit_step_of_many_variables_is_one_call_and_each_variables_own_step(rng, cls,
-                                                                                 options):
-    """All of a step's 8-bit variables in one call of the kernel (one index space of blocks, split
-    over the threads): the same θ, codes and absmax, bit for bit, as each variable stepped alone
-    by an optimizer of its own. Sizes off the block and off the threads' split, one below a
-    block, one empty."""
+def test_8bit_step_of_many_variables_is_each_variables_own_step(rng, cls, options):
+    """All of a step's 8-bit variables in one launch of the kernel (one index space of blocks, split
+    over the threads; on PyTorch one call a step): the same θ, codes and absmax, bit for bit, as
+    each variable stepped alone by an optimizer of its own. Sizes off the block and off the
+    threads' split, one below a block, one empty."""
     from adamkit.kernels import kernel_slots
-    from adamkit.kernels import pytorch as kernels
 
     shapes = [(300, 257), (5,), (0,), (1000, 70), (131,)]
     initial = [rng.normal(size=s).astype("float32") for s in shapes]
@@ -507,6 +504,7 @@ def test_torch_8bit_step_of_many_variables_is_one_call_and_each_variables_own_st
         variables = [keras.Variable(initial[i]) for i in indices]
         optimizer = cls(learning_rate=0.01, state_dtype="int8", min_8bit_size=0, **options)
         optimizer.build(variables)
+        assert {row.executor for row in optimizer.explain()} != {"ops"}
         for step in grads:
             optimizer.apply([step[i] for i in indices], variables)
         return [[keras.ops.convert_to_numpy(x) for x in (
@@ -514,19 +512,57 @@ def test_torch_8bit_step_of_many_variables_is_one_call_and_each_variables_own_st
                  for part in ("codes", "absmax")))] for v in variables]
 
     calls = []
-    original = kernels._run
-    kernels._run = lambda entry, *arguments: (calls.append(entry), original(entry, *arguments))
+    if BACKEND == "torch":
+        from adamkit.kernels import pytorch as kernels
+
+        original = kernels._run
+        kernels._run = lambda entry, *arguments: (calls.append(entry), original(entry, *arguments))
     try:
         together = run(range(len(shapes)))
     finally:
-        kernels._run = original
-    assert calls == ["adamkit_adam8bit_host"] * len(grads)
+        if BACKEND == "torch":
+            kernels._run = original
+    assert calls == (["adamkit_adam8bit_host"] * len(grads) if BACKEND == "torch" else [])
     alone = [run([i])[0] for i in range(len(shapes))]
     for i, (mine, own) in enumerate(zip(together, alone, strict=True)):
         assert len(mine) == len(own) == (7 if options else 5)
         for a, b in zip(mine, own):  # as integers: NaN payloads and -0 compared too
             np.testing.assert_array_equal(a.view(f"i{a.itemsize}"), b.view(f"i{b.itemsize}"),
                                           f"variable {i}")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+@pytest.mark.parametrize("form", ["float64 NumPy", "transposed"])
+def test_torch_kernel_reads_gradients_it_had_to_convert(rng, form, state_dtype):
+    """Gradients that the kernel's call cannot read as they are (float64, or not contiguous) are
+    converted first; the converted tensors must outlive the call, which reads their memory. A 4 MB
+    variable, whose freed copy would go back to the system: the kernel's step is the ops path's
+    (it crashed, or read freed memory, when only the addresses were kept)."""
+    import torch
+
+    shapes = [(1000, 1000), (64, 64)]
+    initial = [rng.normal(size=s).astype("float32") for s in shapes]
+    steps = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
+
+    def gradient(g):
+        if form == "float64 NumPy":
+            return g
+        return torch.as_tensor(np.ascontiguousarray(g.T), dtype=torch.float32).T
+
+    results = []
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = adamkit.Adam(learning_rate=0.01, state_dtype=state_dtype, fused=fused)
+        optimizer.build(variables)
+        for grads in steps:
+            optimizer.apply([gradient(g) for g in grads], variables)
+        results.append([keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]])
+    for a, b in zip(*results, strict=True):
+        if a.dtype == np.int8:
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert_close(a, b, 2e-6, f"{form}, {state_dtype} state")
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="the JAX kernel's own fallback")

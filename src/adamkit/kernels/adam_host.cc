@@ -11,7 +11,7 @@
 // adamkit.state does), 2 float64 with float64 state; rule: adam_update.h's Rule (0 Adam,
 // 1 AMSGrad, 2 AdaMax); theta, m, v, vhat (AMSGrad only, else null), g: n pointers each; sizes:
 // n element counts; scalars: (n, 7) in the parameters' dtype; step: t, for the dither.
-// Returns 0, or −1 for an unknown kind or rule.
+// Returns 0, or −1 for an unknown kind or rule (or, for the 8-bit entry, a negative n).
 //
 //   adamkit_adam8bit_host(rule, n, theta, g, sizes, codes, absmax, scalars, step, signed_table,
 //                         unsigned_table, threads)

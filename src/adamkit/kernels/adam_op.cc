@@ -66,21 +66,28 @@ REGISTER_OP("AdamkitApplyAdam")  // N variables of one dtype in one launch
     .Attr("adamax: bool = false")  // v is AdaMax's infinity norm u (scalars: β2 for 1 − β2)
     .SetShapeFn([](shape_inference::InferenceContext*) { return absl::OkStatus(); });
 
+// The threads TensorFlow allows this op's thread: its intra-op threads, and tf.data's
+// max_intra_op_parallelism where it is set.
+int64_t AllowedThreads(OpKernelContext* ctx) {
+  return std::min<int64_t>(ctx->device()->tensorflow_cpu_worker_threads()->num_threads,
+                           GetPerThreadMaxParallelism());
+}
+
 // work(begin, end) over [0, total) in chunks, on the op's thread and TensorFlow's CPU workers
-// (parallel.h: no wait for a worker that has not started), as many as TensorFlow allows this
-// thread (its intra-op threads, and tf.data's max_intra_op_parallelism where it is set); on
-// the op's thread alone where that is one, as Shard did.
+// (parallel.h: no wait for a worker that has not started), as many as AllowedThreads; on the
+// op's thread alone where that is one, as Shard did.
+
 template <typename Work>
 void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t chunk, const Work& work) {
-  auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-  const int64_t allowed = std::min<int64_t>(threads->num_threads, GetPerThreadMaxParallelism());
+  const int64_t allowed = AllowedThreads(ctx);
   if (allowed <= 1) {
     if (total > 0) work(0, total);
     return;
   }
   adamkit::ParallelFor(
       allowed,
-      [pool = threads->workers](std::function<void()> task) { pool->Schedule(std::move(task)); },
+      [pool = ctx->device()->tensorflow_cpu_worker_threads()->workers](
+          std::function<void()> task) { pool->Schedule(std::move(task)); },
       total, chunk, work);
 }
 
@@ -359,8 +366,7 @@ class AdamkitApplyAdam8bitOp : public RuleOpKernel {
     auto work = [&](int64_t begin, int64_t end) {
       UpdateBlocks8bitRange(steps, start, rule_, begin, end);
     };
-    const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
-    ParallelFor(ctx, start[n], adamkit::BlocksPerChunk(start[n], threads), work);
+    ParallelFor(ctx, start[n], adamkit::BlocksPerChunk(start[n], AllowedThreads(ctx)), work);
   }
 
  private:

@@ -132,17 +132,21 @@ class HostKernel:
 
     def apply(self, job):  # no autograd guard: nothing here records a step of θ or its state
         storage = _storage(job)
-        scalars = _host_table(job, storage.dtype)  # held here: the call reads its memory
-        grads = _pointers(_gradients(job.gradients, storage.tensors[:len(job.variables)]))
+        # Held here, not only their addresses: the call reads their memory (a gradient converted
+        # to the parameters' dtype or made contiguous is a tensor of its own).
+        scalars = _host_table(job, storage.dtype)
+        grads = _gradients(job.gradients, storage.tensors[:len(job.variables)])
         rule, count = RULES[job.rule.second_moment], ctypes.c_int64(len(job.variables))
         step, threads = ctypes.c_int32(int(job.host_step)), ctypes.c_int(torch.get_num_threads())
         if storage.eight_bit:  # decode, update, re-encode block by block: adamkit.state's codec
             theta, codes, absmax = storage.pointers
-            _run("adamkit_adam8bit_host", storage.tensors, rule, count, theta, grads, storage.sizes,
-                 codes, absmax, _pointer(scalars), step, *map(_pointer, _codec_tables()), threads)
+            _run("adamkit_adam8bit_host", storage.tensors, rule, count, theta, _pointers(grads),
+                 storage.sizes, codes, absmax, _pointer(scalars), step,
+                 *map(_pointer, _codec_tables()), threads)
         else:
             _run("adamkit_adam_host", storage.tensors, storage.kind, rule, count,
-                 *storage.pointers, grads, storage.sizes, _pointer(scalars), step, threads)
+                 *storage.pointers, _pointers(grads), storage.sizes, _pointer(scalars), step,
+                 threads)
 
 
 class _Storage:
