@@ -39,6 +39,15 @@ def plain_state(slots: dict) -> dict | None:
     return {name: slot.variable for name, slot in slots.items()}
 
 
+def quantized_state(slots: list[dict]) -> list[list]:
+    """The 8-bit state of a group of variables (each one's slots, in the group's order) in the
+    order the kernels' calls take it: for each state, every variable's codes, then every
+    variable's absmax."""
+    slots = [kernel_slots(s) for s in slots]
+    return [[getattr(s[name], part) for s in slots]
+            for name in state_names(slots[0]) for part in ("codes", "absmax")]
+
+
 def is_8bit(slots: dict) -> bool:
     return all(isinstance(s, QuantizedSlot) for s in kernel_slots(slots).values())
 

@@ -35,8 +35,8 @@ import numpy as np
 from adamkit import state as state_storage
 from adamkit.kernels import (
     is_8bit,
-    kernel_slots,
     plain_state,
+    quantized_state,
     refuse_state,
     rule_flags,
     state_names,
@@ -123,9 +123,7 @@ def _apply_8bit(job, grads, scalars, step, flags):
     the parameters (twice each, a ``model.fit`` step of three Dense(4096) layers, when each
     variable had a call of its own)."""
     tables = [jnp.asarray(state_storage.codec_table(signed)) for signed in (True, False)]
-    slots = [kernel_slots(s) for s in job.slots]
-    updated = [*job.variables, *(getattr(s[name], part) for name in state_names(slots[0])
-                                 for part in ("codes", "absmax") for s in slots)]
+    updated = [*job.variables, *(x for group in quantized_state(job.slots) for x in group)]
     _call_in_place(TARGET_8BIT, updated, [*grads, scalars, step, *tables],
                    n=np.int64(len(job.variables)), **flags)
 

@@ -33,7 +33,7 @@ import torch
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from adamkit import state as state_storage
-from adamkit.kernels import is_8bit, kernel_slots, plain_state, state_names
+from adamkit.kernels import is_8bit, plain_state, quantized_state, state_names
 from adamkit.kernels.build import compile_library
 from adamkit.kernels.scalars import host_scalar_table
 
@@ -155,12 +155,14 @@ class _Storage:
     and the sizes."""
 
     def __init__(self, job):
-        slots = [kernel_slots(s) for s in job.slots]
-        names = state_names(slots[0])
         self.eight_bit = is_8bit(job.slots[0])
-        parts = ("codes", "absmax") if self.eight_bit else ("variable",)
-        self.variables = [*job.variables,
-                          *(getattr(s[name], part) for part in parts for name in names for s in slots)]
+        if self.eight_bit:
+            groups = quantized_state(job.slots)
+            state = [*groups[0::2], *groups[1::2]]  # every state's codes, then every absmax
+        else:
+            states = [plain_state(s) for s in job.slots]
+            state = [[s[name] for s in states] for name in state_names(states[0])]
+        self.variables = [*job.variables, *(x for group in state for x in group)]
         self.tensors = _tensors(self.variables)
         self.addresses = [t.data_ptr() for t in self.tensors]
         count = len(job.variables)
@@ -168,14 +170,14 @@ class _Storage:
         self.dtype = thetas[0].dtype
         self.sizes = (ctypes.c_int64 * count)(*(t.numel() for t in thetas))
         if self.eight_bit:
-            per_part = count * len(names)
+            per_part = count * len(state) // 2
             self.pointers = [_pointers(thetas), *(_pointers(self.tensors[i:i + per_part])
                                                   for i in range(count, len(self.tensors), per_part))]
             return
         self.kind = KINDS[self.dtype, self.tensors[count].dtype]
         self.pointers = [_pointers(self.tensors[i:i + count])
                          for i in range(0, len(self.tensors), count)]
-        if len(names) == 2:
+        if len(state) == 2:
             self.pointers.append(None)  # no v̂
 
     def current(self) -> bool:

@@ -29,8 +29,8 @@ from tensorflow.python.ops import control_flow_util
 from adamkit import state as state_storage
 from adamkit.kernels import (
     is_8bit,
-    kernel_slots,
     plain_state,
+    quantized_state,
     refuse_state,
     rule_flags,
     state_names,
@@ -235,12 +235,11 @@ def _apply_8bit_op(job, flags):
     backward pass has read the layers above): an op that updates a variable still read elsewhere
     copies it first (TensorFlow's copy on write), as a hidden layer's own op, waiting for its own
     gradient alone, did every step when each variable had one."""
-    slots = [kernel_slots(s) for s in job.slots]
-    names = ("momentum", "velocity", "velocity_hat" if flags["amsgrad"] else "velocity")
-    state = [[_handle(getattr(s[name], part)) for s in slots]
-             for name in names for part in ("codes", "absmax")]
+    state = quantized_state(job.slots)
+    if not flags["amsgrad"]:
+        state += state[2:4]  # v's codes and absmax in v̂max's inputs, unread
     _op_module().adamkit_apply_adam8bit(
-        [_handle(v) for v in job.variables], *state,
+        [_handle(v) for v in job.variables], *([_handle(x) for x in group] for group in state),
         [_gradient(g, tf.float32) for g in job.gradients], _table(job, tf.float32),
         tf.cast(job.step, tf.int32), *_codec_tables(), **flags)
 
@@ -284,10 +283,8 @@ def _apply_8bit_xla(job, flags):
     """Custom call adamkit_adam8bit for all the variables: θ, codes and absmax updated in place.
     Taking every gradient of the group, it runs after all of them (as on JAX,
     ``adamkit.kernels.jax``, which says why)."""
-    slots = [kernel_slots(s) for s in job.slots]
     updated = [tf_variable(v) for v in job.variables]
-    updated += [tf_variable(getattr(s[name], part)) for name in state_names(slots[0])
-                for part in ("codes", "absmax") for s in slots]
+    updated += [tf_variable(x) for group in quantized_state(job.slots) for x in group]
     grads = [_gradient(g, tf.float32, v.shape) for g, v in zip(job.gradients, job.variables)]
     attributes = f"{_rule(flags)}, n = {len(job.variables)} : i64"
     return _xla_call("adamkit_adam8bit", updated, [*grads, _table(job, tf.float32),
