@@ -275,7 +275,8 @@ def test_torch_runs_adamkits_kernel_and_no_torch_ops(rng, cls):
 def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
     """Which executor takes a variable is settled on the first step: the later steps ask
     nothing, a variable left out of one step is back in the kernel's group on the next, and the
-    steps equal the ops path's."""
+    steps equal the ops path's. The groups, and whether each variable decays, are worked out once
+    for each list of variables: the whole list, and the list without the variable that sat out."""
     from adamkit import executors
 
     asked, choose = [], executors.choose
@@ -290,6 +291,8 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
     fused, plain = (adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, exclude_1d=True,
                                   fused=f) for f in (None, False))
     plain_variables = [keras.Variable(keras.ops.convert_to_numpy(v)) for v in variables]
+    worked_out, decays = [], fused._decays
+    monkeypatch.setattr(fused, "_decays", lambda v: worked_out.append(v) or decays(v))
     for t in range(4):
         grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
         if t == 1:
@@ -298,6 +301,7 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
         for optimizer, own in ((fused, variables), (plain, plain_variables)):
             optimizer.apply([grads[i] for i in kept], [own[i] for i in kept])
     assert len(asked) == len(SHAPES), [tuple(v.shape) for v in asked]
+    assert len(worked_out) == 2 * len(SHAPES) - 1, [tuple(v.shape) for v in worked_out]
     for a, b in zip([*variables, *fused.variables], [*plain_variables, *plain.variables]):
         assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
 
@@ -409,7 +413,8 @@ def test_host_scalars_are_the_ops_scalars(make, dtype):
     (early ones, RAdam's switch at t = 6, and steps past 2²⁴, where float32 rounds t) the float32
     rows are the ops' bit for bit, and the doubles agree to 1e-13 relative (NumPy's and a
     backend's ``expm1`` may differ in the last bit; RAdam's ρₜ, a difference, magnifies that).
-    Float64 parameters take the ops' scalars themselves."""
+    Float64 parameters take the ops' scalars themselves. AdamW's factor 1 − αλ, formed in NumPy
+    in the parameters' dtype (``Job.host_decays``), is the ops' bit for bit in both dtypes."""
     from adamkit import ops as adam_ops
     from adamkit.kernels.scalars import host_scalar_table
 
@@ -421,8 +426,9 @@ def test_host_scalars_are_the_ops_scalars(make, dtype):
         optimizer.iterations.assign(step - 1)
         job = optimizer._job([(gradient, variable)], optimizer._get_current_learning_rate())
         assert job.host_step == float(keras.ops.convert_to_numpy(job.step)), step
-        host = host_scalar_table(job.rule, job.host_scalars(), job.decays)
+        host = host_scalar_table(job.rule, job.host_scalars(), job.host_decays)
         ops = host_scalar_table(job.rule, job.scalars("float64"), job.decays)
+        np.testing.assert_array_equal(host[:, 0], ops[:, 0], f"t={step}")
         if dtype == "float64":  # the tensors' way, not NumPy's
             assert adam_ops.namespace(job.host_scalars().step_size) is keras.ops
             np.testing.assert_array_equal(host, ops, f"t={step}")

@@ -18,8 +18,10 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from adamkit import chunks, sparse
+from adamkit import ops as adam_ops
 from adamkit import state as state_storage
 
 
@@ -28,8 +30,7 @@ class Job:
     """One step of ``optimizer``'s rule on ``variables`` (one dtype, one state dtype).
 
     ``dtype`` is the variables' compute dtype; ``rate`` the learning rate as the optimizer hands
-    it over; ``decays`` holds each variable's weight-decay factor 1 − αₜλ, or None where it does
-    not decay (one object shared by the variables that do)."""
+    it over; ``decaying`` says of each variable whether weight decay applies to it."""
 
     optimizer: Any
     variables: list
@@ -37,7 +38,28 @@ class Job:
     slots: list[dict]
     dtype: str
     rate: Any
-    decays: list
+    decaying: list[bool]
+
+    @functools.cached_property
+    def decays(self) -> list:
+        """Each variable's weight-decay factor 1 − αₜλ as a tensor of the compute dtype, or None
+        where it does not decay (one object shared by the variables that do)."""
+        if not any(self.decaying):
+            return [None] * len(self.decaying)
+        factor = self.optimizer._decay_factor(self.learning_rate, self.dtype)
+        return [factor if decaying else None for decaying in self.decaying]
+
+    @functools.cached_property
+    def host_decays(self) -> list:
+        """``decays`` formed on the host in NumPy, for a kernel called from the host: the same
+        product and difference in the compute dtype, where the weight decay is a number (a
+        schedule's or a callable's is read from ``decays``)."""
+        weight_decay = self.optimizer.weight_decay
+        if not any(self.decaying) or not isinstance(weight_decay, (int, float)):
+            return [None if d is None else np.asarray(d) for d in self.decays]
+        as_dtype = np.dtype(self.dtype).type
+        factor = adam_ops.decay_factor(as_dtype(self.host_rate), as_dtype(weight_decay))
+        return [factor if decaying else None for decaying in self.decaying]
 
     @functools.cached_property
     def step(self):
@@ -54,7 +76,12 @@ class Job:
     def host_step(self) -> np.float64:
         """``step``'s value as a NumPy double, read on the host: rounded to the compute dtype
         first, as ``step`` is."""
-        return np.float64(np.dtype(self.dtype).type(int(self.optimizer.iterations) + 1))
+        return np.float64(np.dtype(self.dtype).type(int(host_number(self.optimizer.iterations)) + 1))
+
+    @functools.cached_property
+    def host_rate(self) -> np.float64:
+        """``learning_rate``'s value as a NumPy double, read on the host."""
+        return np.float64(np.dtype(self.dtype).type(host_number(self.rate)))
 
     @property
     def rule(self):
@@ -94,8 +121,7 @@ class Job:
         rule = self.rule
         if self.dtype != "float32" or rule.carried or rule.scalars_in_parameter_dtype:
             return self.scalars("float64")
-        rate = np.float64(np.float32(float(self.rate)))  # the value ``learning_rate`` holds
-        return rule.scalars(self.host_step, rate, {})[0]
+        return rule.scalars(self.host_step, self.host_rate, {})[0]
 
     def single(self) -> tuple:
         """(variable, gradient, decay factor or None, compute dtype) of a one-variable job."""
@@ -105,6 +131,15 @@ class Job:
     def state(self, index: int) -> dict:
         """The per-parameter state of variable ``index`` as stored (slots), by name."""
         return {n: s for n, s in self.slots[index].items() if n not in self.rule.carried}
+
+
+def host_number(x) -> float:
+    """A scalar tensor's or variable's value as a Python number, read on the host; a Keras
+    variable through the tensor it holds, where ``Variable.value`` would first check the scopes
+    and autocasting (a microsecond a read, which a PyTorch step pays in Python)."""
+    if isinstance(x, keras.Variable) and x._value is not None and not in_stateless_scope():
+        x = x._value
+    return float(x)
 
 
 class Executor(Protocol):

@@ -255,16 +255,21 @@ class TorchFusedAdam:
 
 def _host_table(job, dtype: torch.dtype) -> torch.Tensor:
     """The step's scalar rows (``kernels.scalars``) formed in double on the host, in ``dtype``."""
-    rows = host_scalar_table(job.rule, job.host_scalars(), job.decays)
+    rows = host_scalar_table(job.rule, job.host_scalars(), job.host_decays)
     return torch.from_numpy(rows.astype(np.float32 if dtype == torch.float32 else np.float64))
 
 
 def _gradients(gradients, thetas) -> list:
     """The gradients as contiguous CPU tensors of their parameters' dtype; a clear error for any
     the kernel cannot take."""
-    grads = [torch.as_tensor(g, dtype=t.dtype).contiguous() for g, t in zip(gradients, thetas)]
-    if any(g.device.type != "cpu" or g.shape != t.shape for g, t in zip(grads, thetas)):
-        raise ValueError("adamkit's PyTorch kernel needs CPU gradients shaped like their variables")
+    grads = []
+    for g, t in zip(gradients, thetas):
+        if not (type(g) is torch.Tensor and g.dtype is t.dtype and g.is_contiguous()):
+            g = torch.as_tensor(g, dtype=t.dtype).contiguous()
+        if g.device.type != "cpu" or g.shape != t.shape:
+            raise ValueError("adamkit's PyTorch kernel needs CPU gradients shaped like their "
+                             "variables")
+        grads.append(g)
     return grads
 
 

@@ -149,7 +149,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         if exclude_from_weight_decay:
             self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
         self._choices = {}  # variable index -> (executor, reasons), where the answer is fixed
-        self._prepared = {}  # what an executor prepares once for a group of variables
+        self._prepared = {}  # what is worked out once for a group of variables (PyTorch)
 
     def _check_lazy(self, state_dtype: object = None) -> None:
         # A callable's answers are known at build: each is checked there.
@@ -267,28 +267,45 @@ class AdamFamily(keras.optimizers.Optimizer):
     def _job(self, pairs: list, learning_rate) -> executors.Job:
         """The step of these (gradient, variable) pairs, which share a compute dtype."""
         dtype = state_storage.compute_dtype(pairs[0][1])
-        job = executors.Job(self, [v for _, v in pairs], [g for g, _ in pairs],
-                            [self.slots_of(v) for _, v in pairs], dtype, learning_rate,
-                            [None] * len(pairs))
-        if self.weight_decay is not None:
-            factor = self._decay_factor(job.learning_rate, dtype)
-            job.decays = [factor if self._decays(v) else None for _, v in pairs]
-        return job
+        return executors.Job(self, [v for _, v in pairs], [g for g, _ in pairs],
+                             [self.slots_of(v) for _, v in pairs], dtype, learning_rate,
+                             [self._decays(v) for _, v in pairs])
 
     def _apply_grouped(self, grads_and_variables: list, learning_rate) -> list:
         """Runs the variables whose executor takes many at once, one call per executor, dtype and
         state dtype; returns the (gradient, variable) pairs left for Keras's per-variable loop."""
+        groups, rest = self._groups(grads_and_variables)
+        for executor, members, dtype, slots, decaying in groups:
+            pairs = [grads_and_variables[i] for i in members]
+            executor.apply(executors.Job(self, [v for _, v in pairs], [g for g, _ in pairs],
+                                         slots, dtype, learning_rate, decaying))
+        return [grads_and_variables[i] for i in rest]
+
+    def _groups(self, grads_and_variables: list) -> tuple:
+        """([(executor, its pairs' indices, their compute dtype, slots and whether each decays)],
+        the indices of the pairs that run alone). Worked out once for a list of variables where
+        the executors' choices are fixed (``_executor``: PyTorch, whose step runs this Python every
+        time), keyed by the variables' ids: Keras's ``apply`` takes only variables the optimizer
+        holds, so no other object can take one of their ids."""
+        fixed = keras.backend.backend() == "torch" and not self.lazy
+        key = ("groups", *(id(v) for _, v in grads_and_variables)) if fixed else None
+        if key in self._prepared:
+            return self._prepared[key]
         groups, rest = {}, []
-        for gradient, variable in grads_and_variables:
+        for index, (gradient, variable) in enumerate(grads_and_variables):
             executor, _, group = self._executor(variable, gradient) if gradient is not None \
                 else (None, None, None)
             if group is None:
-                rest.append((gradient, variable))
+                rest.append(index)
             else:
-                groups.setdefault(group, (executor, []))[1].append((gradient, variable))
-        for executor, pairs in groups.values():
-            executor.apply(self._job(pairs, learning_rate))
-        return rest
+                groups.setdefault(group, (executor, []))[1].append(index)
+        found = ([(executor, members, state_storage.compute_dtype(grads_and_variables[members[0]][1]),
+                   [self.slots_of(grads_and_variables[i][1]) for i in members],
+                   [self._decays(grads_and_variables[i][1]) for i in members])
+                  for executor, members in groups.values()], rest)
+        if fixed:
+            self._prepared[key] = found
+        return found
 
     def update_step(self, gradient, variable, learning_rate):
         executor, _, _ = self._executor(variable, gradient)
@@ -296,7 +313,8 @@ class AdamFamily(keras.optimizers.Optimizer):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         def run_update():
-            self._chunks_done = None  # chunks.after_previous: a new step, maybe a new trace
+            if getattr(self, "_chunks_done", None) is not None:  # Keras's __setattr__ costs ~1 µs
+                self._chunks_done = None  # chunks.after_previous: a new step, maybe a new trace
             rest = self._apply_grouped(list(zip(grads, trainable_variables)), learning_rate)
             if rest:  # Keras's loop: update_step for each variable
                 super(AdamFamily, self)._backend_update_step(
