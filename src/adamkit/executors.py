@@ -54,8 +54,10 @@ class Job:
         """``decays`` formed on the host in NumPy, for a kernel called from the host: the same
         product and difference in the compute dtype, where the weight decay is a number (a
         schedule's or a callable's is read from ``decays``)."""
+        if not any(self.decaying):
+            return [None] * len(self.decaying)
         weight_decay = self.optimizer.weight_decay
-        if not any(self.decaying) or not isinstance(weight_decay, (int, float)):
+        if not isinstance(weight_decay, (int, float)):
             return [None if d is None else np.asarray(d) for d in self.decays]
         as_dtype = np.dtype(self.dtype).type
         factor = adam_ops.decay_factor(as_dtype(self.host_rate), as_dtype(weight_decay))
