@@ -306,6 +306,35 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
         assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
 
 
+def test_weight_decay_set_between_steps_takes_effect(rng):
+    """``weight_decay`` and ``exclude_1d`` set between steps hold from the next step on, on the
+    kernels' path as on the ops path (PyTorch works out once for a list of variables which of them
+    decay, keyed by these settings), and each change does change the step."""
+    initial = [rng.normal(size=s).astype("float32") for s in [(6, 5), (5,)]]
+    changes = [None, ("weight_decay", None), ("weight_decay", 0.05), ("exclude_1d", True)]
+    results = {}
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = adamkit.AdamW(learning_rate=0.1, weight_decay=0.05, fused=fused)
+        history = []
+        for change in changes:
+            if change is not None:
+                setattr(optimizer, *change)
+            grads = [np.full(x.shape, 0.5, "float32") for x in initial]
+            optimizer.apply(grads, variables)
+            history.append([keras.ops.convert_to_numpy(v) for v in variables])
+        results[fused] = history
+    for t, (ours, plain) in enumerate(zip(results[None], results[False])):
+        for a, b in zip(ours, plain):
+            assert_close(a, b, 2e-6, f"step {t + 1}")
+    # Without decay both variables take the same step; with it the larger ones shrink more; the
+    # bias stops decaying under exclude_1d.
+    steps = [[h[i] - p[i] for i in range(2)] for p, h in zip([initial, *results[False]],
+                                                               results[False])]
+    assert np.ptp(steps[1][0]) < 1e-6 < np.ptp(steps[2][0])
+    assert np.ptp(steps[3][1]) < 1e-6 < np.ptp(steps[2][1])
+
+
 @pytest.mark.skipif(BACKEND != "torch" or not Path("/proc/self/maps").exists(),
                     reason="PyTorch's OpenMP runtime, seen in Linux's map of the process")
 def test_torch_kernel_threads_are_pytorchs_openmp_team():

@@ -21,7 +21,6 @@ from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from adamkit import chunks, sparse
-from adamkit import ops as adam_ops
 from adamkit import state as state_storage
 
 
@@ -51,16 +50,13 @@ class Job:
 
     @functools.cached_property
     def host_decays(self) -> list:
-        """``decays`` formed on the host in NumPy, for a kernel called from the host: the same
-        product and difference in the compute dtype, where the weight decay is a number (a
-        schedule's or a callable's is read from ``decays``)."""
+        """``decays`` formed on the host in NumPy, for a kernel called from the host
+        (``_host_decay_factor``); read from ``decays`` where the optimizer cannot form it so."""
         if not any(self.decaying):
             return [None] * len(self.decaying)
-        weight_decay = self.optimizer.weight_decay
-        if not isinstance(weight_decay, (int, float)):
+        factor = self.optimizer._host_decay_factor(self.host_rate, self.dtype)
+        if factor is None:
             return [None if d is None else np.asarray(d) for d in self.decays]
-        as_dtype = np.dtype(self.dtype).type
-        factor = adam_ops.decay_factor(as_dtype(self.host_rate), as_dtype(weight_decay))
         return [factor if decaying else None for decaying in self.decaying]
 
     @functools.cached_property

@@ -9,12 +9,14 @@ skipping non-finite steps, serialisation, and handing each step to an executor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from adamkit import executors, sparse
@@ -288,7 +290,8 @@ class AdamFamily(keras.optimizers.Optimizer):
         time), keyed by the variables' ids: Keras's ``apply`` takes only variables the optimizer
         holds, so no other object can take one of their ids."""
         fixed = keras.backend.backend() == "torch" and not self.lazy
-        key = ("groups", *(id(v) for _, v in grads_and_variables)) if fixed else None
+        key = ("groups", self.weight_decay is None, self.exclude_1d,  # what _decays reads
+               *(id(v) for _, v in grads_and_variables)) if fixed else None
         if key in self._prepared:
             return self._prepared[key]
         groups, rest = {}, []
@@ -368,6 +371,16 @@ class AdamFamily(keras.optimizers.Optimizer):
     def _decay_factor(self, learning_rate, dtype):
         return adam_ops.decay_factor(learning_rate, ops.cast(self._current_weight_decay(), dtype))
 
+    def _host_decay_factor(self, rate: float, dtype: str):
+        """``_decay_factor`` formed on the host in NumPy from the learning rate's value, for a
+        kernel called from the host: the same product and difference in ``dtype``; None where
+        the weight decay is a schedule or a callable. One-element arrays, not scalars: NumPy 1.x
+        promotes a float32 scalar met by a Python float to float64."""
+        if not isinstance(self.weight_decay, numbers.Real):
+            return None
+        weight_decay = _cast_number(self.weight_decay, dtype)
+        return adam_ops.decay_factor(np.full(1, rate, dtype), weight_decay)[0]
+
     def _apply_weight_decay(self, variables):
         """Keras's own pass is replaced: the executors decay inside the step."""
 
@@ -419,6 +432,13 @@ class AdamFamily(keras.optimizers.Optimizer):
             config["state_dtype"] = keras.saving.deserialize_keras_object(
                 config["state_dtype"], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
+
+
+@functools.lru_cache(maxsize=64)
+def _cast_number(value: float, dtype: str) -> np.ndarray:
+    """A Python number as ``ops.cast`` makes it a tensor of ``dtype``, as a one-element array
+    (TensorFlow rounds it to float32 first, PyTorch does not); made once."""
+    return np.reshape(ops.convert_to_numpy(ops.cast(value, dtype)), (1,))
 
 
 def _name_patterns(patterns: Sequence[str] | None) -> list[str] | None:

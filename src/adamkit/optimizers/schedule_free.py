@@ -186,6 +186,9 @@ class ScheduleFreeAdamW(AdamFamily):
         self.warmup_steps, self.r, self.weight_lr_power = warmup_steps, rule.r, rule.weight_lr_power
         self._training_point = None  # y, kept aside while x is in the variables
 
+    def _host_decay_factor(self, rate, dtype):
+        return None  # λ itself (below), which the rule's own step takes
+
     def _decay_factor(self, learning_rate, dtype):
         # The rule decays z by lrₜ·λ·y inside its step: the job carries λ itself (a number
         # converted from its double value: ops.cast would round it to float32 first).
