@@ -306,6 +306,31 @@ def test_torch_asks_once_per_variable_which_kernel_takes_it(rng, monkeypatch):
         assert_close(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), 2e-6, "AdamW")
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch keeps what it works out per variable list")
+def test_torch_keeps_a_bounded_number_of_prepared_groups(rng, monkeypatch):
+    """Steps that leave out ever new sets of variables do not grow what the optimizer keeps for
+    them without end (past ``PREPARED`` entries the oldest goes), and the steps stay the ops
+    path's."""
+    from adamkit.optimizers import base
+
+    monkeypatch.setattr(base, "PREPARED", 3)
+    shapes = [(4, 3), (3,), (5,), (2, 2)]
+    initial = [rng.normal(size=s).astype("float32") for s in shapes]
+    subsets = [[0, 1, 2, 3], [0], [1, 2], [0, 3], [2], [0, 1, 2, 3], [1, 3], [0, 1, 2, 3]]
+    results = {}
+    for fused in (None, False):
+        variables = [keras.Variable(x) for x in initial]
+        optimizer = adamkit.AdamW(learning_rate=0.01, weight_decay=0.05, fused=fused)
+        optimizer.build(variables)
+        for subset in subsets:
+            optimizer.apply([np.full(shapes[i], 0.5, "float32") for i in subset],
+                            [variables[i] for i in subset])
+            assert len(optimizer._prepared) <= 3
+        results[fused] = [keras.ops.convert_to_numpy(v) for v in [*variables, *optimizer.variables]]
+    for a, b in zip(results[None], results[False]):
+        assert_close(a, b, 2e-6, "AdamW")
+
+
 def test_weight_decay_set_between_steps_takes_effect(rng):
     """``weight_decay`` and ``exclude_1d`` set between steps hold from the next step on, on the
     kernels' path as on the ops path (PyTorch works out once for a list of variables which of them

@@ -196,7 +196,7 @@ def _storage(job) -> _Storage:
     key = ("host kernel", *map(id, job.variables))
     found = job.optimizer._prepared.get(key)
     if found is None or not found.current():
-        found = job.optimizer._prepared[key] = _Storage(job)
+        found = job.optimizer._prepare(key, _Storage(job))
     return found
 
 

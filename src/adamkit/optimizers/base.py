@@ -151,7 +151,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         if exclude_from_weight_decay:
             self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
         self._choices = {}  # variable index -> (executor, reasons), where the answer is fixed
-        self._prepared = {}  # what is worked out once for a group of variables (PyTorch)
+        self._prepared = {}  # what is worked out once for a group of variables (PyTorch): _prepare
 
     def _check_lazy(self, state_dtype: object = None) -> None:
         # A callable's answers are known at build: each is checked there.
@@ -292,8 +292,9 @@ class AdamFamily(keras.optimizers.Optimizer):
         fixed = keras.backend.backend() == "torch" and not self.lazy
         key = ("groups", self.weight_decay is None, self.exclude_1d,  # what _decays reads
                *(id(v) for _, v in grads_and_variables)) if fixed else None
-        if key in self._prepared:
-            return self._prepared[key]
+        found = self._prepared.get(key)
+        if found is not None:
+            return found
         groups, rest = {}, []
         for index, (gradient, variable) in enumerate(grads_and_variables):
             executor, _, group = self._executor(variable, gradient) if gradient is not None \
@@ -306,9 +307,17 @@ class AdamFamily(keras.optimizers.Optimizer):
                    [self.slots_of(grads_and_variables[i][1]) for i in members],
                    [self._decays(grads_and_variables[i][1]) for i in members])
                   for executor, members in groups.values()], rest)
-        if fixed:
-            self._prepared[key] = found
-        return found
+        return self._prepare(key, found) if fixed else found
+
+    def _prepare(self, key: tuple, value):
+        """Keeps ``value``, worked out once for the variables that ``key`` names (PyTorch runs
+        each step's Python: the groups here, a kernel's addresses), and returns it. A model whose
+        steps leave out ever new sets of variables would add entries without end: past
+        ``PREPARED`` of them, the oldest goes."""
+        if len(self._prepared) >= PREPARED:
+            del self._prepared[next(iter(self._prepared))]
+        self._prepared[key] = value
+        return value
 
     def update_step(self, gradient, variable, learning_rate):
         executor, _, _ = self._executor(variable, gradient)
@@ -432,6 +441,9 @@ class AdamFamily(keras.optimizers.Optimizer):
             config["state_dtype"] = keras.saving.deserialize_keras_object(
                 config["state_dtype"], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
+
+
+PREPARED = 256  # entries AdamFamily._prepare keeps
 
 
 @functools.lru_cache(maxsize=64)
