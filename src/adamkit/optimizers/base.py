@@ -387,8 +387,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         promotes a float32 scalar met by a Python float to float64."""
         if not isinstance(self.weight_decay, numbers.Real):
             return None
-        weight_decay = _cast_number(self.weight_decay, dtype)
-        return adam_ops.decay_factor(np.full(1, rate, dtype), weight_decay)[0]
+        return _host_decay_factor(float(rate), self.weight_decay, dtype)
 
     def _apply_weight_decay(self, variables):
         """Keras's own pass is replaced: the executors decay inside the step."""
@@ -447,10 +446,12 @@ PREPARED = 256  # entries AdamFamily._prepare keeps
 
 
 @functools.lru_cache(maxsize=64)
-def _cast_number(value: float, dtype: str) -> np.ndarray:
-    """A Python number as ``ops.cast`` makes it a tensor of ``dtype``, as a one-element array
-    (TensorFlow rounds it to float32 first, PyTorch does not); made once."""
-    return np.reshape(ops.convert_to_numpy(ops.cast(value, dtype)), (1,))
+def _host_decay_factor(rate: float, weight_decay: float, dtype: str):
+    """``AdamFamily._host_decay_factor``, kept for a rate (most steps share one). λ as ``ops.cast``
+    makes a Python number a tensor of ``dtype`` (TensorFlow rounds it to float32 first, PyTorch
+    does not)."""
+    weight_decay = np.reshape(ops.convert_to_numpy(ops.cast(weight_decay, dtype)), (1,))
+    return adam_ops.decay_factor(np.full(1, rate, dtype), weight_decay)[0]
 
 
 def _name_patterns(patterns: Sequence[str] | None) -> list[str] | None:
