@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 from keras import ops
-from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from adamkit import chunks, sparse
 from adamkit import state as state_storage
@@ -132,12 +131,8 @@ class Job:
 
 
 def host_number(x) -> float:
-    """A scalar tensor's or variable's value as a Python number, read on the host; a Keras
-    variable through the tensor it holds, where ``Variable.value`` would first check the scopes
-    and autocasting (a microsecond a read, which a PyTorch step pays in Python)."""
-    if isinstance(x, keras.Variable) and x._value is not None and not in_stateless_scope():
-        x = x._value
-    return float(x)
+    """A scalar tensor's or variable's value as a Python number, read on the host."""
+    return float(state_storage.held_value(x))
 
 
 class Executor(Protocol):

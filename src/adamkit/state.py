@@ -44,6 +44,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from adamkit.choices import STATE_DTYPES as STATE_DTYPES  # kept keras-free there for the CLI's parser
 
@@ -362,6 +363,16 @@ def from_chunks(chunks, shape: tuple):
     if rows.shape[0] != count:
         rows = rows[:count]
     return ops.reshape(rows, shape)
+
+
+def held_value(x):
+    """A Keras variable's own storage (outside a stateless scope, where it has one), else its
+    ``value``; anything else as it is. ``Variable.value`` would first check the scopes, autocasting
+    and device (~1–5 µs a read on PyTorch, whose step runs this Python every time); an autocast
+    copy would not be the storage anyway."""
+    if not isinstance(x, keras.Variable):
+        return x
+    return x._value if x._value is not None and not in_stateless_scope() else x.value
 
 
 def compute_dtype(variable) -> str:

@@ -99,12 +99,8 @@ def _tensor(variable) -> torch.Tensor:
 
 
 def _tensors(variables) -> list[torch.Tensor]:
-    """Each variable's own storage. Outside a stateless scope that is ``value`` without the
-    property's scope, autocast and device checks (~5 µs a tensor, a dozen tensors a step); an
-    autocast copy would not be the storage anyway."""
-    stateless = in_stateless_scope()
-    return [v if not isinstance(v, keras.Variable)
-            else v.value if stateless or v._value is None else v._value for v in variables]
+    """Each variable's own storage (``adamkit.state.held_value``)."""
+    return [state_storage.held_value(v) for v in variables]
 
 
 class HostKernel:
