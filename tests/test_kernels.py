@@ -352,8 +352,8 @@ def test_weight_decay_set_between_steps_takes_effect(rng):
     for t, (ours, plain) in enumerate(zip(results[None], results[False])):
         for a, b in zip(ours, plain):
             assert_close(a, b, 2e-6, f"step {t + 1}")
-    # Without decay both variables take the same step; with it the larger ones shrink more; the
-    # bias stops decaying under exclude_1d.
+    # Equal gradients: without decay every value of a variable takes the same step; with it each
+    # value also shrinks in proportion to itself; under exclude_1d the bias's values do not.
     steps = [[h[i] - p[i] for i in range(2)] for p, h in zip([initial, *results[False]],
                                                                results[False])]
     assert np.ptp(steps[1][0]) < 1e-6 < np.ptp(steps[2][0])
