@@ -331,6 +331,43 @@ def test_torch_keeps_a_bounded_number_of_prepared_groups(rng, monkeypatch):
         assert_close(a, b, 2e-6, "AdamW")
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the count is advanced in place on PyTorch")
+def test_torch_advances_the_iteration_count_in_place(rng):
+    """The iteration count that Keras's ``apply`` advances every step is added to in place on
+    PyTorch: the same variable (the one the optimizer tracks and saves), the same tensor, the same
+    count as Keras's SGD keeps over the same steps. ``stateless_apply`` leaves the variable as it
+    was and returns the advanced count; a tensor added takes Keras's own way; a saved count loads
+    into a fresh optimizer."""
+    variables = [keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES]
+    optimizer, sgd = adamkit.Adam(), keras.optimizers.SGD()
+    optimizer.build(variables)
+    sgd.build(variables)
+    count, tensor = optimizer.iterations, optimizer.iterations._value
+    assert count is optimizer.variables[0] and type(count).assign_add is not \
+        type(sgd.iterations).assign_add
+    for _ in range(3):
+        grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32"))
+                 for s in SHAPES]
+        optimizer.apply(grads, variables)
+        sgd.apply(grads, variables)
+    assert optimizer.iterations._value is tensor
+    assert int(optimizer.iterations) == int(sgd.iterations) == 3
+
+    values = [keras.ops.convert_to_tensor(v) for v in optimizer.variables]
+    _, advanced = optimizer.stateless_apply(
+        values, [np.zeros(s, "float32") for s in SHAPES], [v.value for v in variables])
+    assert int(optimizer.iterations) == 3 and int(advanced[0]) == 4
+
+    count.assign_add(keras.ops.convert_to_tensor(2, count.dtype))
+    assert int(count) == 5 and count._value is tensor
+    store = {}
+    optimizer.save_own_variables(store)
+    fresh = adamkit.Adam()
+    fresh.build(variables)
+    fresh.load_own_variables(store)
+    assert int(fresh.iterations) == 5
+
+
 def test_weight_decay_set_between_steps_takes_effect(rng):
     """``weight_decay`` and ``exclude_1d`` set between steps hold from the next step on, on the
     kernels' path as on the ops path (PyTorch works out once for a list of variables which of them

@@ -89,6 +89,26 @@ def _pytorch_runs_libgomp() -> bool:
     return any(line.endswith("/libgomp.so.1") for line in maps.read_text().splitlines())
 
 
+class InPlaceCount(keras.Variable):
+    """Keras's iteration count, advanced in place. Keras's ``apply`` ends every step with
+    ``iterations.assign_add(1)``, which on PyTorch forms ``self + 1`` as a new tensor, converts it
+    and copies it back: 12.5 µs of Python a step, 2 in place. Any other value, and any call in a
+    stateless scope (which records the new value instead), takes Keras's own way."""
+
+    def assign_add(self, value):
+        if type(value) is int and self._value is not None and not in_stateless_scope():
+            self._value.add_(value)
+            return self._value
+        return super().assign_add(value)
+
+
+def count_in_place(counter) -> None:
+    """Makes Keras's iteration count ``counter`` an ``InPlaceCount``: the same object (the
+    optimizer tracks and saves it as it is), its class changed, where it is Keras's own."""
+    if type(counter) is keras.Variable:
+        counter.__class__ = InPlaceCount
+
+
 def _dtype(x) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 

@@ -152,6 +152,10 @@ class AdamFamily(keras.optimizers.Optimizer):
             self.exclude_from_weight_decay(var_names=exclude_from_weight_decay)
         self._choices = {}  # variable index -> (executor, reasons), where the answer is fixed
         self._prepared = {}  # what is worked out once for a group of variables (PyTorch): _prepare
+        if keras.backend.backend() == "torch":  # its step runs this Python every time
+            from adamkit.kernels import pytorch
+
+            pytorch.count_in_place(self._iterations)
 
     def _check_lazy(self, state_dtype: object = None) -> None:
         # A callable's answers are known at build: each is checked there.
