@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import struct
 from typing import Any, Protocol
 
 import keras
@@ -49,13 +50,14 @@ class Job:
 
     @functools.cached_property
     def host_decays(self) -> list:
-        """``decays`` formed on the host in NumPy, for a kernel called from the host
-        (``_host_decay_factor``); read from ``decays`` where the optimizer cannot form it so."""
+        """``decays``' values as Python floats formed on the host, for a kernel called from the
+        host (``_host_decay_factor``); read from ``decays`` where the optimizer cannot form it
+        so."""
         if not any(self.decaying):
             return [None] * len(self.decaying)
         factor = self.optimizer._host_decay_factor(self.host_rate, self.dtype)
         if factor is None:
-            return [None if d is None else np.asarray(d) for d in self.decays]
+            return [None if d is None else float(d) for d in self.decays]
         return [factor if decaying else None for decaying in self.decaying]
 
     @functools.cached_property
@@ -70,15 +72,15 @@ class Job:
         return ops.cast(self.rate, self.dtype)
 
     @functools.cached_property
-    def host_step(self) -> np.float64:
-        """``step``'s value as a NumPy double, read on the host: rounded to the compute dtype
+    def host_step(self) -> float:
+        """``step``'s value as a Python float, read on the host: rounded to the compute dtype
         first, as ``step`` is."""
-        return np.float64(np.dtype(self.dtype).type(int(host_number(self.optimizer.iterations)) + 1))
+        return rounded(float(int(host_number(self.optimizer.iterations)) + 1), self.dtype)
 
     @functools.cached_property
-    def host_rate(self) -> np.float64:
-        """``learning_rate``'s value as a NumPy double, read on the host."""
-        return np.float64(np.dtype(self.dtype).type(host_number(self.rate)))
+    def host_rate(self) -> float:
+        """``learning_rate``'s value as a Python float, read on the host, rounded as it is."""
+        return rounded(host_number(self.rate), self.dtype)
 
     @property
     def rule(self):
@@ -109,16 +111,20 @@ class Job:
         return scalars
 
     def host_scalars(self) -> Any:
-        """``scalars("float64")`` as NumPy doubles, for a kernel called from the host: the same
+        """``scalars("float64")`` as Python floats, for a kernel called from the host: the same
         equations (``adamkit.ops``) without a Keras op's dispatch each, the cost that PyTorch's
-        step pays in Python. NumPy's ``expm1`` and ``exp`` and a backend's may differ in a
+        step pays in Python. ``math``'s ``expm1`` and ``exp`` and a backend's may differ in a
         double's last bit (RAdam's ρₜ, a difference, makes that some 70), which float32 rows
         round away; float64 parameters, rules that carry state and rules that form their scalars
-        in the parameters' dtype take the tensors' way."""
+        in the parameters' dtype take the tensors' way. Where Python's floats raise (a division
+        by zero, as in RAdam's ρ∞ − 4 at β2 = 0.6), NumPy's doubles give IEEE's infinities."""
         rule = self.rule
         if self.dtype != "float32" or rule.carried or rule.scalars_in_parameter_dtype:
             return self.scalars("float64")
-        return rule.scalars(self.host_step, self.host_rate, {})[0]
+        try:
+            return rule.scalars(self.host_step, self.host_rate, {})[0]
+        except (ArithmeticError, ValueError):
+            return rule.scalars(np.float64(self.host_step), np.float64(self.host_rate), {})[0]
 
     def single(self) -> tuple:
         """(variable, gradient, decay factor or None, compute dtype) of a one-variable job."""
@@ -128,6 +134,17 @@ class Job:
     def state(self, index: int) -> dict:
         """The per-parameter state of variable ``index`` as stored (slots), by name."""
         return {n: s for n, s in self.slots[index].items() if n not in self.rule.carried}
+
+
+def rounded(x: float, dtype: str) -> float:
+    """``x`` rounded to ``dtype`` (float32: to nearest, as a cast; struct's, a C cast, costs a
+    tenth of NumPy's), as a Python float."""
+    if dtype == "float32":
+        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
+    return float(np.dtype(dtype).type(x))
+
+
+_FLOAT32 = struct.Struct("f")
 
 
 def host_number(x) -> float:

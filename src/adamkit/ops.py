@@ -5,9 +5,9 @@ kernels' scalars, the lazy rows) takes them from there, so each equation is writ
 
 Conventions: ``step`` is the 1-based iteration count ``t`` as a float tensor; ``beta_1``, ``beta_2``
 and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive in. The step's
-scalars (``power`` … ``radam_rectifier``) also take NumPy doubles and are then formed in NumPy
-(``namespace``): a kernel called from the host (PyTorch's) reads them there, where each Keras op
-would cost its step a dispatch of several microseconds.
+scalars (``power`` … ``radam_rectifier``) also take Python floats, and NumPy doubles, and are then
+formed in double precision on the host (``namespace``): a kernel called from the host (PyTorch's)
+forms them so, where each Keras op would cost its step a dispatch of several microseconds.
 """
 
 from __future__ import annotations
@@ -38,9 +38,43 @@ def second_moment(v, g, beta_2):
     return ema(v, ops.square(g), beta_2)
 
 
+class Floats:
+    """The few functions of ``keras.ops`` that the step's scalars use, on Python floats (IEEE
+    doubles, as NumPy's): what a kernel called from the host forms its scalars with. Inside a
+    training step NumPy's scalar functions took PyTorch's step 3× as long as when timed alone (their
+    code gone cold in the forward and backward passes); Python's arithmetic and ``math`` little.
+    Where IEEE arithmetic gives an infinity or NaN, Python raises instead (``ArithmeticError``,
+    ``ValueError``): the caller then takes NumPy's doubles."""
+
+    exp, expm1, sqrt = staticmethod(math.exp), staticmethod(math.expm1), staticmethod(math.sqrt)
+
+    @staticmethod
+    def zeros_like(x: float) -> float:
+        return 0.0
+
+    @staticmethod
+    def ones_like(x: float) -> float:
+        return 1.0
+
+    @staticmethod
+    def greater(a: float, b: float) -> bool:
+        return a > b
+
+    @staticmethod
+    def greater_equal(a: float, b: float) -> bool:
+        return a >= b
+
+    @staticmethod
+    def where(condition: bool, a: float, b: float) -> float:
+        return a if condition else b
+
+
 def namespace(x):
-    """The functions that evaluate ``x``: NumPy for NumPy values, else ``keras.ops``."""
-    return np if isinstance(x, (np.ndarray, np.generic)) else ops
+    """The functions that evaluate ``x``: NumPy for NumPy values, ``Floats`` for Python floats,
+    else ``keras.ops``."""
+    if isinstance(x, (np.ndarray, np.generic)):  # before float: NumPy's double is a float
+        return np
+    return Floats if isinstance(x, float) else ops
 
 
 def larger(a, b):

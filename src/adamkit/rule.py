@@ -65,9 +65,10 @@ class Rule:
 
     def scalars(self, step, learning_rate, carried: dict) -> tuple[Scalars, dict]:
         """(a, b, c, ε) of step ``step`` (t, counted from 1) and the carried state's next values.
-        ``step`` and ``learning_rate`` are tensors of one float dtype, or NumPy doubles where a
-        kernel called from the host asks (``Job.host_scalars``: the pieces of ``adamkit.ops``
-        take both, and ``adamkit.ops.namespace`` says which a rule's own functions are);
+        ``step`` and ``learning_rate`` are tensors of one float dtype, or Python floats (NumPy
+        doubles) where a kernel called from the host asks (``Job.host_scalars``: the pieces of
+        ``adamkit.ops`` take each, and ``adamkit.ops.namespace`` says which a rule's own
+        functions are);
         ``carried`` holds each name of ``carried`` as a tensor of the parameters' dtype (a
         vector: one entry per variable)."""
         raise NotImplementedError
@@ -145,7 +146,11 @@ class Rule:
 
 def constant(value: float, like):
     """``value`` as a tensor of ``like``'s dtype, from its double value (``ops.cast`` of a Python
-    number would round it to float32 first); a NumPy value for a NumPy ``like``."""
-    if adam_ops.namespace(like) is np:
+    number would round it to float32 first); a NumPy value for a NumPy ``like``, a float for a
+    float."""
+    xp = adam_ops.namespace(like)
+    if xp is adam_ops.Floats:
+        return float(value)
+    if xp is np:
         return np.asarray(value, like.dtype)
     return ops.convert_to_tensor(value, standardize_dtype(like.dtype))

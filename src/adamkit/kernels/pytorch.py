@@ -9,7 +9,7 @@ bfloat16 state and float64 with float64, and float32 with 8-bit state (``adamkit
 each group of variables in one call, split over ``torch.get_num_threads()`` threads. It reads
 θ, g, m, v and writes θ, m, v once, so it runs level with ``torch._fused_adam_`` on the same
 tensors (``benchmarks/README.md`` has the measured ratios). PyTorch runs this module's Python every
-step, so it does little: the rule's scalars are formed in NumPy (``Job.host_scalars``) and a
+step, so it does little: the rule's scalars are formed in Python floats (``Job.host_scalars``) and a
 group's addresses are prepared once (``_Storage``).
 
 Where it cannot be built (no compiler; ``ADAMKIT_BUILD_KERNEL=0``), or for tensors off the CPU,
@@ -23,12 +23,12 @@ take the ``adamkit.ops`` path. On this backend Keras's own Adam runs PyTorch's `
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import sys
 from pathlib import Path
 
 import keras
-import numpy as np
 import torch
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
@@ -157,11 +157,11 @@ class HostKernel:
         if storage.eight_bit:  # decode, update, re-encode block by block: adamkit.state's codec
             theta, codes, absmax = storage.pointers
             _run("adamkit_adam8bit_host", storage.tensors, rule, count, theta, _pointers(grads),
-                 storage.sizes, codes, absmax, _pointer(scalars), step,
+                 storage.sizes, codes, absmax, scalars, step,
                  *map(_pointer, _codec_tables()), threads)
         else:
             _run("adamkit_adam_host", storage.tensors, storage.kind, rule, count,
-                 *storage.pointers, _pointers(grads), storage.sizes, _pointer(scalars), step,
+                 *storage.pointers, _pointers(grads), storage.sizes, scalars, step,
                  threads)
 
 
@@ -269,10 +269,12 @@ class TorchFusedAdam:
                 weight_decay=weight_decay, eps=rule.epsilon, amsgrad=amsgrad, maximize=False)
 
 
-def _host_table(job, dtype: torch.dtype) -> torch.Tensor:
-    """The step's scalar rows (``kernels.scalars``) formed in double on the host, in ``dtype``."""
+def _host_table(job, dtype: torch.dtype) -> ctypes.Array:
+    """The step's scalar rows (``kernels.scalars``) formed in double on the host, in ``dtype``:
+    a C array, whose floats ctypes rounds from the doubles as a cast does (as NumPy's)."""
     rows = host_scalar_table(job.rule, job.host_scalars(), job.host_decays)
-    return torch.from_numpy(rows.astype(np.float32 if dtype == torch.float32 else np.float64))
+    kind = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    return (kind * (len(rows) * len(rows[0])))(*itertools.chain.from_iterable(rows))
 
 
 def _gradients(gradients, thetas) -> list:

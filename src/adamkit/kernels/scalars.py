@@ -12,6 +12,7 @@ sits inside its max). This module is the only translation from a rule's scalars 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from keras import ops
@@ -43,19 +44,31 @@ def scalar_table(rule: Rule, scalars: Scalars, decays: list, dtype: str):
     return ops.cast(rows, dtype)
 
 
-def host_scalar_table(rule: Rule, scalars: Scalars, decays: list) -> np.ndarray:
-    """``scalar_table``'s float64 rows formed on the host in NumPy, from scalars that hold their
-    values (a PyTorch step's CPU tensors): each value read once, where ``scalar_table``'s ops
-    would cost PyTorch's step a dozen dispatches. The same float64 operations, so the same rows
-    (``1/√c`` and an ``rsqrt`` are both correctly rounded)."""
-    inverse_root = None if scalars.correction is None else \
-        np.asarray(1.0 / np.sqrt(_host(scalars.correction)))  # an array: not a default
-    rows = _defaults(rule, len(decays))
-    for column, value in _stepwise(rule, scalars, inverse_root):
-        rows[:, column] = _host(value)
-    for factor in {id(d): d for d in decays if d is not None}.values():
-        rows[[d is factor for d in decays], 0] = _host(factor)
+def host_scalar_table(rule: Rule, scalars: Scalars, decays: list) -> list[list[float]]:
+    """``scalar_table``'s float64 rows formed on the host as Python floats, from scalars that hold
+    their values (Python floats, or a PyTorch step's CPU tensors): each value read once, where
+    ``scalar_table``'s ops would cost PyTorch's step a dozen dispatches, and NumPy's scalar
+    functions as much again inside a training step (``adamkit.ops.Floats``). The same float64
+    operations, so the same rows (``1/√c`` and an ``rsqrt`` are both correctly rounded)."""
+    count = len(decays)
+    rows = [list(row) for row in _default_rows(rule, count)]
+    for column, value in _stepwise(rule, scalars, _inverse_root(scalars.correction)):
+        for row, entry in zip(rows, _host(value, count)):
+            row[column] = entry
+    for row, decay in zip(rows, decays):
+        if decay is not None:
+            row[0] = _host(decay, 1)[0]
     return rows
+
+
+def _inverse_root(correction) -> float | list | None:
+    """1/√c on the host: a float, or a list (one entry per variable); a list, never taken for the
+    row's default s = 1."""
+    if correction is None:
+        return None
+    if isinstance(correction, float):
+        return [1.0 / math.sqrt(correction)]
+    return (1.0 / np.sqrt(np.asarray(correction, np.float64))).reshape(-1).tolist()
 
 
 def _default_row(rule: Rule) -> list[float]:
@@ -65,16 +78,14 @@ def _default_row(rule: Rule) -> list[float]:
 
 
 def _defaults(rule: Rule, count: int) -> np.ndarray:
-    """``count`` default rows, a fresh array each call (copied from one made once: building it
-    from lists cost a PyTorch step ~1.5 µs, ``np.tile`` ~10)."""
-    return _default_rows(rule, count).copy()
+    """``count`` default rows, a fresh array each call."""
+    return np.array(_default_rows(rule, count))
 
 
 @functools.lru_cache(maxsize=64)
-def _default_rows(rule: Rule, count: int) -> np.ndarray:
-    rows = np.array([_default_row(rule)] * count)
-    rows.flags.writeable = False
-    return rows
+def _default_rows(rule: Rule, count: int) -> tuple:
+    """``count`` default rows, made once (each row a tuple: the callers copy what they change)."""
+    return (tuple(_default_row(rule)),) * count
 
 
 def _stepwise(rule: Rule, scalars: Scalars, inverse_root) -> list:
@@ -87,10 +98,16 @@ def _stepwise(rule: Rule, scalars: Scalars, inverse_root) -> list:
                                           and float(value) == row[column])]
 
 
-def _host(x) -> np.ndarray:
-    """A value's double as NumPy holds it (a 0-d or per-variable array); read through the
-    array protocol, which costs a PyTorch CPU tensor a tenth of ``ops.convert_to_numpy``."""
-    return np.asarray(x, dtype=np.float64)
+def _host(x, count: int) -> list[float]:
+    """A value as ``count`` Python floats, one a row: a float repeated, or a per-variable value's
+    entries; anything else read through the array protocol, which costs a PyTorch CPU tensor a
+    tenth of ``ops.convert_to_numpy``."""
+    if isinstance(x, float):
+        return [float(x)] * count
+    if isinstance(x, list):
+        return x if len(x) == count else x * count
+    values = np.asarray(x, dtype=np.float64)
+    return [float(values)] * count if values.ndim == 0 else values.tolist()
 
 
 def _as(x, dtype):

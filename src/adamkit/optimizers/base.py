@@ -386,9 +386,8 @@ class AdamFamily(keras.optimizers.Optimizer):
 
     def _host_decay_factor(self, rate: float, dtype: str):
         """``_decay_factor`` formed on the host in NumPy from the learning rate's value, for a
-        kernel called from the host: the same product and difference in ``dtype``; None where
-        the weight decay is a schedule or a callable. One-element arrays, not scalars: NumPy 1.x
-        promotes a float32 scalar met by a Python float to float64."""
+        kernel called from the host: the same product and difference in ``dtype``, its value a
+        Python float; None where the weight decay is a schedule or a callable."""
         if not isinstance(self.weight_decay, numbers.Real):
             return None
         return _host_decay_factor(float(rate), self.weight_decay, dtype)
@@ -453,9 +452,10 @@ PREPARED = 256  # entries AdamFamily._prepare keeps
 def _host_decay_factor(rate: float, weight_decay: float, dtype: str):
     """``AdamFamily._host_decay_factor``, kept for a rate (most steps share one). λ as ``ops.cast``
     makes a Python number a tensor of ``dtype`` (TensorFlow rounds it to float32 first, PyTorch
-    does not)."""
+    does not). One-element arrays, not scalars: NumPy 1.x promotes a float32 scalar met by a
+    Python float to float64."""
     weight_decay = np.reshape(ops.convert_to_numpy(ops.cast(weight_decay, dtype)), (1,))
-    return adam_ops.decay_factor(np.full(1, rate, dtype), weight_decay)[0]
+    return float(adam_ops.decay_factor(np.full(1, rate, dtype), weight_decay)[0])
 
 
 def _name_patterns(patterns: Sequence[str] | None) -> list[str] | None:
