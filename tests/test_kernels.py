@@ -5,6 +5,7 @@ compressed state and the launch grouping have their own tests in test_fused.py.)
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import keras
@@ -549,6 +550,22 @@ def test_scalar_tables_take_python_numbers_that_differ_from_the_rows_defaults():
         np.testing.assert_array_equal(rows, np.array([expected, expected], dtype=rows.dtype))
     other = dataclasses.replace(scalars, epsilon=2e-3)
     assert host_scalar_table(rule, other, [None])[0][5] == 2e-3
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero", "ignore:invalid value")
+def test_host_scalar_table_takes_any_correction_as_numpy_does():
+    """``host_scalar_table`` forms s = 1/√c in Python floats where it can: a Python float, a NumPy
+    double and a 0-d array give NumPy's s alike, IEEE's infinity and NaN for c = 0 and c < 0
+    included (Python's own division and ``math.sqrt`` would raise there)."""
+    from adamkit.kernels.scalars import host_scalar_table
+    from adamkit.rule import Scalars
+
+    rule = adamkit.Adam(0.01).rule
+    for c in (0.25, 1e-30, 0.0, -1.0, math.inf):
+        expected = 1.0 / np.sqrt(np.float64(c))
+        for given in (c, np.float64(c), np.asarray(c)):
+            rows = host_scalar_table(rule, Scalars(0.1, rule.epsilon, correction=given), [None] * 2)
+            np.testing.assert_array_equal([row[4] for row in rows], [expected] * 2, f"c={given!r}")
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="adamkit's kernel on PyTorch")

@@ -5,9 +5,10 @@ kernels' scalars, the lazy rows) takes them from there, so each equation is writ
 
 Conventions: ``step`` is the 1-based iteration count ``t`` as a float tensor; ``beta_1``, ``beta_2``
 and ``epsilon`` are Python floats; tensors are computed in the dtype they arrive in. The step's
-scalars (``power`` … ``radam_rectifier``) also take Python floats, and NumPy doubles, and are then
-formed in double precision on the host (``namespace``): a kernel called from the host (PyTorch's)
-forms them so, where each Keras op would cost its step a dispatch of several microseconds.
+scalars (``power``, ``bias_correction``, ``nadam_momentum``, ``radam_rectifier``) also take Python
+floats, and NumPy doubles, and are then formed in double precision on the host (``namespace``): a
+kernel called from the host (PyTorch's) forms them so, where each Keras op would cost its step a
+dispatch of several microseconds.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class Floats:
     doubles, as NumPy's): what a kernel called from the host forms its scalars with. Inside a
     training step NumPy's scalar functions took PyTorch's step 3× as long as when timed alone (their
     code gone cold in the forward and backward passes); Python's arithmetic and ``math`` little.
-    Where IEEE arithmetic gives an infinity or NaN, Python raises instead (``ArithmeticError``,
-    ``ValueError``): the caller then takes NumPy's doubles."""
+    The same doubles as NumPy's, but where a division by zero, or ``math``'s overflow or domain
+    error, would give IEEE's infinity or NaN: there Python raises (``ArithmeticError``,
+    ``ValueError``), and the caller takes NumPy's doubles."""
 
     exp, expm1, sqrt = staticmethod(math.exp), staticmethod(math.expm1), staticmethod(math.sqrt)
 

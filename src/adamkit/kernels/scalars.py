@@ -61,12 +61,13 @@ def host_scalar_table(rule: Rule, scalars: Scalars, decays: list) -> list[list[f
     return rows
 
 
-def _inverse_root(correction) -> float | list | None:
-    """1/√c on the host: a float, or a list (one entry per variable); a list, never taken for the
-    row's default s = 1."""
+def _inverse_root(correction) -> list | None:
+    """1/√c on the host: a list of one entry, or of one per variable (a list is never taken for
+    the row's default s = 1). A positive float takes ``math``; anything else NumPy, whose doubles
+    give IEEE's infinity and NaN where c is 0 or negative."""
     if correction is None:
         return None
-    if isinstance(correction, float):
+    if type(correction) is float and correction > 0.0:
         return [1.0 / math.sqrt(correction)]
     return (1.0 / np.sqrt(np.asarray(correction, np.float64))).reshape(-1).tolist()
 
@@ -104,8 +105,8 @@ def _host(x, count: int) -> list[float]:
     tenth of ``ops.convert_to_numpy``."""
     if isinstance(x, float):
         return [float(x)] * count
-    if isinstance(x, list):
-        return x if len(x) == count else x * count
+    if isinstance(x, list):  # _inverse_root's: one entry, or one a row
+        return x * count if len(x) == 1 else x
     values = np.asarray(x, dtype=np.float64)
     return [float(values)] * count if values.ndim == 0 else values.tolist()
 
