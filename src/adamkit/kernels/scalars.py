@@ -11,7 +11,6 @@ sits inside its max). This module is the only translation from a rule's scalars 
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -51,7 +50,8 @@ def host_scalar_table(rule: Rule, scalars: Scalars, decays: list) -> list[list[f
     functions as much again inside a training step (``adamkit.ops.Floats``). The same float64
     operations, so the same rows (``1/√c`` and an ``rsqrt`` are both correctly rounded)."""
     count = len(decays)
-    rows = [list(row) for row in _default_rows(rule, count)]
+    default = _default_row(rule)
+    rows = [default.copy() for _ in range(count)]
     for column, value in _stepwise(rule, scalars, _inverse_root(scalars.correction)):
         for row, entry in zip(rows, _host(value, count)):
             row[column] = entry
@@ -79,14 +79,8 @@ def _default_row(rule: Rule) -> list[float]:
 
 
 def _defaults(rule: Rule, count: int) -> np.ndarray:
-    """``count`` default rows, a fresh array each call."""
-    return np.array(_default_rows(rule, count))
-
-
-@functools.lru_cache(maxsize=64)
-def _default_rows(rule: Rule, count: int) -> tuple:
-    """``count`` default rows, made once (each row a tuple: the callers copy what they change)."""
-    return (tuple(_default_row(rule)),) * count
+    """``count`` default rows, a float64 array."""
+    return np.array([_default_row(rule)] * count)
 
 
 def _stepwise(rule: Rule, scalars: Scalars, inverse_root) -> list:

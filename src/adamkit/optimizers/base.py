@@ -255,7 +255,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         and gradient: ``executors.choose``'s answer, asked once per variable where it is fixed
         (PyTorch, whose step runs this Python every time); TensorFlow and JAX ask only while
         tracing, and TensorFlow's answer differs under XLA and not."""
-        fixed = keras.backend.backend() == "torch" and not self.lazy
+        fixed = self._choices_fixed()
         index = self._get_variable_index(variable) if fixed else None
         if index in self._choices:
             return self._choices[index]
@@ -269,6 +269,11 @@ class AdamFamily(keras.optimizers.Optimizer):
         if fixed:
             self._choices[index] = found
         return found
+
+    def _choices_fixed(self) -> bool:
+        """Whether each variable's executor, once chosen, stays its executor: on PyTorch, whose
+        step runs this Python every time (lazy updates choose by each step's gradient)."""
+        return keras.backend.backend() == "torch" and not self.lazy
 
     def _job(self, pairs: list, learning_rate) -> executors.Job:
         """The step of these (gradient, variable) pairs, which share a compute dtype."""
@@ -293,7 +298,7 @@ class AdamFamily(keras.optimizers.Optimizer):
         the executors' choices are fixed (``_executor``: PyTorch, whose step runs this Python every
         time), keyed by the variables' ids: Keras's ``apply`` takes only variables the optimizer
         holds, so no other object can take one of their ids."""
-        fixed = keras.backend.backend() == "torch" and not self.lazy
+        fixed = self._choices_fixed()
         key = ("groups", self.weight_decay is None, self.exclude_1d,  # what _decays reads
                *(id(v) for _, v in grads_and_variables)) if fixed else None
         found = self._prepared.get(key)
