@@ -4,6 +4,10 @@ floor: no optimizer state, one multiply-add a parameter) and Keras's Adam (the p
     python benchmarks/epoch_times.py [--backends tensorflow jax torch] [--model wide|tutorial]
                                      [--rounds 5] [--images 30000] [--steps-per-execution 1]
 
+"SGD, and a pass over m and v" (``moments_pass``) is what the bytes of Adam's state cost: SGD's
+step that also reads and writes m and v, the state that every Adam keeps, and does nothing else
+of Adam.
+
 ``wide``: a 784-2048-2048-10 MLP (5.8M parameters), batch 128; ``tutorial``: the tutorial's MLP
 (Flatten → Dense(128, relu) → Dropout(0.2) → Dense(10)), batch 32, many small steps. Each backend
 runs in its own process; there every optimizer trains one epoch per round, in turn, round after
@@ -30,8 +34,45 @@ import time
 
 from results import Table
 
-OPTIMIZERS = ("keras SGD", "keras Adam", "adamkit Adam", "adamkit AdamW", "adamkit AMSGrad",
+PASS = "SGD, and a pass over m and v"
+OPTIMIZERS = ("keras SGD", PASS, "keras Adam", "adamkit Adam", "adamkit AdamW", "adamkit AMSGrad",
               "adamkit Adam, bfloat16 state", "adamkit Adam, int8 state")
+
+
+def moments_pass():
+    """Keras's SGD(0.01) whose step also reads and writes two buffers the size of each variable,
+    m and v, multiplied by a constant in one pass: the bytes that any Adam moves beyond SGD, and
+    nothing else of Adam. Its epoch less SGD's is what those bytes cost in the step."""
+    import keras
+
+    if keras.backend.backend() == "torch":  # Keras's SGD there, with its _foreach_ step
+        from keras.src.backend.torch.optimizers.torch_sgd import SGD
+    else:
+        SGD = keras.optimizers.SGD
+
+    class MomentsPass(SGD):
+        """Keras's SGD(0.01), then every m and v multiplied by ½ (zeros, so never subnormal)."""
+
+        def build(self, variables):
+            super().build(variables)
+            self.moments = [self.add_variable_from_reference(v, name)
+                            for name in ("m", "v") for v in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate)
+            index, count = self._get_variable_index(variable), len(self.moments) // 2
+            for moment in self.moments[index], self.moments[count + index]:
+                self.assign(moment, keras.ops.multiply(moment, 0.5))
+
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+            if keras.backend.backend() == "torch":  # SGD's step ran no update_step there
+                import torch
+
+                with torch.no_grad():
+                    torch._foreach_mul_([m.value for m in self.moments], 0.5)
+
+    return MomentsPass(0.01)
 
 
 def make_optimizer(name: str):
@@ -41,6 +82,7 @@ def make_optimizer(name: str):
 
     return {
         "keras SGD": lambda: keras.optimizers.SGD(0.01),
+        PASS: moments_pass,
         "keras Adam": lambda: keras.optimizers.Adam(),
         "adamkit Adam": lambda: adamkit.Adam(),
         "adamkit Adam, fused=False": lambda: adamkit.Adam(fused=False),
