@@ -6,7 +6,8 @@ floor: no optimizer state, one multiply-add a parameter) and Keras's Adam (the p
 
 "SGD, and a pass over m and v" (``moments_pass``) is what the bytes of Adam's state cost: SGD's
 step that also reads and writes m and v, the state that every Adam keeps, and does nothing else
-of Adam.
+of Adam (in one pass on PyTorch and under XLA; on TensorFlow without XLA a multiply and an
+assignment a buffer, separate ops, which cost more than the bytes).
 
 ``wide``: a 784-2048-2048-10 MLP (5.8M parameters), batch 128; ``tutorial``: the tutorial's MLP
 (Flatten → Dense(128, relu) → Dropout(0.2) → Dense(10)), batch 32, many small steps. Each backend
