@@ -21,16 +21,14 @@ step in fit, is the figure that ``epoch_times.py``'s "median / SGD" − 1 should
 measured a step at a time. adamkit's Adam with ``fused=False`` runs the same rule as Keras ops,
 which the compiler may fuse with the backward pass where it cannot fuse a kernel's call.
 
-Two rows bound what any Adam can add to SGD's step there. "SGD, and a pass over m and v" is Keras's
-SGD that also reads and writes two buffers the size of each variable (m and v, multiplied by a
-constant, in one pass: ``torch._foreach_mul_`` on PyTorch, one fused loop under XLA, one
-multiply each on TensorFlow), inside the training step, where the forward and backward passes
-have pushed m and v out of the nearer caches: its fixed-batch step less SGD's is the bytes' cost
-in the step. The last row reads and writes m and v, 16 of the 28 bytes a parameter that an Adam
-step moves, at the memory-bandwidth limit alone (``adamkit.bench.stream``: 16/28 of the time that
-streaming a step's bytes takes, on every core; where m and v fit in the cache, as the tutorial's
-do, the cache's speed instead). Where either is more than 5% of SGD's step, no Adam can come
-within 5% of SGD's epoch unless its update overlaps the backward pass.
+Two rows say what the bytes of Adam's state cost. "SGD, and a pass over m and v" is Keras's SGD
+that also reads and writes, in one op, a buffer the size of m and v together
+(``epoch_times.moments_pass``), inside the training step: its fixed-batch step less SGD's is what
+one more pass over those bytes costs there (an Adam fused into one pass can cost less: SGD's own
+update is one op a variable). The last row reads and writes m and v, 16 of the 28 bytes a
+parameter that an Adam step moves, at the memory-bandwidth limit alone (``adamkit.bench.stream``:
+16/28 of the time that streaming a step's bytes takes, on every core; where m and v fit in the
+cache, as the tutorial's do, the cache's speed instead).
 """
 
 from __future__ import annotations
