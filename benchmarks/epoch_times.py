@@ -5,7 +5,7 @@ floor: no optimizer state, one multiply-add a parameter) and Keras's Adam (the p
                                      [--rounds 5] [--images 30000] [--steps-per-execution 1]
 
 "SGD, and a pass over m and v" (``moments_pass``) is SGD's step plus the bytes of Adam's state: it
-also reads and writes, in one op, a buffer the size of m and v together. It is a reference, not
+also reads and writes, in one multiply, a buffer the size of m and v together. It is a reference, not
 a bound: an Adam whose update is one fused pass can cost less than SGD's update and that op.
 
 ``wide``: a 784-2048-2048-10 MLP (5.8M parameters), batch 128; ``tutorial``: the tutorial's MLP
@@ -41,7 +41,7 @@ OPTIMIZERS = ("keras SGD", PASS, "keras Adam", "adamkit Adam", "adamkit AdamW", 
 
 def moments_pass():
     """Keras's SGD(0.01) whose step also reads and writes one buffer of zeros the size of m and v
-    together (twice the parameters), multiplied by ½ in one op: SGD's step plus the bytes of
+    together (twice the parameters), multiplied by ½ (one multiply): SGD's step plus the bytes of
     Adam's state, passed over once, and nothing else of Adam."""
     import math
 

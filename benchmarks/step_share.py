@@ -22,7 +22,7 @@ measured a step at a time. adamkit's Adam with ``fused=False`` runs the same rul
 which the compiler may fuse with the backward pass where it cannot fuse a kernel's call.
 
 Two rows say what the bytes of Adam's state cost. "SGD, and a pass over m and v" is Keras's SGD
-that also reads and writes, in one op, a buffer the size of m and v together
+that also reads and writes, in one multiply, a buffer the size of m and v together
 (``epoch_times.moments_pass``), inside the training step: its fixed-batch step less SGD's is what
 one more pass over those bytes costs there (an Adam fused into one pass can cost less: SGD's own
 update is one op a variable). The last row reads and writes m and v, 16 of the 28 bytes a
