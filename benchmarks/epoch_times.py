@@ -63,6 +63,7 @@ def moments_pass():
             if keras.backend.backend() == "torch":
                 import torch
 
+                # In place: Keras's assign there copies a new tensor in, a second pass.
                 with torch.no_grad():
                     self.moments.value.mul_(0.5)
             else:
