@@ -211,6 +211,33 @@ def test_model_fit_leaves_unseen_embedding_rows_alone(rng):
     assert np.all(np.any(after[np.unique(ids)] != before[np.unique(ids)], axis=1))
 
 
+LAZY_BFLOAT16_FIT = textwrap.dedent("""
+    import numpy as np, keras, adamkit
+    def fitted(fused):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2,), dtype="int32"), keras.layers.Embedding(10, 4),
+                                  keras.layers.Flatten(), keras.layers.Dense(1)])
+        model.compile(optimizer=adamkit.Adam(lazy=True, state_dtype="bfloat16", fused=fused),
+                      loss="mse")
+        model.fit(np.array([[1, 2], [2, 3]]), np.ones((2, 1), "float32"), epochs=3, verbose=0)
+        return model.layers[0].embeddings.numpy()
+    kernel, ops_path = fitted(None), fitted(False)
+    print("lazy bfloat16 ok", float(np.max(np.abs(kernel - ops_path))))
+""")
+
+
+@tensorflow_only
+def test_lazy_rows_with_bfloat16_state_under_model_fit():
+    """The touched-rows op sets up sparse access for m and v in their own dtype: where ``fit``
+    still held them, TensorFlow copied them as float32 and aborted the process (a check in
+    tensor.cc). In a child process, which such an abort would end."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    done = subprocess.run([sys.executable, "-c", LAZY_BFLOAT16_FIT], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split("lazy bfloat16 ok")[1]) == 0.0  # the kernel is the ops path
+
+
 MIRRORED = textwrap.dedent("""
     import numpy as np, tensorflow as tf
     tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],

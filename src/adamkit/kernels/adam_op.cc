@@ -230,6 +230,15 @@ class AdamkitSparseApplyAdamOp : public RuleOpKernel {
     using Stored = typename Codec::Stored;
     std::vector<int> resources = {0, 1, 2};
     if (amsgrad_) resources.push_back(3);
+    // Sparse access (copy on read) set up for each variable in its own dtype first: the lock
+    // below sets it up with T, and where a reader still held bfloat16 m or v it would copy them
+    // as T, a check that aborts the process.
+    for (int i : resources) {
+      core::RefCountPtr<Var> resource;
+      OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, i), &resource));
+      OP_REQUIRES_OK(ctx, i == 0 ? EnsureSparseVariableAccess<Device, T>(ctx, resource.get())
+                                 : EnsureSparseVariableAccess<Device, S>(ctx, resource.get()));
+    }
     auto locks = MaybeLockVariableInputMutexesInOrder<Device, T>(ctx, true, true, resources);
     Tensor var, m, v, vhat;
     OP_REQUIRES_OK(ctx, GetInputTensorFromVariable<Device, T>(ctx, 0, true, true, &var));
