@@ -240,6 +240,34 @@ def test_skipped_step_leaves_the_ema_alone(fused):
     assert not np.array_equal(numpy(average), ema)
 
 
+@pytest.mark.parametrize("fused", PATHS, ids=PATH_IDS)
+def test_the_average_is_written_in_after_training_whatever_the_last_step(fused):
+    """``finalize_variable_values`` (what ``fit`` runs at its end) writes the average into the
+    weights even where the last step was skipped: the average holds every finite step's."""
+    optimizer = adamkit.Adam(learning_rate=0.1, use_ema=True, ema_momentum=0.5,
+                             skip_nonfinite=True, fused=fused)
+    variable = keras.Variable([1.0, 2.0])
+    for g in ([0.1, 0.2], [0.3, -0.2], [np.nan, 0.2]):
+        optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
+    average = numpy(optimizer._model_variables_moving_average[0]).copy()
+    assert not np.array_equal(numpy(variable), average)
+    optimizer.finalize_variable_values([variable])
+    np.testing.assert_array_equal(numpy(variable), average)
+
+
+def test_fit_with_an_average_and_skipped_steps_ends_with_the_average_in_the_weights():
+    """``fit`` compiles its step (TensorFlow's graph, JAX's trace); the check of its last step
+    must not be read after it ends (it raised a TypeError on TensorFlow, a leaked tracer on JAX)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(adamkit.Adam(use_ema=True, ema_momentum=0.5, skip_nonfinite=True), "mse")
+    model.fit(np.ones((8, 3), "float32"), np.zeros((8, 2), "float32"), epochs=2, batch_size=4,
+              verbose=0)
+    for weight, average in zip(model.trainable_variables,
+                               model.optimizer._model_variables_moving_average):
+        np.testing.assert_array_equal(numpy(weight), numpy(average))
+
+
 def test_adamw_without_weight_decay_is_refused_as_keras_refuses_it():
     with pytest.raises(ValueError, match="weight_decay"):
         adamkit.AdamW(weight_decay=None)

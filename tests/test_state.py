@@ -229,6 +229,34 @@ def int8_for_kernels(variable) -> str:
     return "int8" if "kernel" in variable.path else "bfloat16"
 
 
+@keras.saving.register_keras_serializable(package="adamkit_tests")
+class Int8FromSize:
+    """A callable object as ``state_dtype``: int8 state for variables of ``size`` values or more."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, variable) -> str:
+        return "int8" if np.prod(variable.shape) >= self.size else "float32"
+
+    def get_config(self) -> dict:
+        return {"size": self.size}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+
+def test_a_registered_callable_object_as_state_dtype_survives_its_config():
+    """Not only functions: an object of a registered class, serialised with its config."""
+    optimizer = adamkit.Adam(state_dtype=Int8FromSize(64))
+    again = adamkit.Adam.from_config(optimizer.get_config())
+    assert isinstance(again.state_dtype, Int8FromSize) and again.state_dtype.size == 64
+    mapping = {"class_name": "int8", "config": "bfloat16"}  # patterns that look like its keys
+    assert adamkit.Adam.from_config(adamkit.Adam(state_dtype=mapping).get_config()).state_dtype \
+        == mapping
+
+
 def dense_model() -> keras.Model:
     return keras.Sequential([keras.Input((64,), dtype="int32"),
                              keras.layers.Embedding(300, 16, name="embedding"),

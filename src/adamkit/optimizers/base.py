@@ -376,6 +376,12 @@ class AdamFamily(keras.optimizers.Optimizer):
         for average, old in zip(averages, before):
             average.assign(ops.where(finite, ops.convert_to_tensor(average), old))
 
+    def finalize_variable_values(self, var_list):
+        # After training, outside any step: the average holds every finite step's, whether the
+        # last step was skipped or not, and that step's check belongs to a trace that has ended.
+        self._step_finite = None
+        super().finalize_variable_values(var_list)
+
     def _overwrite_model_variables_with_average_value(self, trainable_variables):
         finite = self._finite_step()
         if finite is None:
@@ -443,14 +449,21 @@ class AdamFamily(keras.optimizers.Optimizer):
             config["weight_decay"] = keras.saving.deserialize_keras_object(
                 config["weight_decay"], custom_objects=custom_objects
             )
-        if isinstance(config.get("state_dtype"), dict) and \
-                config["state_dtype"].get("class_name") == "function":
+        if _serialized_object(config.get("state_dtype")):  # a callable's (a mapping's is as given)
             config["state_dtype"] = keras.saving.deserialize_keras_object(
                 config["state_dtype"], custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
 
 
 PREPARED = 256  # entries AdamFamily._prepare keeps
+
+
+def _serialized_object(value) -> bool:
+    """Whether ``value`` is what ``keras.saving.serialize_keras_object`` makes of a function or
+    of a registered object, rather than a mapping of name patterns to dtypes."""
+    keys = {"module", "class_name", "config", "registered_name"}
+    return isinstance(value, dict) and {"class_name", "config", "registered_name"} <= set(value) \
+        <= keys
 
 
 @functools.lru_cache(maxsize=64)
