@@ -23,6 +23,10 @@ class NadamRule(Rule):
     momentum_decay: float = 0.004
     carried = {"mu_product": 1.0}
 
+    @property
+    def exact_state(self):
+        return tuple(self.carried)  # Πμ in the parameters' dtype: float64 ones keep float64
+
     def scalars(self, step, learning_rate, carried):
         product = carried["mu_product"]
         t, rate = ops.cast(step, product.dtype), ops.cast(learning_rate, product.dtype)
