@@ -41,6 +41,25 @@ def test_round_trip_keeps_the_newest_n_and_ignores_temporary_files(tmp_path):
     assert all(np.all(a == 40.0) for a in values(target))
 
 
+@pytest.mark.parametrize(("step", "keep", "position", "complaint"), [
+    (5.0, 3, {}, "step must be an integer"), (-1, 3, {}, "step must be an integer"),
+    (True, 3, {}, "step must be an integer"), (5, 0, {}, "keep must be an integer >= 1"),
+    (5, 3, {"batch": object()}, "position must hold only what JSON can"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, step, keep, position,
+                                                               complaint):
+    """A float step made a checkpoint that restore never found; keep=0 deleted the checkpoint just
+    written."""
+    with pytest.raises(ValueError, match=complaint):
+        checkpoint.save(tmp_path / "c", step, variables([(2,)]), position, keep=keep)
+    assert not (tmp_path / "c").exists()
+
+
+def test_numpy_integers_are_steps(tmp_path):
+    saved = checkpoint.save(tmp_path, np.int64(7), variables([(2,)]), {"batch": 7}, keep=1)
+    assert saved.name == "ckpt-7.npz" and checkpoint.checkpoints(tmp_path) == [saved]
+
+
 @pytest.mark.parametrize("damage", ["random bytes", "truncated", "zero length", "bit flip",
                                     "another model"])
 def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_loaded(tmp_path, damage):

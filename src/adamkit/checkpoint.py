@@ -55,7 +55,27 @@ def describe(variables) -> list[dict]:
 
 
 def save(directory: str | Path, step: int, variables, position: dict[str, Any], keep: int) -> Path:
-    """Writes ``variables`` (a list of Keras variables) and ``position`` as checkpoint ``step``."""
+    """Writes ``variables`` (a list of Keras variables) and ``position`` as checkpoint ``step``,
+    then removes all but the newest ``keep``.
+
+    Args:
+        directory: the checkpoints' folder (made where missing).
+        step: the checkpoint's number, an integer ≥ 0 (NumPy's integers too): the newest is the
+            highest.
+        variables: the Keras variables to store.
+        position: anything JSON can hold, stored beside them (where training stands).
+        keep: how many checkpoints to keep, ≥ 1.
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
+        raise ValueError(f"keep must be an integer >= 1 (the checkpoint just written is one), "
+                         f"got {keep!r}")
+    step = int(step)
+    try:
+        json.dumps(position)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"position must hold only what JSON can ({error})") from None
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = [_stored(np.asarray(keras.ops.convert_to_numpy(v))) for v in variables]
