@@ -89,6 +89,25 @@ positive_float = _number(float, lambda x: x > 0, "expected a finite number > 0")
 nonnegative_float = _number(float, lambda x: x >= 0, "expected a finite number >= 0")
 beta = _number(float, lambda x: 0 <= x < 1, "expected a number in [0, 1)")
 rate = beta  # a dropout rate: [0, 1) too
+# Keras seeds NumPy's generator, which takes 32 bits.
+seed = _number(int, lambda x: 0 <= x < 2**32, f"expected an integer in [0, {2**32 - 1}]")
+
+
+def folder(text: str) -> str:
+    """A folder a command writes into: one that exists, or one that can be made (its nearest
+    existing parent a writable folder). Checked with the other flags, so that a run does not train
+    for minutes and then fail to save, leaving its other folders behind."""
+    path = os.path.abspath(os.path.expanduser(text))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise argparse.ArgumentTypeError(f"{text!r} {what}; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == path else f"cannot be made: {existing} "
+        raise argparse.ArgumentTypeError(f"{text!r} {what}is not writable")
+    return text
 
 
 class Parser(argparse.ArgumentParser):
@@ -137,7 +156,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Where a tutorial-model command runs and on what: ``--backend``, ``--seed``, ``--data``."""
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend(),
                         help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="default: 0")
+    parser.add_argument("--seed", type=seed, default=0, help="default: 0")
     parser.add_argument("--data", metavar="PATH",
                         help="mnist.npz or a folder of the four MNIST IDX files (gzipped or not)")
 
@@ -204,7 +223,7 @@ def add_tune_command(commands) -> None:
                       "prunes; never at the last epoch); none: every trial runs all its epochs")
     add_run_flags(tune)
     add_train_examples_flag(tune)
-    tune.add_argument("--out", metavar="DIR", default="runs/tune",
+    tune.add_argument("--out", type=folder, metavar="DIR", default="runs/tune",
                       help="trials.csv, best.json, plots (and study.db without --storage); "
                       "default: runs/tune")
 
@@ -241,12 +260,12 @@ def add_lr_find_command(commands) -> None:
                                                  f"expected an integer >= {choices.LR_FIND_MIN_STEPS}"),
                          default=200, help="steps of the ramp; default: 200")
     add_run_flags(lr_find)
-    lr_find.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
+    lr_find.add_argument("--out", type=folder, metavar="DIR", help="default: a new folder under runs/")
 
 
 def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
     """``adamkit train``'s checkpoints: where, how often, how many, and resuming."""
-    parser.add_argument("--checkpoint-dir", metavar="DIR",
+    parser.add_argument("--checkpoint-dir", type=folder, metavar="DIR",
                         help="save checkpoints here (at each epoch's end, and see --checkpoint-every)")
     parser.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
                         help="also save every STEPS optimizer steps")
@@ -297,8 +316,8 @@ def add_train_command(commands) -> None:
                        help="skip (and count) steps whose gradients hold NaN or Inf; default: off")
     add_run_flags(train)
     add_train_examples_flag(train)
-    train.add_argument("--out", metavar="DIR", help="default: a new folder under runs/")
-    train.add_argument("--tensorboard", metavar="DIR",
+    train.add_argument("--out", type=folder, metavar="DIR", help="default: a new folder under runs/")
+    train.add_argument("--tensorboard", type=folder, metavar="DIR",
                        help="log the optimizer monitor's TensorBoard scalars (update/weight ratio, "
                        "gradient norm, effective step size, ε-dominated fraction per variable; "
                        "every 100 steps) into DIR, and draw them into optimizer.png in --out; "
@@ -310,7 +329,7 @@ def add_reproduce_command(commands) -> None:
     """``adamkit reproduce``: a paper's experiment."""
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's experiment")
     reproduce.add_argument("paper", choices=choices.PAPERS)
-    reproduce.add_argument("--out", metavar="DIR", default="runs/reproduce",
+    reproduce.add_argument("--out", type=folder, metavar="DIR", default="runs/reproduce",
                            help="where plots and results go (default: runs/reproduce)")
     reproduce.add_argument("--steps", type=positive_int,
                            help="reddi: steps per setting (default: the paper-sized run)")
@@ -338,7 +357,7 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--rounds", type=positive_int, default=3,
                        help="rounds in which the paths (step) or optimizers (lazy) take turns "
                        "(median; default: 3)")
-    bench.add_argument("--out", metavar="DIR", default="runs/bench",
+    bench.add_argument("--out", type=folder, metavar="DIR", default="runs/bench",
                        help="where bench_<suite>.json (the table, the command and the machine) "
                        "and .png go (default: runs/bench; benchmarks/README.md shows "
                        "benchmarks/results)")
@@ -420,6 +439,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, argparse.A
     subparser = parser.commands[args.command]
     if unknown:  # reported by the subcommand, so that its usage line is the one shown
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # argparse does not hold a default to its choices: --backend's comes from the environment
+    backend = getattr(args, "backend", None) or default_backend()
+    if backend not in BACKENDS:
+        subparser.error(f"the Keras backend {backend!r} (KERAS_BACKEND, or keras.json in "
+                        f"KERAS_HOME or ~/.keras) is not one adamkit runs on; expected "
+                        f"{', '.join(BACKENDS)}: set KERAS_BACKEND"
+                        + (", or pass --backend" if hasattr(args, "backend") else ""))
     if args.command in CHECKS:
         CHECKS[args.command](args, subparser)
     return args, subparser

@@ -140,6 +140,11 @@ def test_choices_are_the_librarys():
         (["--steps-per-execution", "0"], "--steps-per-execution"),
         (["--backend", "torch", "--steps-per-execution", "4"], "one step per call"),
         (["--distribute", "mirrored", "--steps-per-execution", "4"], "one step per call"),
+        (["--seed", str(2**32)], "--seed"),  # Keras seeds NumPy with 32 bits
+        (["--out", __file__], "--out"),  # a file where a folder is meant
+        (["--out", os.path.join(__file__, "sub")], "is a file; expected a folder"),
+        (["--checkpoint-dir", __file__], "--checkpoint-dir"),
+        (["--tensorboard", __file__], "--tensorboard"),
     ],
 )
 def test_bad_flags_give_usage_and_exit_2(args, complaint):
@@ -148,6 +153,24 @@ def test_bad_flags_give_usage_and_exit_2(args, complaint):
     assert "usage: adamkit train" in result.stderr
     assert complaint in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["lr-find"], ["tune"], ["reproduce", "reddi"],
+                                     ["bench", "step"]])
+def test_every_output_folder_is_checked_before_anything_runs(command):
+    result = adamkit(*command, "--out", os.path.join(__file__, "sub"), timeout=60)
+    assert result.returncode == 2 and f"usage: adamkit {command[0]}" in result.stderr
+    assert "--out" in result.stderr and "is a file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["reproduce", "reddi"]])
+def test_a_backend_from_the_environment_that_adamkit_does_not_run_is_a_usage_error(command):
+    """argparse holds --backend to its choices but not its default, which KERAS_BACKEND (or
+    keras.json) gives: Keras's NumPy backend trained nothing and ended in a traceback."""
+    result = adamkit(*command, timeout=60, env={"KERAS_BACKEND": "numpy"})
+    assert result.returncode == 2 and "the Keras backend 'numpy'" in result.stderr
+    assert "tensorflow, jax, torch" in result.stderr and "Traceback" not in result.stderr
 
 
 # Runs `adamkit` as if PyTorch were not installed (a None entry in sys.modules makes its import fail

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from adamkit.data import DataError, load_mnist
-from adamkit.data.mnist import SPLITS, idx_bytes
+from adamkit.data.mnist import SPLITS, idx_bytes, parse_idx
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +60,12 @@ def test_a_single_changed_pixel_is_caught(mnist, tmp_path):
     np.savez(tmp_path / "mnist.npz", **tampered)
     with pytest.raises(DataError, match="x_test does not match MNIST's sha256"):
         load_mnist(tmp_path / "mnist.npz")
+
+
+@pytest.mark.parametrize("header", [b"\x00\x00\x08\x03\x00", b"\x00\x00\x08\x01"])
+def test_an_idx_header_cut_short_is_reported(header):
+    with pytest.raises(DataError, match="truncated: its header ends"):
+        parse_idx(header, "train-images-idx3-ubyte")
 
 
 def test_truncated_idx_file_is_reported(mnist, tmp_path):

@@ -83,3 +83,37 @@ def test_the_library_imports_neither_the_job_nor_the_benchmarks():
                             timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """The default --out is named to the second: a second run in that second takes the next
+    free name instead of writing over the first's results."""
+    from datetime import datetime
+
+    from adamkit.train import artifacts
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(artifacts, "datetime", Frozen)
+    folders = [artifacts.default_out_dir("adam") for _ in range(3)]
+    assert [f.name for f in folders] == ["20260102-030405-adam", "20260102-030405-adam-2",
+                                         "20260102-030405-adam-3"]
+    assert all(f.is_dir() for f in folders)
+
+
+def test_a_diverged_runs_json_is_standard_json(tmp_path):
+    """NaN and infinity are not JSON: history.json and run.json write them as null."""
+    from adamkit.train import artifacts
+
+    artifacts.write_history({"loss": [0.5, float("nan")], "val_loss": [float("inf"), 1.0]},
+                            tmp_path)
+    text = (tmp_path / "history.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": [0.5, None], "val_loss": [None, 1.0]}
+    assert json.loads(artifacts.json_text({"final": {"loss": float("nan")}, "n": (1, 2)})) == \
+        {"final": {"loss": None}, "n": [1, 2]}
+

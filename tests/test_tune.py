@@ -129,6 +129,14 @@ def test_a_storage_that_cannot_be_used_is_a_usage_error(storage, complaint, tmp_
     assert not out.exists()
 
 
+def test_the_default_study_file_is_found_whatever_its_folder_is_named(tmp_path):
+    """A URL decodes %xx and ends its path at ?: the folder's name is escaped in it."""
+    from sqlalchemy.engine import make_url
+
+    path = tmp_path / "tune%20a?b" / "study.db"
+    assert make_url(tune.sqlite_url(path)).database == str(path.resolve())
+
+
 def test_a_study_another_process_has_just_created_is_joined_once_it_has_its_settings(tmp_path):
     """Optuna creates a study, then sets its attributes: a second process that finds it between
     the two waits for the settings instead of calling it another program's study (two

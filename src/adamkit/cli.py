@@ -93,6 +93,8 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         try:
             reproduce.kingma_ba(args.out, quick=args.quick, data=args.data)
         except DataError as error:
+            if args.data is not None:
+                parser.error(f"--data {args.data}: {error}")
             print(f"adamkit: error: {error}", file=sys.stderr)
             return 1
     return 0

@@ -79,6 +79,8 @@ def parse_idx(data: bytes, where: str) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 3:
         raise DataError(f"{where} is not an IDX file of unsigned bytes.")
     rank = data[3]
+    if len(data) < 4 + 4 * rank:
+        raise DataError(f"{where} is truncated: its header ends before its {rank} dimensions.")
     dims = struct.unpack(f">{rank}I", data[4 : 4 + 4 * rank])
     body = data[4 + 4 * rank :]
     if len(body) != int(np.prod(dims)):

@@ -661,13 +661,21 @@ def write_results(study: optuna.Study, out: str | Path, *, data: str | None = No
     return best
 
 
+def sqlite_url(path: Path) -> str:
+    """The SQLite URL of the database file ``path``, escaped: a URL decodes ``%xx`` and ends its
+    path at ``?``, which a folder's name may hold."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path.resolve())).render_as_string(hide_password=False)
+
+
 def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``adamkit tune``: the study for the tutorial's model, from parsed arguments. Problems with
     the storage or the study are usage errors (exit code 2), found before --out is written."""
     from adamkit.data import DataError
 
     out = Path(args.out)
-    url = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    url = args.storage or sqlite_url(out / "study.db")
     description = {"model": "tutorial-mlp", "dropout": 0.2, "train_examples": args.train_examples}
     settings = search_settings(args.optimizers, args.epochs, args.batch_size, args.seed,
                                description=description)
@@ -704,7 +712,9 @@ def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                   "command again to resume it", file=sys.stderr)
             return 130
     except StudyError as error:
-        given = redacted(args.storage or url) if error.flag == "--storage" else args.study
+        if error.flag == "--storage" and args.storage is None:  # the default: study.db in --out
+            parser.error(f"--out {args.out}: its study.db: {error}")
+        given = redacted(args.storage) if error.flag == "--storage" else args.study
         parser.error(f"{error.flag} {given}: {error}")
     write_results(study, out, data=args.data, storage_url=url)
     return 0

@@ -5,7 +5,9 @@ an optional dependency (``adamkit[train]``): without it they are skipped, with a
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import os
 import platform
 import sys
@@ -26,7 +28,18 @@ PLOT_EXTRA = "pip install 'adamkit[train]'"
 
 
 def default_out_dir(optimizer: str) -> Path:
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{optimizer}"
+    """A new folder under ``runs/`` named by the time and ``optimizer``, made here: a run started
+    in the same second as another takes the next free name (``-2``, ``-3``, ...) instead of
+    writing over the other's results."""
+    base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{optimizer}"
+    for number in itertools.count(1):
+        folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
+        try:
+            folder.mkdir(parents=True)  # fails where another run has it: the claim is atomic
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
 
 
 def save_portable(model: keras.Model, path: Path) -> None:
@@ -39,8 +52,24 @@ def save_portable(model: keras.Model, path: Path) -> None:
     model.save(path)
 
 
+def json_text(value: Any) -> str:
+    """``value`` as standard JSON, which has no NaN or infinity: a diverged run's non-finite
+    numbers are written as null (Python's json would write the bare NaN that other readers
+    refuse)."""
+    def finite(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    return json.dumps(finite(value), indent=2, allow_nan=False)
+
+
 def write_history(history: dict[str, list[float]], out: Path) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=2))
+    (out / "history.json").write_text(json_text(history))
     keys = list(history)
     with open(out / "history.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -3,7 +3,6 @@ and settings written next to each other. The parts live beside this module, one 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,7 +81,7 @@ def write_outputs(settings: TrainSettings, out: Path, model, optimizer, history,
     summary = artifacts.run_summary(settings, out, model, optimizer, history, wall_time, per_call)
     if "skipped_steps" in summary:
         log(f"adamkit: skipped {summary['skipped_steps']} step(s) with non-finite gradients")
-    (out / "run.json").write_text(json.dumps(summary, indent=2))
+    (out / "run.json").write_text(artifacts.json_text(summary))
     log(f"Final validation accuracy: {history['val_accuracy'][-1]:.4f}")
     log(f"adamkit: wrote history, {'plot, ' if plotted else ''}model and run summary to {out}/")
     return summary
