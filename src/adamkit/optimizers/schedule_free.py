@@ -241,6 +241,30 @@ class ScheduleFreeAdamW(AdamFamily):
         self._training_point = None
         self.holds_average.assign(0)
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # A step taken while x is in the variables (use_average, or ScheduleFreeEval at the end
+        # of fit) starts from y, recomputed from x and z as use_training_point does; else the
+        # step would move x, and use_training_point would later put back the y kept before it,
+        # undoing the training. (Its gradient was taken at x: the forward pass has run.)
+        holding = self.holds_average > 0
+
+        def training_point():
+            for variable in trainable_variables:
+                slots = self.slots_of(variable)
+                stepped = slots["lr_max"].read() > 0.0
+                if keras.backend.backend() == "jax":  # no side effects in cond's branches
+                    stepped = ops.logical_and(stepped, holding)
+                y = self.rule.training_point({k: slots[k].read() for k in ("x", "z")})
+                variable.assign(ops.where(stepped, ops.cast(y, variable.dtype),
+                                          ops.convert_to_tensor(variable)))
+
+        if keras.backend.backend() == "jax":
+            training_point()
+        else:
+            ops.cond(holding, training_point, lambda: None)
+        self.holds_average.assign(0)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
     @contextlib.contextmanager
     def averaged(self):
         """``with optimizer.averaged():`` x in the variables inside the block, y after it."""
