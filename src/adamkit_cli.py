@@ -142,7 +142,9 @@ def add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
                         help="default: adam; keras-adam is keras.optimizers.Adam, for comparison")
     parser.add_argument("--beta-1", type=beta, help="default: 0.9")
     parser.add_argument("--beta-2", type=beta, help="default: 0.999")
-    parser.add_argument("--epsilon", type=nonnegative_float,
+    # > 0: the tutorial's model has weights whose gradient is always 0 (MNIST's blank pixels),
+    # where ε = 0 makes Adam's step 0/0
+    parser.add_argument("--epsilon", type=positive_float,
                         help="default: the optimizer's own (1e-8; 1e-7 for keras-adam)")
     parser.add_argument("--weight-decay", type=nonnegative_float,
                         help="decoupled weight decay; default: none (0.01 for adamw)")

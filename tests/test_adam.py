@@ -367,3 +367,27 @@ def test_skip_nonfinite_under_model_fit(rng):
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert int(ops.convert_to_numpy(model.optimizer.skipped_steps)) == 2
     assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 6
+
+
+def test_user_mistakes_with_the_state_get_clear_messages():
+    with pytest.raises(ValueError, match="'\\(' is not a regular expression"):
+        adamkit.AdamW(exclude_from_weight_decay=["("])
+    optimizer = adamkit.Adam()
+    variable = keras.Variable([1.0])
+    for call in (lambda: optimizer.state_of(variable), optimizer.state_values):
+        with pytest.raises(ValueError, match="not built yet"):
+            call()
+    optimizer.build([variable])
+    with pytest.raises(ValueError, match="'other' is not one of this optimizer's variables"):
+        optimizer.state_of(keras.Variable([2.0], name="other"))
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_an_empty_variable_with_int8_state_everywhere_steps(fused):
+    """min_8bit_size=0 asks int8 for every variable; an empty one has no block to store, and keeps
+    float32 (its max over no values failed on the ops path)."""
+    empty, full = keras.Variable(np.zeros((0, 3), "float32")), keras.Variable(np.ones(300, "float32"))
+    optimizer = adamkit.Adam(state_dtype="int8", min_8bit_size=0, fused=fused)
+    optimizer.apply([np.zeros((0, 3), "float32"), np.ones(300, "float32")], [empty, full])
+    assert keras.ops.convert_to_numpy(full)[0] < 1.0 and tuple(empty.shape) == (0, 3)
+

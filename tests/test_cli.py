@@ -124,6 +124,7 @@ def test_choices_are_the_librarys():
         (["--beta-1", "1.0"], "--beta-1"),
         (["--beta-2", "x"], "--beta-2"),
         (["--epsilon", "-1e-8"], "--epsilon"),
+        (["--epsilon", "0"], "--epsilon"),  # NaN from the first step: blank pixels' 0/0
         (["--optimizer", "sgd"], "--optimizer"),
         (["--backend", "numpy"], "--backend"),
         (["--seed", "-1"], "--seed"),

@@ -443,7 +443,7 @@ def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool,
     dtype = compute_dtype(variable)
     size = math.prod(variable.shape)
     prefix = slot_name(variable, name)
-    if state_dtype == "int8" and size >= min_8bit_size:
+    if state_dtype == "int8" and size >= max(min_8bit_size, 1):  # an empty tensor has no block
         blocks = math.ceil(size / BLOCK_SIZE)
         codes = optimizer.add_variable((blocks, BLOCK_SIZE), initializer="zeros", dtype="int8",
                                        name=f"{prefix}_codes")

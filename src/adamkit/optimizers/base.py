@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -217,8 +218,19 @@ class AdamFamily(keras.optimizers.Optimizer):
 
     def slots_of(self, variable) -> dict:
         """This parameter's state as stored (``adamkit.state`` slots), by name."""
-        index = self._get_variable_index(variable)
+        try:
+            index = self._get_variable_index(variable)
+        except (KeyError, AttributeError):
+            raise ValueError(self._unknown(variable)) from None
         return {name: slots[index] for name, slots in self._state.items()}
+
+    def _unknown(self, variable) -> str:
+        """Why ``variable`` has no state here: the optimizer is not built, or does not hold it."""
+        if not self.built:
+            return ("the optimizer is not built yet, so it holds no state: call "
+                    "build(variables) or apply() first.")
+        return (f"{getattr(variable, 'path', variable)!r} is not one of this optimizer's "
+                "variables (those given to build or to its first apply).")
 
     def state_of(self, variable) -> dict:
         """This parameter's optimizer state, by name, decoded to float tensors."""
@@ -226,6 +238,8 @@ class AdamFamily(keras.optimizers.Optimizer):
 
     def state_values(self) -> dict:
         """Every parameter's decoded state: ``{name: [tensor per parameter]}``."""
+        if not self.built:
+            raise ValueError(self._unknown(None))
         return {name: [slot.read() for slot in slots] for name, slots in self._state.items()}
 
     # -- the step --------------------------------------------------------------------------------
@@ -482,4 +496,10 @@ def _name_patterns(patterns: Sequence[str] | None) -> list[str] | None:
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
         raise TypeError("`exclude_from_weight_decay` must be a list of name patterns (strings); "
                         f"got {_describe(patterns)}.")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)  # Keras matches them with re.search
+        except re.error as error:
+            raise ValueError(f"`exclude_from_weight_decay`: {pattern!r} is not a regular "
+                             f"expression ({error}).") from None
     return list(patterns)
