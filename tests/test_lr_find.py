@@ -303,3 +303,24 @@ def test_command_refuses_bad_input_with_exit_2(args, complaint, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "usage: adamkit lr-find" in result.stderr and complaint in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_the_batches_are_drawn_as_fit_asks_for_them():
+    """Memory follows a batch, not steps × batch size: 50 steps of 512 examples of 4 KB would be a
+    100 MB copy made up front (NumPy's allocations, which tracemalloc sees)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 1000)).astype(np.float32)
+    y = x[:, :1].copy()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((1000,)), keras.layers.Dense(1)])
+    model.compile(adamkit.Adam(), "mse")
+    tracemalloc.start()
+    try:
+        result = adamkit.lr_find(model, x, y, num_steps=50, batch_size=512, end_lr=1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(result.learning_rates) > 10
+    assert peak < 30e6, f"{peak / 1e6:.0f} MB traced"

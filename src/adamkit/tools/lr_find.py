@@ -370,10 +370,10 @@ def lr_find(model, x, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             whose learning rate cannot be set.
     """
     _check_arguments(model, batch_size, start_lr, end_lr, num_steps, smooth, diverge)
-    x_run, y_run = _test_data(x, y, num_steps * batch_size, seed)
+    batches = _test_data(x, y, num_steps * batch_size, seed, batch_size)
     ramp = {"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps, "smooth": smooth,
             "diverge": diverge}
-    result = _run_restoring(model, x_run, y_run, batch_size, verbose, ramp)
+    result = _run_restoring(model, batches, verbose, ramp)
     result.settings.update(batch_size=batch_size, seed=seed)
     return result
 
@@ -391,9 +391,11 @@ def _check_arguments(model, batch_size: int, start_lr: float, end_lr: float, num
     check_settable(model.optimizer)
 
 
-def _test_data(x, y, count: int, seed: int) -> tuple[Any, Any]:
-    """``x`` and ``y`` as the ``count`` examples the test's steps take, in order (``batch_order``):
-    ``model.fit`` then runs them unshuffled, one batch a step."""
+def _test_data(x, y, count: int, seed: int, batch_size: int):
+    """The ``count`` examples the test's steps take, in order (``batch_order``), as a
+    ``keras.utils.PyDataset`` of batches of ``batch_size`` that ``model.fit`` runs in turn. Each
+    batch is gathered when fit asks for it: a copy of all of them up front took steps × batch
+    size examples of memory (1.3 → 4.7 GB for 50 steps of MNIST at batch 32 → 8,192)."""
     import keras
 
     arrays = keras.tree.map_structure(np.asarray, x)
@@ -401,19 +403,32 @@ def _test_data(x, y, count: int, seed: int) -> tuple[Any, Any]:
     if examples == 0:
         raise ValueError("lr_find needs data: x holds no examples")
     order = batch_order(examples, count, seed)
-    x_run = keras.tree.map_structure(lambda a: a[order], arrays)
-    y_run = None if y is None else keras.tree.map_structure(lambda a: np.asarray(a)[order], y)
-    return x_run, y_run
+    targets = None if y is None else keras.tree.map_structure(np.asarray, y)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-count // batch_size)
+
+        def inputs(self, step):
+            chosen = order[step * batch_size:(step + 1) * batch_size]
+            return keras.tree.map_structure(lambda a: a[chosen], arrays)
+
+        def __getitem__(self, step):
+            if targets is None:
+                return self.inputs(step)
+            chosen = order[step * batch_size:(step + 1) * batch_size]
+            return self.inputs(step), keras.tree.map_structure(lambda a: a[chosen], targets)
+
+    return Batches()
 
 
-def _run_restoring(model, x_run, y_run, batch_size: int, verbose: int,
-                   ramp: dict[str, Any]) -> LRFindResult:
-    """Runs ``LRFinder(**ramp)`` over ``x_run``, ``y_run`` in one epoch of ``model.fit``, then
+def _run_restoring(model, batches, verbose: int, ramp: dict[str, Any]) -> LRFindResult:
+    """Runs ``LRFinder(**ramp)`` over ``batches`` in one epoch of ``model.fit``, then
     puts back all it changed: the model's and its optimizer's variables, PyTorch's global random
     state, and the model's ``steps_per_execution``, compiled train function and history."""
     from adamkit.callbacks import LRFinder
 
-    _build(model, x_run, batch_size)
+    _build(model, batches)
     saved = snapshot([*model.variables, *model.optimizer.variables])
     generator = global_generator_state()
     finder = LRFinder(**ramp)
@@ -423,8 +438,7 @@ def _run_restoring(model, x_run, y_run, batch_size: int, verbose: int,
     history = getattr(model, "history", None)
     try:
         model.steps_per_execution, model.train_function = 1, None
-        model.fit(x_run, y_run, batch_size=batch_size, epochs=1, shuffle=False,
-                  callbacks=[finder], verbose=verbose)
+        model.fit(batches, epochs=1, shuffle=False, callbacks=[finder], verbose=verbose)
     finally:
         model.steps_per_execution, model.train_function = per_call, function
         model.history = history
@@ -433,13 +447,11 @@ def _run_restoring(model, x_run, y_run, batch_size: int, verbose: int,
     return finder.result
 
 
-def _build(model, x_run, batch_size: int) -> None:
+def _build(model, batches) -> None:
     """Builds the model and its optimizer where not built yet: their variables must exist to be
     saved (an optimizer's fresh state is then what is restored)."""
-    import keras
-
     if not model.built:
-        model(keras.tree.map_structure(lambda a: a[:batch_size], x_run))
+        model(batches.inputs(0))
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
 
