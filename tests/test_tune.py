@@ -129,6 +129,17 @@ def test_a_storage_that_cannot_be_used_is_a_usage_error(storage, complaint, tmp_
     assert not out.exists()
 
 
+def test_plots_a_study_cannot_draw_do_not_survive_from_an_earlier_one(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={}))
+    for name in ("importances.png", "intermediate.png"):
+        (tmp_path / name).write_bytes(b"an earlier study's plot")
+    notes = tune.write_plots(study, tmp_path)
+    assert (tmp_path / "history.png").exists() and any("importances.png" in n for n in notes)
+    assert not (tmp_path / "importances.png").exists()
+    assert not (tmp_path / "intermediate.png").exists()
+
+
 def test_the_default_study_file_is_found_whatever_its_folder_is_named(tmp_path):
     """A URL decodes %xx and ends its path at ?: the folder's name is escaped in it."""
     from sqlalchemy.engine import make_url

@@ -560,6 +560,9 @@ def _save(ax, path: Path) -> None:
     plt.close(figure)
 
 
+PLOTS = ("history.png", "importances.png", "intermediate.png")  # write_plots's
+
+
 def write_plots(study: optuna.Study, out: Path, monitor: str = "val_accuracy") -> list[str]:
     """Writes ``history.png`` (value against trial, best so far), ``importances.png`` (parameter
     importances by Optuna's default evaluator, from 2 complete trials on) and
@@ -581,6 +584,8 @@ def write_plots(study: optuna.Study, out: Path, monitor: str = "val_accuracy") -
     from optuna.visualization import matplotlib as plots
 
     notes = []
+    for name in PLOTS:  # an earlier study's, in this folder, would pass for this one's
+        (out / name).unlink(missing_ok=True)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
