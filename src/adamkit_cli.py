@@ -97,7 +97,8 @@ def folder(text: str) -> str:
     """A folder a command writes into: one that exists, or one that can be made (its nearest
     existing parent a writable folder). Checked with the other flags, so that a run does not train
     for minutes and then fail to save, leaving its other folders behind."""
-    path = os.path.abspath(os.path.expanduser(text))
+    expanded = os.path.expanduser(text)  # as a shell would, had the ~ not been quoted
+    path = os.path.realpath(expanded)  # a link's target, and .. after it, as mkdir sees them
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -107,7 +108,7 @@ def folder(text: str) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "" if existing == path else f"cannot be made: {existing} "
         raise argparse.ArgumentTypeError(f"{text!r} {what}is not writable")
-    return text
+    return expanded
 
 
 class Parser(argparse.ArgumentParser):

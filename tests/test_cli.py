@@ -165,6 +165,20 @@ def test_every_output_folder_is_checked_before_anything_runs(command):
     assert "Traceback" not in result.stderr
 
 
+def test_an_output_folder_is_checked_and_used_as_a_shell_reads_it(tmp_path, monkeypatch):
+    """A quoted ~ is expanded (checked at $HOME and written there, not into a folder named ~),
+    and a link's target is what is checked."""
+    import adamkit_cli
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args, _ = adamkit_cli.parse(["train", "--out", "~/runs"])
+    assert args.out == str(tmp_path / "runs")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    with pytest.raises(SystemExit):
+        adamkit_cli.parse(["train", "--out", str(tmp_path / "link" / "sub")])
+
+
 @pytest.mark.parametrize("command", [["train"], ["reproduce", "reddi"]])
 def test_a_backend_from_the_environment_that_adamkit_does_not_run_is_a_usage_error(command):
     """argparse holds --backend to its choices but not its default, which KERAS_BACKEND (or

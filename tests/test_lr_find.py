@@ -324,3 +324,24 @@ def test_the_batches_are_drawn_as_fit_asks_for_them():
         tracemalloc.stop()
     assert len(result.learning_rates) > 10
     assert peak < 30e6, f"{peak / 1e6:.0f} MB traced"
+
+
+def test_a_model_of_two_inputs_without_targets():
+    """x a list of inputs and y None (a loss the model adds itself): each batch reaches fit as
+    (inputs,), which it cannot read as (x, y)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(64, 4)).astype(np.float32) for _ in range(2))
+
+    class SquaredSum(keras.layers.Layer):
+        def call(self, inputs):
+            total = keras.ops.sum(inputs[0] + inputs[1], axis=-1, keepdims=True)
+            self.add_loss(keras.ops.mean(keras.ops.square(total)))
+            return total
+
+    first, second = keras.Input((4,)), keras.Input((4,))
+    hidden = [keras.layers.Dense(4)(first), keras.layers.Dense(4)(second)]
+    model = keras.Model([first, second], SquaredSum()(hidden))
+    model.compile(adamkit.Adam())
+    result = adamkit.lr_find(model, [a, b], None, num_steps=20, batch_size=16, end_lr=1.0)
+    assert len(result.losses) > 5 and all(math.isfinite(v) for v in result.losses[:5])
+

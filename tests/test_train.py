@@ -103,6 +103,9 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
     assert [f.name for f in folders] == ["20260102-030405-adam", "20260102-030405-adam-2",
                                          "20260102-030405-adam-3"]
     assert all(f.is_dir() for f in folders)
+    # a multi-worker run's other workers take the chief's name, and make nothing of their own
+    assert artifacts.default_out_dir("adam", claim=False) == folders[0]
+    assert len(list((tmp_path / "runs").iterdir())) == 3
 
 
 def test_a_diverged_runs_json_is_standard_json(tmp_path):

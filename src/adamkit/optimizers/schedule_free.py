@@ -185,6 +185,7 @@ class ScheduleFreeAdamW(AdamFamily):
         super().__init__(learning_rate, rule, weight_decay=weight_decay, fused=fused, **kwargs)
         self.warmup_steps, self.r, self.weight_lr_power = warmup_steps, rule.r, rule.weight_lr_power
         self._training_point = None  # y, kept aside while x is in the variables
+        self._x_in = None  # holds_average's value on the host, where known (PyTorch's step reads it)
 
     def _host_decay_factor(self, rate, dtype):
         return None  # λ itself (below), which the rule's own step takes
@@ -204,6 +205,7 @@ class ScheduleFreeAdamW(AdamFamily):
         # Whether the variables hold x (saved with the state: a model saved at x knows it).
         self.holds_average = self.add_variable((), initializer="zeros", dtype="int32",
                                                name="holds_average")
+        self._x_in = False
 
     # -- x and y ---------------------------------------------------------------------------------
 
@@ -215,6 +217,7 @@ class ScheduleFreeAdamW(AdamFamily):
         never stepped keep their value. Does nothing before the optimizer is built or while x
         is already in."""
         if not self.built or self._holding():
+            self._x_in = self.built or None
             return
         self._training_point = [ops.copy(v) for v in self._trainable_variables]
         for variable in self._trainable_variables:
@@ -223,11 +226,14 @@ class ScheduleFreeAdamW(AdamFamily):
             average = ops.cast(slots["x"].read(), variable.dtype)
             variable.assign(ops.where(stepped, average, ops.convert_to_tensor(variable)))
         self.holds_average.assign(1)
+        self._x_in = True
 
     def use_training_point(self) -> None:
         """Puts y back into the variables, as it was; where x was put in by another process (a
         model saved at x and loaded), y is recomputed from x and z as the step forms it."""
         if not self.built or not self._holding():
+            self._training_point = None  # a step at x put y back already, or none was kept
+            self._x_in = False if self.built else None
             return
         kept = self._training_point or [None] * len(self._trainable_variables)
         for variable, value in zip(self._trainable_variables, kept):
@@ -240,12 +246,25 @@ class ScheduleFreeAdamW(AdamFamily):
             variable.assign(value)
         self._training_point = None
         self.holds_average.assign(0)
+        self._x_in = False
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # A step taken while x is in the variables (use_average, or ScheduleFreeEval at the end
-        # of fit) starts from y, recomputed from x and z as use_training_point does; else the
-        # step would move x, and use_training_point would later put back the y kept before it,
-        # undoing the training. (Its gradient was taken at x: the forward pass has run.)
+        # of fit) starts from y; else the step would move x, and use_training_point would later
+        # put back the y kept before it, undoing the training. (Its gradient was taken at x:
+        # the forward pass has run.)
+        if keras.backend.backend() == "torch":  # eager: asked on the host, without a sync a step
+            if self._x_in is None:  # not known since build or a load: read once
+                self._x_in = self._holding()
+            if self._x_in:
+                self.use_training_point()
+        else:  # traced once for every later step: asked in the step
+            self._training_point_first(trainable_variables)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _training_point_first(self, trainable_variables):
+        """y, recomputed from x and z as use_training_point does, into the variables that hold
+        x, inside the step being traced."""
         holding = self.holds_average > 0
 
         def training_point():
@@ -263,7 +282,10 @@ class ScheduleFreeAdamW(AdamFamily):
         else:
             ops.cond(holding, training_point, lambda: None)
         self.holds_average.assign(0)
-        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._x_in = None  # holds_average may have come in as 1
 
     @contextlib.contextmanager
     def averaged(self):

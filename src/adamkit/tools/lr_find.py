@@ -405,19 +405,22 @@ def _test_data(x, y, count: int, seed: int, batch_size: int):
     order = batch_order(examples, count, seed)
     targets = None if y is None else keras.tree.map_structure(np.asarray, y)
 
+    def gathered(structure, step):
+        chosen = order[step * batch_size:(step + 1) * batch_size]
+        found = keras.tree.map_structure(lambda a: a[chosen], structure)
+        return tuple(found) if isinstance(found, list) else found  # TensorFlow's takes no lists
+
     class Batches(keras.utils.PyDataset):
         def __len__(self):
             return -(-count // batch_size)
 
         def inputs(self, step):
-            chosen = order[step * batch_size:(step + 1) * batch_size]
-            return keras.tree.map_structure(lambda a: a[chosen], arrays)
+            return gathered(arrays, step)
 
         def __getitem__(self, step):
-            if targets is None:
-                return self.inputs(step)
-            chosen = order[step * batch_size:(step + 1) * batch_size]
-            return self.inputs(step), keras.tree.map_structure(lambda a: a[chosen], targets)
+            if targets is None:  # a tuple: fit would read a list of inputs as (x, y)
+                return (self.inputs(step),)
+            return self.inputs(step), gathered(targets, step)
 
     return Batches()
 

@@ -27,11 +27,14 @@ from adamkit.train.settings import TrainSettings
 PLOT_EXTRA = "pip install 'adamkit[train]'"
 
 
-def default_out_dir(optimizer: str) -> Path:
-    """A new folder under ``runs/`` named by the time and ``optimizer``, made here: a run started
-    in the same second as another takes the next free name (``-2``, ``-3``, ...) instead of
-    writing over the other's results."""
+def default_out_dir(optimizer: str, claim: bool = True) -> Path:
+    """A new folder under ``runs/`` named by the time and ``optimizer``, made here (``claim``): a
+    run started in the same second as another takes the next free name (``-2``, ``-3``, ...)
+    instead of writing over the other's results. Without ``claim``, the name alone: a
+    multi-worker run's other workers write under the chief's folder."""
     base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{optimizer}"
+    if not claim:
+        return base
     for number in itertools.count(1):
         folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
         try:

@@ -27,8 +27,10 @@ from adamkit.train.settings import TrainSettings, steps_per_execution
 def output_dir(settings: TrainSettings) -> Path:
     """``--out`` (or a new folder under runs/), made; a multi-worker run's workers other than
     the chief write under ``out/worker-N``."""
-    out = Path(settings.out) if settings.out else artifacts.default_out_dir(settings.optimizer)
-    if not is_chief(settings):
+    chief = is_chief(settings)
+    out = Path(settings.out) if settings.out else artifacts.default_out_dir(settings.optimizer,
+                                                                              claim=chief)
+    if not chief:
         out = out / f"worker-{worker_cluster()[1]}"
     out.mkdir(parents=True, exist_ok=True)
     return out
