@@ -391,3 +391,11 @@ def test_an_empty_variable_with_int8_state_everywhere_steps(fused):
     optimizer.apply([np.zeros((0, 3), "float32"), np.ones(300, "float32")], [empty, full])
     assert keras.ops.convert_to_numpy(full)[0] < 1.0 and tuple(empty.shape) == (0, 3)
 
+
+@pytest.mark.parametrize("rate", [-1.0, 0.0, float("nan"), float("inf"), "0.1"])
+def test_inverse_sqrt_decay_refuses_what_the_optimizers_refuse(rate):
+    from adamkit.schedules import InverseSqrtDecay
+
+    with pytest.raises(ValueError, match="initial_learning_rate"):
+        InverseSqrtDecay(rate)
+

@@ -355,6 +355,37 @@ def test_batch_statistics_are_recomputed_at_x(rng):
     assert not np.array_equal(ops.convert_to_numpy(norm.moving_mean), at_y[0])  # trained on
 
 
+def test_batch_statistics_of_a_model_of_two_inputs(rng):
+    """x as a dict of inputs: four batches of 32 from each, not one batch of all (len(x) counted
+    the inputs); a batch size of 0 is refused when given, not after an epoch with x left in."""
+    first, second = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    hidden = keras.layers.BatchNormalization()(keras.layers.Add()([first, second]))
+    model = keras.Model({"a": first, "b": second}, keras.layers.Dense(1)(hidden))
+    model.compile(optimizer=adamkit.ScheduleFreeAdamW(), loss="mse")
+    x = {"a": rng.normal(size=(128, 6)).astype(np.float32),
+         "b": rng.normal(size=(128, 6)).astype(np.float32)}
+    assert adamkit.callbacks.recompute_batch_statistics(model, x, batch_size=32) == 4
+    np.testing.assert_allclose(ops.convert_to_numpy(model.layers[-2].moving_mean),
+                               (x["a"] + x["b"]).reshape(4, 32, 6).mean(axis=1).mean(axis=0),
+                               rtol=1e-5, atol=1e-6)
+    for bad in ({"batch_size": 0}, {"statistics_steps": -1}):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            adamkit.callbacks.ScheduleFreeEval(statistics_data=x, **bad)
+
+
+def test_an_evaluation_after_fit_leaves_x_in(rng):
+    """x, left in by fit's callback, stays in through an evaluation with a callback of its own
+    (which took it out again, as if it had put it in)."""
+    x, y = regression_data(rng)
+    model = small_model()
+    model.compile(optimizer=adamkit.ScheduleFreeAdamW(learning_rate=0.01), loss="mse")
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[adamkit.callbacks.ScheduleFreeEval()])
+    at_x = model.evaluate(x, y, verbose=0)
+    model.evaluate(x, y, verbose=0, callbacks=[adamkit.callbacks.ScheduleFreeEval()])
+    assert int(ops.convert_to_numpy(model.optimizer.holds_average)) == 1
+    assert model.evaluate(x, y, verbose=0) == at_x
+
+
 def test_callback_needs_schedule_free(rng):
     model = small_model()
     model.compile(optimizer=adamkit.Adam(), loss="mse")

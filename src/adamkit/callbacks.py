@@ -102,26 +102,37 @@ def batch_normalization_layers(model) -> list:
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+
+
 def recompute_batch_statistics(model, x, batch_size: int = 32, steps: int | None = None) -> int:
     """Recomputes every BatchNormalization layer's moving mean and variance at the weights the
     model holds now (for schedule-free AdamW: call it inside ``optimizer.averaged()``), from
     forward passes in training mode over ``x`` (an array of inputs, in batches of
-    ``batch_size``; ``steps`` batches at most). Each statistic becomes the plain mean of its
+    ``batch_size``; ``steps`` batches at most; a list or dict of arrays for a model of several
+    inputs). Each statistic becomes the plain mean of its
     batch values over these passes, as the schedule-free authors advise and as PyTorch's
     ``swa_utils.update_bn`` does: the running statistics ``fit`` kept were gathered at y, the
     point the gradients are taken at, and do not describe the activations at x. Dropout is active
     in these passes, as in training, and draws from the seed generator. Returns the number of
     batches run (0 where the model has no BatchNormalization)."""
+    _check_count("batch_size", batch_size)
+    if steps is not None:
+        _check_count("steps", steps)
     layers = batch_normalization_layers(model)
     if not layers:
         return 0
-    starts = list(range(0, len(x), batch_size))[:steps]
+    examples = len(keras.tree.flatten(x)[0])  # x may be a list or dict of inputs
+    starts = list(range(0, examples, batch_size))[:steps]
     momenta = [layer.momentum for layer in layers]
     try:
         for count, begin in enumerate(starts, start=1):
             for layer in layers:
                 layer.momentum = (count - 1) / count  # the k-th batch weighs 1/k: a plain mean
-            model(x[begin:begin + batch_size], training=True)
+            model(keras.tree.map_structure(lambda a, b=begin: a[b:b + batch_size], x),
+                  training=True)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -158,6 +169,8 @@ class ScheduleFreeEval(keras.callbacks.Callback):
     def __init__(self, average_at_end: bool = True, statistics_data=None,
                  statistics_steps: int = 50, batch_size: int = 32) -> None:
         super().__init__()
+        _check_count("statistics_steps", statistics_steps)
+        _check_count("batch_size", batch_size)
         self.average_at_end = average_at_end
         self.statistics_data, self.statistics_steps = statistics_data, statistics_steps
         self.batch_size = batch_size
@@ -173,6 +186,8 @@ class ScheduleFreeEval(keras.callbacks.Callback):
 
     def _enter(self, why: str) -> None:
         if self._entered is not None or not self._optimizer().built:
+            return
+        if self._optimizer()._holding():  # x is in already (fit's end, a load): not ours to undo
             return
         if self.statistics_data is not None:
             self._saved_statistics = [
