@@ -196,3 +196,29 @@ def test_checkpoints_of_another_run_are_never_replaced(tmp_path, resume):
     expected = "none of the 1 checkpoint(s)" if resume else "already holds checkpoints (ckpt-7.npz"
     assert expected in result.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs the CLI on its default backend")
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(tmp_path):
+    """A checkpoint's batch count stands for examples of its own batch size, order and count: a
+    resume with another --batch-size ran out of data, then failed and wrote over the checkpoint;
+    another --learning-rate was ignored (the checkpoint restores the rate). Both are refused."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    common = ("train", "--train-examples", "640", "--epochs", "1", "--checkpoint-dir",
+              str(tmp_path / "c"), "--checkpoint-every", "10", "--steps-per-execution", "1")
+    first = subprocess.run(adamkit_command(*common, "--out", str(tmp_path / "o1")),
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()}
+    for flags, difference in ((["--batch-size", "64"], "batch_size 32 there, 64 here"),
+                              (["--learning-rate", "0.05"], "'learning_rate': 0.05")):
+        result = subprocess.run(adamkit_command(*common, "--resume", *flags, "--out",
+                                                str(tmp_path / "o2")),
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert difference in result.stderr and "Traceback" not in result.stderr
+        assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == before
+    again = subprocess.run(adamkit_command(*common, "--resume", "--out", str(tmp_path / "o3")),
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]

@@ -24,11 +24,29 @@ def optimizer_step(model: keras.Model) -> int:
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
+# The settings a resumed run must share with the one that wrote the checkpoint: those that say
+# which examples a position's batch count stands for, and how the step is taken. (The learning
+# rate lives in a variable the checkpoint restores: a new one would be ignored.)
+SAME_RUN = ("optimizer", "hyperparameters", "schedule", "batch_size", "seed", "train_examples",
+            "dropout", "precision")
+
+
+def run_record(settings: TrainSettings) -> dict:
+    """The settings of ``SAME_RUN``, as a checkpoint keeps them (JSON: tuples as lists)."""
+    return {name: getattr(settings, name) for name in SAME_RUN}
+
+
 def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict) -> None:
     if not is_chief(settings):  # the workers hold the same values; one writes them
         return
-    checkpoint.save(settings.checkpoint_dir, optimizer_step(model), run_variables(model), position,
-                    settings.keep)
+    checkpoint.save(settings.checkpoint_dir, optimizer_step(model), run_variables(model),
+                    {**position, "run": run_record(settings)}, settings.keep)
+
+
+def _differences(stored: dict, settings: TrainSettings) -> list[str]:
+    here = run_record(settings)
+    return [f"{name} {stored[name]!r} there, {here[name]!r} here" for name in SAME_RUN
+            if name in stored and stored[name] != here[name]]
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -78,7 +96,13 @@ def start_position(model: keras.Model, settings: TrainSettings, log=print) -> di
         return position
     record = checkpoint.restore_latest(settings.checkpoint_dir, run_variables(model), log)
     if record is not None:
-        return record["position"]
+        differences = _differences(record["position"].get("run", {}), settings)
+        if differences:  # before anything is trained or written over
+            raise CheckpointConflict(
+                f"the checkpoint at step {record['step']} was written by a run with other "
+                f"settings ({'; '.join(differences)}): resume with the flags of that run, or "
+                "choose another --checkpoint-dir")
+        return {k: v for k, v in record["position"].items() if k != "run"}
     if existing:  # starting afresh there would prune them: keep them for the user to see
         raise CheckpointConflict(
             f"none of the {len(existing)} checkpoint(s) in {settings.checkpoint_dir} fits "
