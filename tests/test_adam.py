@@ -292,6 +292,25 @@ def test_torch_fused_matches_ops_path_each_step(kernel, options, dtype, rng, mon
         assert {c.executor for c in optimizer.explain()} == {"ops"}
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch's case is the test above")
+def test_fused_true_without_the_kernel_is_refused_at_construction(monkeypatch):
+    """As on PyTorch: where adamkit's kernel is not available, fused=True is refused for the rules
+    only it runs (TensorFlow's ResourceApplyAdam serves Adam's own; JAX has no fused Adam)."""
+    import importlib
+
+    kernels = importlib.import_module(f"adamkit.kernels.{BACKEND}")
+    monkeypatch.setattr(kernels, "custom_kernel", lambda: False)
+    for make in (lambda: adamkit.Nadam(fused=True), lambda: adamkit.RAdam(fused=True),
+                 lambda: adamkit.Adam(fused=True, epsilon_mode="keras")):
+        with pytest.raises(ValueError, match="`fused=True`"):
+            make()
+    if BACKEND == "jax":
+        with pytest.raises(ValueError, match="needs adamkit's kernel"):
+            adamkit.Adam(fused=True)
+    else:
+        assert adamkit.Adam(fused=True).fused is True
+
+
 # -- saving --------------------------------------------------------------------------------------
 
 def small_model():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
 import struct
 from typing import Any, Protocol
@@ -410,14 +411,22 @@ def check_fused(fused: object, rule) -> bool | None:
         raise ValueError(
             f"`fused=True` needs the TensorFlow, JAX or PyTorch backend; this is {backend}. "
             "Use fused=None (the fast path wherever it exists) or fused=False.")
-    if backend == "torch" and not rule.peer_exact:
-        from adamkit.kernels import pytorch
-
-        if not pytorch.custom_kernel():
+    # Without adamkit's kernel, TensorFlow's and PyTorch's own fused Adam serve Adam's rule in
+    # the paper's ε form; JAX has none.
+    if backend == "jax" or not rule.peer_exact:
+        kernels = importlib.import_module(
+            f"adamkit.kernels.{'pytorch' if backend == 'torch' else backend}")
+        if not kernels.custom_kernel():
+            name = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[backend]
+            if backend == "jax":
+                raise ValueError(
+                    "`fused=True` on JAX needs adamkit's kernel, which is not available here (no "
+                    "C++ compiler, ADAMKIT_BUILD_KERNEL=0, or not on the CPU); use fused=None or "
+                    "fused=False.")
             what = ("epsilon_mode='keras'" if getattr(rule, "epsilon_mode", "") == "keras"
                     else type(rule).__name__.removesuffix("Rule"))
             raise ValueError(
-                "`fused=True` on PyTorch without adamkit's kernel (it could not be built here) "
-                "needs Adam with epsilon_mode='paper' (PyTorch's fused kernel adds ε after bias "
+                f"`fused=True` on {name} without adamkit's kernel (it could not be built here) "
+                f"needs Adam with epsilon_mode='paper' ({name}'s fused kernel adds ε after bias "
                 f"correction), not {what}; use fused=None or fused=False.")
     return fused
