@@ -403,8 +403,8 @@ def test_user_mistakes_with_the_state_get_clear_messages():
 
 @pytest.mark.parametrize("fused", [None, False])
 def test_an_empty_variable_with_int8_state_everywhere_steps(fused):
-    """min_8bit_size=0 asks int8 for every variable; an empty one has no block to store, and keeps
-    float32 (its max over no values failed on the ops path)."""
+    """min_8bit_size=0 asks int8 for every variable, an empty one too: it has no block to encode
+    (the ops path's max over no values failed on TensorFlow and PyTorch)."""
     empty, full = keras.Variable(np.zeros((0, 3), "float32")), keras.Variable(np.ones(300, "float32"))
     optimizer = adamkit.Adam(state_dtype="int8", min_8bit_size=0, fused=fused)
     optimizer.apply([np.zeros((0, 3), "float32"), np.ones(300, "float32")], [empty, full])

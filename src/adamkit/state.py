@@ -166,6 +166,8 @@ def quantize(x, signed: bool, step=None, first_position=0):
     """
     flat = ops.reshape(ops.cast(x, "float32"), (-1,))
     size = flat.shape[0]
+    if size == 0:  # no block (and no max over one: TensorFlow and PyTorch refuse it)
+        return ops.zeros((0, BLOCK_SIZE), "int8"), ops.zeros((0,), "float32")
     padded = math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE
     if padded != size:
         flat = ops.pad(flat, [(0, padded - size)])
@@ -443,7 +445,7 @@ def create_slot(optimizer, variable, name: str, state_dtype: str, signed: bool,
     dtype = compute_dtype(variable)
     size = math.prod(variable.shape)
     prefix = slot_name(variable, name)
-    if state_dtype == "int8" and size >= max(min_8bit_size, 1):  # an empty tensor has no block
+    if state_dtype == "int8" and size >= min_8bit_size:
         blocks = math.ceil(size / BLOCK_SIZE)
         codes = optimizer.add_variable((blocks, BLOCK_SIZE), initializer="zeros", dtype="int8",
                                        name=f"{prefix}_codes")
