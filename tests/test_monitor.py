@@ -414,3 +414,23 @@ def test_jax_state_is_read_where_the_trainer_keeps_it(tmp_path, monkeypatch):
     monitor = monitored_fit(model, x, y, tmp_path, every=4, epochs=2, batch_size=8)
     assert [s for s, _ in monitor.history["optimizer/learning_rate"]] == [4, 8, 12, 16]
     assert sum(synced) == 2  # the trainer's own, at each epoch's end
+
+
+def test_a_variable_of_no_values_is_left_out(tmp_path):
+    """A trainable weight of zero size (the optimizer steps it) has nothing to measure: the
+    monitor reports the others only (it reported one for it, and on other models raised an
+    IndexError out of fit)."""
+
+    class WithEmpty(keras.layers.Layer):
+        def build(self, shape):
+            self.empty = self.add_weight(shape=(0,), initializer="zeros", name="empty")
+
+        def call(self, x):
+            return x + keras.ops.sum(self.empty)
+
+    model = keras.Sequential([keras.Input((4,)), WithEmpty(), keras.layers.Dense(1)])
+    model.compile(adamkit.Adam(), "mse")
+    x, y = data()
+    monitor = monitored_fit(model, x, y, tmp_path, every=1, epochs=2, batch_size=8)
+    assert sorted(t for t in monitor.history if "update_ratio" in t) == sorted(
+        f"optimizer/update_ratio/{v.path}" for v in model.layers[-1].trainable_variables)

@@ -658,6 +658,12 @@ def _sizes_into(form: str, state: Mapping[str, np.ndarray], numerator: float, ep
     np.divide(numerator, np.add(root, epsilon, out=sizes), out=sizes)
 
 
+def _monitored(model: keras.Model) -> list:
+    """The trainable variables the monitor reports on: those with values (one of zero size has no
+    update, gradient or step size to measure)."""
+    return [v for v in model.trainable_variables if math.prod(v.shape) > 0]
+
+
 class _Probe:
     """The monitor's work on the device for one model and optimizer: one compiled function takes a
     snapshot of the weights and the decoded state into one new vector (which no later step can
@@ -668,7 +674,7 @@ class _Probe:
     weights and the first moment)."""
 
     def __init__(self, model: keras.Model) -> None:
-        self.variables = list(model.trainable_variables)
+        self.variables = _monitored(model)
         self.optimizer = _inner(model.optimizer)
         self.sizes = [math.prod(v.shape) for v in self.variables]
         self._compiled: dict[Any, Any] = {}
@@ -908,7 +914,7 @@ class OptimizerMonitor(keras.callbacks.Callback):
     def _probe_for(self, model: keras.Model) -> _Probe:
         probe = self._probe
         if (probe is None or probe.optimizer is not _inner(model.optimizer)
-                or probe.variables != list(model.trainable_variables)):
+                or probe.variables != _monitored(model)):
             self._probe = probe = _Probe(model)
         return probe
 
