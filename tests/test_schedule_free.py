@@ -369,7 +369,7 @@ def test_batch_statistics_of_a_model_of_two_inputs(rng):
                                (x["a"] + x["b"]).reshape(4, 32, 6).mean(axis=1).mean(axis=0),
                                rtol=1e-5, atol=1e-6)
     for bad in ({"batch_size": 0}, {"statistics_steps": -1}):
-        with pytest.raises(ValueError, match="must be an integer >= 1"):
+        with pytest.raises(ValueError, match="must be a whole number >= 1"):
             adamkit.callbacks.ScheduleFreeEval(statistics_data=x, **bad)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from adamkit.optimizers.base import check_count
 from adamkit.optimizers.schedule_free import ScheduleFreeAdamW
 from adamkit.tools.lr_find import LRFindResult, RangeTest, check_settable
 from adamkit.tools.monitor import OptimizerMonitor as OptimizerMonitor  # re-exported
@@ -102,11 +103,6 @@ def batch_normalization_layers(model) -> list:
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
-
-
 def recompute_batch_statistics(model, x, batch_size: int = 32, steps: int | None = None) -> int:
     """Recomputes every BatchNormalization layer's moving mean and variance at the weights the
     model holds now (for schedule-free AdamW: call it inside ``optimizer.averaged()``), from
@@ -118,9 +114,9 @@ def recompute_batch_statistics(model, x, batch_size: int = 32, steps: int | None
     point the gradients are taken at, and do not describe the activations at x. Dropout is active
     in these passes, as in training, and draws from the seed generator. Returns the number of
     batches run (0 where the model has no BatchNormalization)."""
-    _check_count("batch_size", batch_size)
+    check_count("batch_size", batch_size, low=1)
     if steps is not None:
-        _check_count("steps", steps)
+        check_count("steps", steps, low=1)
     layers = batch_normalization_layers(model)
     if not layers:
         return 0
@@ -169,8 +165,8 @@ class ScheduleFreeEval(keras.callbacks.Callback):
     def __init__(self, average_at_end: bool = True, statistics_data=None,
                  statistics_steps: int = 50, batch_size: int = 32) -> None:
         super().__init__()
-        _check_count("statistics_steps", statistics_steps)
-        _check_count("batch_size", batch_size)
+        check_count("statistics_steps", statistics_steps, low=1)
+        check_count("batch_size", batch_size, low=1)
         self.average_at_end = average_at_end
         self.statistics_data, self.statistics_steps = statistics_data, statistics_steps
         self.batch_size = batch_size

@@ -417,7 +417,6 @@ def check_fused(fused: object, rule) -> bool | None:
         kernels = importlib.import_module(
             f"adamkit.kernels.{'pytorch' if backend == 'torch' else backend}")
         if not kernels.custom_kernel():
-            name = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[backend]
             if backend == "jax":
                 raise ValueError(
                     "`fused=True` on JAX needs adamkit's kernel, which is not available here (no "
@@ -425,6 +424,7 @@ def check_fused(fused: object, rule) -> bool | None:
                     "fused=False.")
             what = ("epsilon_mode='keras'" if getattr(rule, "epsilon_mode", "") == "keras"
                     else type(rule).__name__.removesuffix("Rule"))
+            name = {"tensorflow": "TensorFlow", "torch": "PyTorch"}[backend]
             raise ValueError(
                 f"`fused=True` on {name} without adamkit's kernel (it could not be built here) "
                 f"needs Adam with epsilon_mode='paper' ({name}'s fused kernel adds ε after bias "

@@ -74,9 +74,9 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-def check_count(name: str, value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"`{name}` must be a whole number >= 0; got {_describe(value)}.")
+def check_count(name: str, value: object, low: int = 0) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"`{name}` must be a whole number >= {low}; got {_describe(value)}.")
     return int(value)
 
 

@@ -3,6 +3,8 @@ needs, when the loops save, and where a resumed run starts."""
 
 from __future__ import annotations
 
+import json
+
 import keras
 
 from adamkit import checkpoint
@@ -33,7 +35,7 @@ SAME_RUN = ("optimizer", "hyperparameters", "schedule", "batch_size", "seed", "t
 
 def run_record(settings: TrainSettings) -> dict:
     """The settings of ``SAME_RUN``, as a checkpoint keeps them (JSON: tuples as lists)."""
-    return {name: getattr(settings, name) for name in SAME_RUN}
+    return json.loads(json.dumps({name: getattr(settings, name) for name in SAME_RUN}))
 
 
 def save_checkpoint(model: keras.Model, settings: TrainSettings, position: dict) -> None:
