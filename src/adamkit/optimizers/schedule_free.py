@@ -237,13 +237,7 @@ class ScheduleFreeAdamW(AdamFamily):
             return
         kept = self._training_point or [None] * len(self._trainable_variables)
         for variable, value in zip(self._trainable_variables, kept):
-            if value is None:
-                slots = self.slots_of(variable)
-                stepped = slots["lr_max"].read() > 0.0
-                y = self.rule.training_point({k: slots[k].read() for k in ("x", "z")})
-                value = ops.where(stepped, ops.cast(y, variable.dtype),
-                                  ops.convert_to_tensor(variable))
-            variable.assign(value)
+            variable.assign(self._recomputed_y(variable) if value is None else value)
         self._training_point = None
         self.holds_average.assign(0)
         self._x_in = False
@@ -266,22 +260,27 @@ class ScheduleFreeAdamW(AdamFamily):
         """y, recomputed from x and z as use_training_point does, into the variables that hold
         x, inside the step being traced."""
         holding = self.holds_average > 0
+        jax = keras.backend.backend() == "jax"  # no side effects in cond's branches: a select
 
         def training_point():
             for variable in trainable_variables:
-                slots = self.slots_of(variable)
-                stepped = slots["lr_max"].read() > 0.0
-                if keras.backend.backend() == "jax":  # no side effects in cond's branches
-                    stepped = ops.logical_and(stepped, holding)
-                y = self.rule.training_point({k: slots[k].read() for k in ("x", "z")})
-                variable.assign(ops.where(stepped, ops.cast(y, variable.dtype),
-                                          ops.convert_to_tensor(variable)))
+                variable.assign(self._recomputed_y(variable, holding if jax else None))
 
-        if keras.backend.backend() == "jax":
+        if jax:
             training_point()
         else:
             ops.cond(holding, training_point, lambda: None)
         self.holds_average.assign(0)
+
+    def _recomputed_y(self, variable, where=None):
+        """y = β1·x + (1 − β1)·z, as the step forms it, for ``variable`` where it has been stepped
+        (and ``where`` holds); elsewhere its value as it is."""
+        slots = self.slots_of(variable)
+        stepped = slots["lr_max"].read() > 0.0
+        if where is not None:
+            stepped = ops.logical_and(stepped, where)
+        y = self.rule.training_point({k: slots[k].read() for k in ("x", "z")})
+        return ops.where(stepped, ops.cast(y, variable.dtype), ops.convert_to_tensor(variable))
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
